@@ -1,0 +1,161 @@
+"""The STAR engine: plan responses, batch their cuts into forwards, turn logits into scores."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from scorer_server.engine.forward import forward_items, forward_prompts
+from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
+from scorer_server.guards.loader import Guard
+from scorer_server.types import Conversation, ScoreRequest, Segment, StarScores, Verdict
+
+Method = Literal["one_pass", "per_cut"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Batching limits of the engine."""
+
+    max_batch_tokens: int = 16384
+    """Padded tokens in one forward (rows x longest row). Bounds activations and mask memory."""
+    max_row_tokens: int = 4096
+    """Tokens in one row; a response whose trunk + tails exceed it is split over several rows."""
+    max_conversation_tokens: int = 8192
+    """Longest full-response guard prompt accepted."""
+
+
+def p_safe(diff: float, temperature: float = 1.0) -> float:
+    """sigmoid((logit_safe - logit_unsafe) / T), computed without overflow."""
+    z = diff / temperature
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def pack_rows(items: list[WorkItem], max_batch_tokens: int) -> Iterator[list[WorkItem]]:
+    """Group rows (sorted by length to limit padding) into forwards of at most `max_batch_tokens`."""
+    order = sorted(items, key=lambda it: it.tokens)
+    batch: list[WorkItem] = []
+    longest = 0
+    for it in order:
+        t = it.tokens
+        if batch and (len(batch) + 1) * max(longest, t) > max_batch_tokens:
+            yield batch
+            batch, longest = [], 0
+        batch.append(it)
+        longest = max(longest, t)
+    if batch:
+        yield batch
+
+
+class StarEngine:
+    """Exact STAR scores for every cut of a response from one guard, in as few forwards as fit."""
+
+    def __init__(self, guard: Guard, config: EngineConfig | None = None) -> None:
+        self.guard = guard
+        self.config = config or EngineConfig()
+        tok = guard.tokenizer
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+
+    # -- planning (CPU only; safe to run on another thread than the forward) --
+    def plan(self, request: ScoreRequest) -> ResponsePlan:
+        return plan_response(self.guard, request, self.config.max_conversation_tokens)
+
+    def work_items(self, plan: ResponsePlan) -> list[WorkItem]:
+        return split_plan(plan, self.config.max_row_tokens)
+
+    # -- forwards --
+    def run(self, items: list[WorkItem]) -> list[list[Segment]]:
+        """One forward over `items` (the caller keeps within the token budget)."""
+        diffs = forward_items(self.guard, items, self.pad_id)
+        out: list[list[Segment]] = []
+        for it, d in zip(items, diffs, strict=True):
+            t = it.plan.request.temperature
+            out.append([Segment(end=it.plan.cuts[i], p_safe=p_safe(x, t)) for i, x in zip(it.cut_indices, d, strict=True)])
+        return out
+
+    def score(self, requests: Iterable[ScoreRequest], method: Method = "one_pass") -> list[StarScores]:
+        """Score every cut of every request."""
+        reqs = list(requests)
+        if method == "per_cut":
+            return self._score_per_cut(reqs)
+        plans = [self.plan(r) for r in reqs]
+        items = [it for p in plans for it in self.work_items(p)]
+        found: dict[int, dict[int, float]] = {id(p): {} for p in plans}
+        for batch in pack_rows(items, self.config.max_batch_tokens):
+            for it, segs in zip(batch, self.run(batch), strict=True):
+                for i, s in zip(it.cut_indices, segs, strict=True):
+                    found[id(it.plan)][i] = s.p_safe
+        return [_scores(p, found[id(p)]) for p in plans]
+
+    def _score_per_cut(self, reqs: list[ScoreRequest]) -> list[StarScores]:
+        plans = [self.plan(r) for r in reqs]
+        prompts = [
+            (k, i, p.trunk[: p.shared[i]] + p.tails[i]) for k, p in enumerate(plans) for i in range(len(p.cuts))
+        ]
+        prompts.sort(key=lambda x: len(x[2]))
+        found: list[dict[int, float]] = [{} for _ in plans]
+        batch: list[tuple[int, int, list[int]]] = []
+        for entry in prompts:
+            if batch and (len(batch) + 1) * len(entry[2]) > self.config.max_batch_tokens:
+                self._run_prompts(plans, batch, found)
+                batch = []
+            batch.append(entry)
+        if batch:
+            self._run_prompts(plans, batch, found)
+        return [_scores(p, f) for p, f in zip(plans, found, strict=True)]
+
+    def _run_prompts(
+        self, plans: list[ResponsePlan], batch: list[tuple[int, int, list[int]]], found: list[dict[int, float]]
+    ) -> None:
+        diffs = forward_prompts(self.guard, [b[2] for b in batch], self.pad_id)
+        for (k, i, _), d in zip(batch, diffs, strict=True):
+            found[k][i] = p_safe(d, plans[k].request.temperature)
+
+    # -- whole-response verdicts --
+    @torch.inference_mode()
+    def judge(self, conversations: list[Conversation], decode: bool = True) -> list[Verdict]:
+        """P(unsafe) of each full response and, when `decode`, the guard's verdict text and categories."""
+        g = self.guard
+        prompts = g.encode([g.template.render(c) for c in conversations])
+        diffs = []
+        for start in range(0, len(prompts), 32):
+            diffs.extend(forward_prompts(g, prompts[start : start + 32], self.pad_id))
+        texts = self._decode(prompts) if decode and g.preset.judge_max_new_tokens > 0 else [""] * len(prompts)
+        pattern = re.compile(g.preset.category_pattern) if g.preset.category_pattern else None
+        verdicts = []
+        for d, text in zip(diffs, texts, strict=True):
+            p_unsafe = 1.0 - p_safe(d)
+            cats = tuple(dict.fromkeys(pattern.findall(text))) if pattern and p_unsafe >= 0.5 else ()
+            verdicts.append(Verdict(p_unsafe=p_unsafe, categories=cats, text=text.strip()))
+        return verdicts
+
+    def _decode(self, prompts: list[list[int]]) -> list[str]:
+        g = self.guard
+        out_texts: list[str] = []
+        for start in range(0, len(prompts), 16):
+            chunk = prompts[start : start + 16]
+            length = max(len(p) for p in chunk)
+            ids = torch.tensor([[self.pad_id] * (length - len(p)) + p for p in chunk], device=g.device)
+            attn = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in chunk], device=g.device)
+            gen = g.model.generate(
+                input_ids=ids,
+                attention_mask=attn,
+                max_new_tokens=g.preset.judge_max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad_id,
+            )
+            out_texts.extend(g.tokenizer.batch_decode(gen[:, length:], skip_special_tokens=True))
+        return out_texts
+
+
+def _scores(plan: ResponsePlan, found: dict[int, float]) -> StarScores:
+    segs = tuple(Segment(end=c, p_safe=found[i]) for i, c in enumerate(plan.cuts))
+    return StarScores(segs, guard_tokens=plan.cost(list(range(len(plan.cuts)))))

@@ -1,0 +1,157 @@
+"""Guard forward passes: the one-pass tree layout and the plain per-cut baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from scorer_server.engine.plan import WorkItem
+from scorer_server.guards.loader import Guard
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    pos: list[int]
+    tails: list[tuple[int, int, int]]
+    """(start in row, length, shared trunk tokens) for each tail."""
+    reads: list[int]
+    """Row position of each cut's verdict logits, in the item's cut order."""
+
+
+def _layout(item: WorkItem) -> _Row:
+    plan = item.plan
+    trunk_len = plan.trunk_len(item.cut_indices)
+    ids = list(plan.trunk[:trunk_len])
+    pos = list(range(trunk_len))
+    tails: list[tuple[int, int, int]] = []
+    reads: list[int] = []
+    for i in item.cut_indices:
+        tail = plan.tails[i]
+        if not tail:
+            reads.append(plan.read_position(i))
+            continue
+        start = len(ids)
+        ids.extend(tail)
+        pos.extend(range(plan.shared[i], plan.shared[i] + len(tail)))
+        tails.append((start, len(tail), plan.shared[i]))
+        reads.append(start + len(tail) - 1)
+    return _Row(ids, pos, tails, reads)
+
+
+def _sliding_window(model: Any) -> tuple[int | None, bool]:
+    """(window, whether the model takes a per-layer-type mask dict)."""
+    cfg = model.config
+    window = getattr(cfg, "sliding_window", None)
+    layer_types = getattr(cfg, "layer_types", None) or []
+    if "sliding_attention" in layer_types:
+        return window, True
+    if window is not None and getattr(cfg, "use_sliding_window", True):
+        return window, False
+    return None, False
+
+
+def build_masks(rows: list[_Row], length: int, model: Any, dtype: torch.dtype) -> Any:
+    """Additive 4-D masks [B, 1, T, T]: trunk causal, each tail on its shared prefix and itself.
+
+    Memory is B x T x T for rows of at most T tokens: the row-token cap bounds it, never the whole
+    batch's token count squared.
+    """
+    b = len(rows)
+    allowed = torch.zeros(b, length, length, dtype=torch.bool)
+    causal = torch.ones(length, length, dtype=torch.bool).tril_()
+    for r, row in enumerate(rows):
+        trunk = len(row.ids) - sum(t[1] for t in row.tails)
+        allowed[r, :trunk, :trunk] = causal[:trunk, :trunk]
+        for start, n, shared in row.tails:
+            allowed[r, start : start + n, :shared] = True
+            allowed[r, start : start + n, start : start + n] = causal[:n, :n]
+        pad = torch.arange(len(row.ids), length)
+        allowed[r, pad, pad] = True  # padding attends to itself only, so no row is all -inf
+    window, as_dict = _sliding_window(model)
+    neg = torch.finfo(dtype).min
+    full = torch.zeros(b, 1, length, length, dtype=dtype).masked_fill_(~allowed[:, None], neg)
+    if window is None:
+        return full
+    pos = torch.tensor([row.pos + [0] * (length - len(row.pos)) for row in rows])
+    near = (pos[:, :, None] - pos[:, None, :]) < window
+    sliding_allowed = allowed & near
+    idx = torch.arange(length)
+    sliding_allowed[:, idx, idx] = True
+    sliding = torch.zeros_like(full).masked_fill_(~sliding_allowed[:, None], neg)
+    if as_dict:
+        return {"full_attention": full, "sliding_attention": sliding}
+    return sliding
+
+
+def verdict_logit_diff(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
+    """logit(safe) - logit(unsafe) from final hidden states [N, H], using only the two verdict rows."""
+    head = guard.model.get_output_embeddings()
+    w = head.weight[[guard.safe_id, guard.unsafe_id]]
+    logits = hidden.to(w.dtype) @ w.T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[[guard.safe_id, guard.unsafe_id]]
+    cfg = guard.model.config
+    # The post-processing the families' own heads apply to logits (checked at load by `check_head`).
+    if getattr(cfg, "logits_scaling", None):
+        logits = logits / cfg.logits_scaling
+    if getattr(cfg, "logit_scale", None):
+        logits = logits * cfg.logit_scale
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    logits = logits.float()
+    return logits[:, 0] - logits[:, 1]
+
+
+@torch.inference_mode()
+def forward_items(guard: Guard, items: list[WorkItem], pad_id: int = 0) -> list[list[float]]:
+    """One forward over the rows of `items`; per item, logit(safe) - logit(unsafe) at each of its cuts."""
+    rows = [_layout(it) for it in items]
+    length = max(len(r.ids) for r in rows)
+    device = guard.device
+    ids = torch.tensor([r.ids + [pad_id] * (length - len(r.ids)) for r in rows], device=device)
+    pos = torch.tensor([r.pos + [0] * (length - len(r.pos)) for r in rows], device=device)
+    mask = build_masks(rows, length, guard.model, guard.dtype)
+    mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(device)
+    out = guard.model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    hidden = out.last_hidden_state
+    flat_rows = [r for r, row in enumerate(rows) for _ in row.reads]
+    flat_pos = [p for row in rows for p in row.reads]
+    diffs = verdict_logit_diff(guard, hidden[flat_rows, flat_pos]).cpu().tolist()
+    result: list[list[float]] = []
+    k = 0
+    for row in rows:
+        result.append(diffs[k : k + len(row.reads)])
+        k += len(row.reads)
+    return result
+
+
+@torch.inference_mode()
+def forward_prompts(guard: Guard, prompts: list[list[int]], pad_id: int = 0) -> list[float]:
+    """The per-cut definition: each prompt as its own sequence, left-padded, plain `model(...)` logits
+    at the last position. Used as the test oracle and the benchmark baseline."""
+    length = max(len(p) for p in prompts)
+    device = guard.device
+    ids = torch.tensor([[pad_id] * (length - len(p)) + p for p in prompts], device=device)
+    attn = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    out = guard.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=1)
+    last = out.logits[:, -1].float()
+    return (last[:, guard.safe_id] - last[:, guard.unsafe_id]).cpu().tolist()
+
+
+@torch.inference_mode()
+def check_head(guard: Guard, prompt: list[int]) -> float:
+    """Largest gap between the two-row verdict head and the model's own logits on one prompt.
+
+    A guard whose head post-processes logits in a way `verdict_logit_diff` does not reproduce fails
+    this check at load time instead of giving silently wrong scores.
+    """
+    ids = torch.tensor([prompt], device=guard.device)
+    hidden = guard.model.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
+    fast = verdict_logit_diff(guard, hidden)[0].item()
+    full = forward_prompts(guard, [prompt])[0]
+    return abs(fast - full)

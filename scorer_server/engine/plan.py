@@ -1,0 +1,107 @@
+"""Planning a response for the one-pass layout: the shared trunk and a private tail per cut.
+
+For every cut c the guard's input is exactly `ids_c = tokenize(render(conversation, response[:c]))`,
+the per-cut definition. The full-response input `F = ids_last` is the *trunk*. Cut c shares the
+longest common prefix `L_c` of `ids_c` and `F`; its private *tail* is `ids_c[L_c:]`. In a causal model
+the hidden states of `F[:L_c]` depend only on those tokens, so a tail that attends to the trunk's first
+`L_c` tokens and causally to itself, at positions `L_c, L_c + 1, ...`, computes exactly the per-cut
+forward. Usually the tail is just the template suffix; where the tokenizer merges across the cut or the
+template strips whitespace, the tail also holds the few response tokens that differ. Nothing needs a
+separate code path, and no cut can come out different from the per-cut definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scorer_server.engine.cuts import plan_cuts
+from scorer_server.errors import InvalidRequest
+from scorer_server.guards.loader import Guard
+from scorer_server.types import ScoreRequest
+
+
+@dataclass
+class ResponsePlan:
+    """One response laid out for scoring."""
+
+    request: ScoreRequest
+    cuts: list[int]
+    """Character offsets of the cuts in the response."""
+    trunk: list[int]
+    """Guard token ids of the full-response prompt."""
+    shared: list[int]
+    """Per cut: how many trunk tokens its input shares."""
+    tails: list[list[int]]
+    """Per cut: its private tokens after the shared part (empty: read straight off the trunk)."""
+    per_cut_tokens: list[int] = field(default_factory=list)
+    """Per cut: the length of its whole per-cut input (for the per-cut baseline's accounting)."""
+
+    def read_position(self, i: int) -> int:
+        """Trunk position holding cut i's verdict logits, for cuts without a tail."""
+        return self.shared[i] - 1
+
+    def cost(self, idx: list[int]) -> int:
+        """Tokens one row holding the cuts `idx` processes."""
+        return self.trunk_len(idx) + sum(len(self.tails[i]) for i in idx)
+
+    def trunk_len(self, idx: list[int]) -> int:
+        return max(self.shared[i] for i in idx)
+
+
+@dataclass
+class WorkItem:
+    """Some of a response's cuts: one row of a forward pass."""
+
+    plan: ResponsePlan
+    cut_indices: list[int]
+    part: int = 0
+    parts: int = 1
+
+    @property
+    def tokens(self) -> int:
+        return self.plan.cost(self.cut_indices)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def plan_response(guard: Guard, request: ScoreRequest, max_tokens: int | None = None) -> ResponsePlan:
+    """Render and tokenise every cut of one response and lay it out as trunk + tails."""
+    conv = request.conversation
+    if not conv.messages or conv.messages[-1].role != "assistant":
+        raise InvalidRequest("the last message must be the assistant response to score")
+    cuts = plan_cuts(conv.response, request.cuts, guard.tokenizer)
+    texts = [guard.template.render(conv, c) for c in cuts]
+    ids = guard.encode(texts)
+    trunk = ids[-1]
+    if max_tokens is not None and len(trunk) > max_tokens:
+        raise InvalidRequest(
+            f"the conversation is {len(trunk)} guard tokens, over the limit of {max_tokens}; "
+            "shorten it or raise the server's max conversation tokens"
+        )
+    shared: list[int] = []
+    tails: list[list[int]] = []
+    for x in ids:
+        lcp = _common_prefix(x, trunk)
+        shared.append(lcp)
+        tails.append(x[lcp:])  # empty when the input is a prefix of the trunk: read off the trunk
+    return ResponsePlan(request, cuts, trunk, shared, tails, [len(x) for x in ids])
+
+
+def split_plan(plan: ResponsePlan, max_row_tokens: int) -> list[WorkItem]:
+    """Group consecutive cuts into rows of at most `max_row_tokens` tokens (a lone cut may exceed it)."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for i in range(len(plan.cuts)):
+        if cur and plan.cost([*cur, i]) > max_row_tokens:
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    return [WorkItem(plan, g, part=k, parts=len(groups)) for k, g in enumerate(groups)]

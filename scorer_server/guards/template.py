@@ -1,0 +1,78 @@
+"""Rendering a guard's own chat template on (possibly truncated) conversations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from scorer_server.types import Conversation
+
+SENTINEL = "\u2063STAR\u2063RESPONSE\u2063"
+
+
+@dataclass(frozen=True)
+class TemplateSplit:
+    """The rendered guard prompt around the last assistant message."""
+
+    head: str
+    """Everything before the response: policy, earlier turns, role labels."""
+    suffix: str
+    """Everything after the response: instructions, the assistant header, the verdict prefix."""
+
+
+class GuardTemplate:
+    """Renders the guard prompt for a conversation whose last assistant message is cut at `c`.
+
+    `render(conv, c)` is the definition the STAR score is taken against: the guard's template applied
+    to [..., assistant: response[:c]], followed by the text the guard writes before its verdict.
+    """
+
+    def __init__(
+        self, tokenizer: Any, template: str | None, kwargs: dict[str, Any], verdict_prefix: str
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._template = template
+        self._kwargs = dict(kwargs)
+        self.verdict_prefix = verdict_prefix
+
+    def render_messages(self, messages: list[dict[str, str]]) -> str:
+        text = self._tokenizer.apply_chat_template(
+            messages,
+            chat_template=self._template,
+            tokenize=False,
+            add_generation_prompt=True,
+            **self._kwargs,
+        )
+        if not isinstance(text, str):
+            raise TypeError("chat template did not render to text")
+        return text + self.verdict_prefix
+
+    def render(self, conv: Conversation, cut: int | None = None) -> str:
+        msgs = conv.to_dicts()
+        if cut is not None:
+            msgs[-1] = {"role": msgs[-1]["role"], "content": conv.response[:cut]}
+        return self.render_messages(msgs)
+
+    def split(self, conv: Conversation) -> TemplateSplit:
+        """Render with a sentinel in place of the response and split around it."""
+        msgs = conv.to_dicts()
+        msgs[-1] = {"role": msgs[-1]["role"], "content": SENTINEL}
+        text = self.render_messages(msgs)
+        if text.count(SENTINEL) != 1:
+            raise ValueError(
+                "the guard's chat template must contain the last assistant message exactly once; "
+                f"found it {text.count(SENTINEL)} times"
+            )
+        head, suffix = text.split(SENTINEL)
+        return TemplateSplit(head=head, suffix=suffix)
+
+
+def auto_verdict_prefix(rendered: str) -> str:
+    """What the guard writes before its verdict word, judged from the rendered prompt.
+
+    Llama-3 headers end in `<|end_header_id|>` and the model then writes "\\n\\n" first; a template
+    that already ends with the blank line needs nothing.
+    """
+    if rendered.endswith("<|end_header_id|>"):
+        return "\n\n"
+    return ""

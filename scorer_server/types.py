@@ -1,0 +1,124 @@
+"""Plain data types shared by the engine, the server and the clients.
+
+Protobuf stays at the edge: the gRPC servicer converts messages to these dataclasses and back in one
+place, and nothing below it imports generated code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A conversation whose last message is the assistant response being judged."""
+
+    messages: tuple[Message, ...]
+
+    @property
+    def response(self) -> str:
+        return self.messages[-1].content
+
+    @property
+    def context(self) -> tuple[Message, ...]:
+        return self.messages[:-1]
+
+    @staticmethod
+    def from_pair(prompt: str, response: str) -> Conversation:
+        return Conversation((Message("user", prompt), Message("assistant", response)))
+
+    @staticmethod
+    def from_dicts(messages: list[dict[str, str]]) -> Conversation:
+        return Conversation(tuple(Message(m["role"], m["content"]) for m in messages))
+
+    def to_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+class CutKind(str, Enum):
+    """How the response is cut into scored stretches."""
+
+    WORDS = "words"
+    """A cut after every M whitespace-separated words (the published setup, M = 5)."""
+    GUARD_TOKENS = "guard_tokens"
+    """A cut after every N tokens of the guard's own tokenisation of the response."""
+    OFFSETS = "offsets"
+    """Explicit character offsets chosen by the caller (the trainer aligns them to its tokenizer)."""
+
+
+@dataclass(frozen=True)
+class CutSpec:
+    """Where to cut a response. The full response is always the last cut."""
+
+    kind: CutKind = CutKind.WORDS
+    every: int = 5
+    """M for WORDS, N for GUARD_TOKENS; ignored for OFFSETS."""
+    offsets: tuple[int, ...] = ()
+    """Strictly increasing character offsets in (0, len(response)] for OFFSETS."""
+
+    def key(self) -> str:
+        """A stable text form, used in cache keys."""
+        if self.kind is CutKind.OFFSETS:
+            return "offsets:" + ",".join(map(str, self.offsets))
+        return f"{self.kind.value}:{self.every}"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The STAR score of the response prefix ending at character offset `end`."""
+
+    end: int
+    p_safe: float
+
+
+@dataclass(frozen=True)
+class StarScores:
+    """STAR trajectory of one response: one segment per cut, in increasing `end` order."""
+
+    segments: tuple[Segment, ...]
+    guard_tokens: int = 0
+    """Guard tokens this response cost (for metrics and accounting)."""
+
+    def weights_for_spans(self, ends: list[int]) -> list[float]:
+        """STAR weight for each character position `end` (a token's end): the score of its chunk."""
+        out: list[float] = []
+        j = 0
+        for e in ends:
+            while j < len(self.segments) - 1 and self.segments[j].end < e:
+                j += 1
+            out.append(self.segments[j].p_safe if self.segments else 1.0)
+        return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whole-response judgement."""
+
+    p_unsafe: float
+    categories: tuple[str, ...] = ()
+    text: str = ""
+    """The guard's decoded verdict line(s), when generated."""
+
+    @property
+    def unsafe(self) -> bool:
+        return self.p_unsafe >= 0.5
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One unit of work for the engine."""
+
+    conversation: Conversation
+    cuts: CutSpec = field(default_factory=CutSpec)
+    temperature: float = 1.0
