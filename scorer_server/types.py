@@ -122,3 +122,21 @@ class ScoreRequest:
     conversation: Conversation
     cuts: CutSpec = field(default_factory=CutSpec)
     temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class GuardInfo:
+    """What a scorer serves; `fingerprint` covers everything the guard sees apart from the conversation
+    (weights, template, policy, verdict tokens), so clients put it in their cache keys."""
+
+    name: str
+    preset: str
+    safe_word: str
+    unsafe_word: str
+    safe_token_id: int
+    unsafe_token_id: int
+    fingerprint: str
+    max_conversation_tokens: int = 8192
+    max_cuts: int = 512
+    server_version: str = ""
+    backend: str = "local"
