@@ -1,0 +1,1 @@
+"""The gRPC edge: protobuf conversion, validation, the servicer and its interceptors."""

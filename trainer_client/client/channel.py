@@ -1,0 +1,183 @@
+"""Channels and the long-lived ScoreStream to one scorer replica."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from scorer_server.api.convert import scores_from_parts
+from star_proto import scorer_pb2 as pb
+from star_proto import scorer_pb2_grpc as pb_grpc
+from trainer_client.client.config import ClientConfig
+from trainer_client.client.errors import ConnectionLost, RetryableReply, ScorerCallError
+
+STREAM_METHOD = "/star.v1.ScorerService/ScoreStream"
+
+
+def channel_options(config: ClientConfig) -> list[tuple[str, Any]]:
+    opts: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", int(config.reconnect_backoff_max_s * 1000)),
+        ("grpc.enable_retries", 0),
+    ]
+    if config.tls_server_name:
+        opts.append(("grpc.ssl_target_name_override", config.tls_server_name))
+    return opts
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def make_channel(address: str, config: ClientConfig) -> grpc.aio.Channel:
+    """An aio channel to one address, TLS or plaintext as configured."""
+    if config.uses_tls:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(config.tls_ca_file),
+            private_key=_read(config.tls_key_file),
+            certificate_chain=_read(config.tls_cert_file),
+        )
+        return grpc.aio.secure_channel(address, creds, options=channel_options(config))
+    return grpc.aio.insecure_channel(address, options=channel_options(config))
+
+
+@dataclass
+class Pending:
+    """One request waiting for its answer on a stream."""
+
+    future: asyncio.Future[Any]
+    parts: list[pb.ScoreResponse] = field(default_factory=list)
+
+
+class Replica:
+    """One scorer address: its channel, stub and one long-lived ScoreStream multiplexing many requests."""
+
+    def __init__(self, address: str, config: ClientConfig, metadata: Sequence[tuple[str, str]]) -> None:
+        self.address = address
+        self.config = config
+        self.metadata = tuple(metadata)
+        self.channel = make_channel(address, config)
+        self.stub = pb_grpc.ScorerServiceStub(self.channel)
+        self.pending: dict[str, Pending] = {}
+        self.down_until = 0.0
+        self.failures = 0
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def usable(self, now: float) -> bool:
+        return not self._closed and now >= self.down_until
+
+    async def submit(self, request_id: str, request: pb.ScoreRequest, future: asyncio.Future[Any]) -> None:
+        """Send one request on the stream (opening it if needed); the answer resolves `future`."""
+        async with self._lock:
+            if self._call is None:
+                self._open()
+            call = self._call
+            self.pending[request_id] = Pending(future)
+            try:
+                await call.write(pb.ScoreStreamRequest(request_id=request_id, request=request))
+            except Exception as exc:  # the stream died under us; the reader fails everything pending
+                self.pending.pop(request_id, None)
+                self._mark_down()
+                raise ConnectionLost(f"{self.address}: {exc}") from exc
+
+    async def cancel(self, request_id: str) -> None:
+        """Tell the server to drop a request (best effort) and forget it here."""
+        if self.pending.pop(request_id, None) is None or self._call is None:
+            return
+        with contextlib.suppress(Exception):
+            async with self._lock:
+                if self._call is not None:
+                    await self._call.write(pb.ScoreStreamRequest(request_id=request_id, cancel=True))
+
+    def _open(self) -> None:
+        self._call = self.stub.ScoreStream(metadata=self.metadata or None)
+        self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+
+    async def _read(self, call: Any) -> None:
+        reason = "the server closed the stream"
+        try:
+            async for resp in call:
+                self._deliver(resp)
+        except asyncio.CancelledError:
+            reason = "the client closed"
+        except grpc.aio.AioRpcError as exc:
+            reason = f"{exc.code().name}: {exc.details()}"
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                self._fail_all(ScorerCallError(exc.code(), exc.details() or ""), call)
+                return
+        finally:
+            if self._call is call:
+                self._call = None
+        self._mark_down()
+        self._fail_all(ConnectionLost(f"{self.address}: {reason}"), call)
+
+    def _fail_all(self, exc: Exception, call: Any) -> None:
+        if self._call is call:
+            self._call = None
+        pending, self.pending = self.pending, {}
+        for p in pending.values():
+            if not p.future.done():
+                p.future.set_exception(exc)
+
+    def _deliver(self, resp: pb.ScoreStreamResponse) -> None:
+        p = self.pending.get(resp.request_id)
+        if p is None:
+            return  # cancelled or re-sent elsewhere
+        self.failures = 0
+        if resp.HasField("error"):
+            del self.pending[resp.request_id]
+            err = resp.error
+            code = _code(err.code)
+            if p.future.done():
+                return
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                p.future.set_exception(RetryableReply(code, err.message, err.retry_after_seconds))
+            else:
+                p.future.set_exception(ScorerCallError(code, err.message))
+            return
+        p.parts.append(resp.result)
+        if resp.result.complete:
+            del self.pending[resp.request_id]
+            if not p.future.done():
+                p.future.set_result(scores_from_parts(p.parts))
+
+    def _mark_down(self) -> None:
+        self.failures += 1
+        delay = min(self.config.reconnect_backoff_max_s, 0.05 * (2 ** (self.failures - 1)))
+        self.down_until = time.monotonic() + delay
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        await self.channel.close()
+
+
+def _code(value: int) -> grpc.StatusCode:
+    for c in grpc.StatusCode:
+        if c.value[0] == value:
+            return c
+    return grpc.StatusCode.UNKNOWN

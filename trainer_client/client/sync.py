@@ -1,0 +1,55 @@
+"""A blocking wrapper around AsyncScorerClient for scripts, running its own event-loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from scorer_server.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
+from trainer_client.client.aio import AsyncScorerClient
+from trainer_client.client.config import ClientConfig
+
+T = TypeVar("T")
+
+
+class ScorerClient:
+    """Same methods as AsyncScorerClient, blocking. Thread-safe: calls from several threads share one
+    connection set."""
+
+    def __init__(self, addresses: str | list[str] | None = None, config: ClientConfig | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="star-client", daemon=True)
+        self._thread.start()
+        self._client = AsyncScorerClient(addresses, config)
+        self.config = self._client.config
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def info(self) -> GuardInfo:
+        return self._run(self._client.info())
+
+    def score(self, request: ScoreRequest, priority: int = 0) -> StarScores:
+        return self._run(self._client.score(request, priority))
+
+    def score_many(self, requests: Sequence[ScoreRequest], priority: int = 0) -> list[StarScores]:
+        return self._run(self._client.score_many(requests, priority))
+
+    def judge(self, conversations: Sequence[Conversation]) -> list[Verdict]:
+        return self._run(self._client.judge(conversations))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> ScorerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
