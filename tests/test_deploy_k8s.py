@@ -1,0 +1,185 @@
+"""Kubernetes manifests: every overlay renders, validates for 1.29-1.33 and keeps our invariants."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "deploy" / "tools"))
+
+import k8s_invariants as inv  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("kubectl") is None or shutil.which("kubernetes-validate") is None,
+    reason="kubectl and kubernetes-validate are needed to render and validate the manifests",
+)
+OVERLAYS = sorted(p.name for p in (ROOT / "deploy" / "k8s" / "overlays").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """Run the validation script once; return each rendered overlay's documents."""
+    out = tmp_path_factory.mktemp("rendered")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "validate_k8s.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in [*OVERLAYS, "multinode"]:
+        assert f"ok   {name} " in proc.stdout
+    return {p.stem: inv.load_docs([p.read_text()]) for p in out.glob("*.yaml")}
+
+
+def _find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
+
+
+def _scorer(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(c for c in _find(docs, "Deployment")["spec"]["template"]["spec"]["containers"])
+
+
+def test_expected_overlays_exist() -> None:
+    assert {"cpu-dev", "gpu-prod"} <= set(OVERLAYS)
+
+
+def test_every_overlay_is_clean(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for name, docs in rendered.items():
+        assert (
+            inv.check(docs, inv.InvariantConfig(min_startup_s=600 if name.startswith("gpu") else 120)) == []
+        )
+
+
+def test_gpu_prod_shape(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["gpu-prod"]
+    c = _scorer(docs)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 600
+    assert c["readinessProbe"]["grpc"] == {"port": 50051, "service": "star.v1.ScorerService"}
+    spec = _find(docs, "Deployment")["spec"]["template"]["spec"]
+    guard = next(v for v in spec["volumes"] if v["name"] == "guard")
+    assert guard == {
+        "name": "guard",
+        "persistentVolumeClaim": {"claimName": "star-guard-weights", "readOnly": True},
+    }
+    assert any(m["name"] == "guard" and m["readOnly"] for m in c["volumeMounts"])
+    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+    hpa = _find(docs, "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert set(_find(docs, "PodDisruptionBudget")["spec"]) == {
+        "maxUnavailable",
+        "selector",
+        "unhealthyPodEvictionPolicy",
+    }
+    assert all(d["metadata"].get("namespace") == "star" for d in docs if d["kind"] != "Namespace")
+
+
+def test_cpu_dev_builds_the_toy_guard(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    spec = _find(rendered["cpu-dev"], "Deployment")["spec"]["template"]["spec"]
+    init = spec["initContainers"][0]
+    assert init["command"][0] == "star-toy-build"
+    assert "nvidia.com/gpu" not in str(spec)
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    assert env["STAR_GUARD"] == "/guards/guard" and f"--out {env['STAR_GUARD']}" in " ".join(init["command"])
+
+
+def test_tls_overlay_swaps_probes_for_exec(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    c = _scorer(rendered["gpu-prod-tls"])
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["STAR_TLS_CERT"] == "/etc/star/tls/tls.crt"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "grpc" not in c[probe] and c[probe]["exec"]["command"][1] == "/opt/star/healthcheck.py"
+
+
+# -- the invariant checker must catch each kind of mistake --------------------------------------------
+
+
+def _broken(docs: list[dict[str, Any]], edit: Any) -> list[str]:
+    docs = copy.deepcopy(docs)
+    edit(docs)
+    return inv.check(docs, inv.InvariantConfig(min_startup_s=600))
+
+
+def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return _scorer(docs)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: _container(d)["startupProbe"]["grpc"].update(port="grpc"), "must be a number"),
+        (lambda d: _container(d)["livenessProbe"]["grpc"].update(port=8080), "port 8080 not in"),
+        (
+            lambda d: _container(d)["resources"]["requests"].update({"nvidia.com/gpu": "2"}),
+            "requests 2 != limits 1",
+        ),
+        (lambda d: _find(d, "PodDisruptionBudget")["spec"].update(minAvailable=1), "exactly one"),
+        (lambda d: _container(d)["startupProbe"].update(failureThreshold=10), "under the 600s"),
+        (lambda d: _container(d).update(image="ghcr.io/star-guard/star-scorer:latest"), "uses 'latest'"),
+        (lambda d: _container(d).update(image="ghcr.io/star-guard/star-scorer"), "has no tag"),
+        (
+            lambda d: _find(d, "Deployment")["spec"]["template"]["spec"]["securityContext"].update(
+                runAsUser=0
+            ),
+            "non-root",
+        ),
+        (
+            lambda d: _find(d, "Deployment")["spec"]["strategy"]["rollingUpdate"].update(maxSurge=1),
+            "maxSurge 0",
+        ),
+        (
+            lambda d: _find(d, "Deployment")["spec"]["template"]["spec"]["volumes"].__setitem__(
+                [v["name"] for v in _find(d, "Deployment")["spec"]["template"]["spec"]["volumes"]].index(
+                    "dshm"
+                ),
+                {"name": "dshm", "emptyDir": {}},
+            ),
+            "medium: Memory",
+        ),
+        (lambda d: d.remove(_find(d, "Service", "star-scorer-headless")), "no headless Service"),
+        (
+            lambda d: _find(d, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"].update(
+                name="cpu"
+            ),
+            "star_queue_depth",
+        ),
+        (lambda d: _find(d, "NetworkPolicy")["spec"]["ingress"][0].update({"from": []}), "to everyone"),
+        (
+            lambda d: _find(d, "NetworkPolicy")["spec"]["ingress"][0]["from"].append(
+                {"ipBlock": {"cidr": "0.0.0.0/0"}}
+            ),
+            "pod selectors",
+        ),
+        (lambda d: _find(d, "Job")["spec"]["template"]["metadata"]["labels"].clear(), "trainer pods need"),
+    ],
+)
+def test_invariant_checker_catches(
+    rendered: dict[str, list[dict[str, Any]]], edit: Any, message: str
+) -> None:
+    problems = _broken(rendered["gpu-prod"], edit)
+    assert any(message in p for p in problems), problems
+
+
+def test_strict_schema_rejects_unknown_fields(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    import yaml
+
+    docs = copy.deepcopy(rendered["cpu-dev"])
+    _container(docs)["startupProbes"] = {"grpc": {"port": 50051}}  # a typo a lax check would let through
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all(docs))
+    proc = subprocess.run(
+        ["kubernetes-validate", "--strict", "--quiet", "-k", "1.29.0", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
