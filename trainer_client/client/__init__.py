@@ -1,10 +1,10 @@
 """Client library for the STAR scorer service. Importing it loads neither torch nor transformers.
 
-    async with AsyncScorerClient("scorer-0:50051,scorer-1:50051") as client:
-        scores = await client.score_many(requests)
+async with AsyncScorerClient("scorer-0:50051,scorer-1:50051") as client:
+    scores = await client.score_many(requests)
 
-    with ScorerClient("localhost:50051") as client:
-        print(client.info().fingerprint)
+with ScorerClient("localhost:50051") as client:
+    print(client.info().fingerprint)
 """
 
 from scorer_server.errors import InvalidRequest

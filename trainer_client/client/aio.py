@@ -223,5 +223,3 @@ def _retry_after(exc: grpc.aio.AioRpcError) -> float:
             except (TypeError, ValueError):
                 return 0.0
     return 0.0
-
-

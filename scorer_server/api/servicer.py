@@ -1,0 +1,188 @@
+"""The ScorerService servicer: decode and validate at the edge, call the backend, encode results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from scorer_server.api import convert
+from scorer_server.api.status import status_for
+from scorer_server.api.validation import Limits, validate_judge, validate_score_request
+from scorer_server.engine.backend import ScoringBackend
+from scorer_server.errors import NotReady
+from scorer_server.metrics import ServerMetrics
+from scorer_server.types import ScoreRequest
+from star_proto import scorer_pb2 as pb
+from star_proto import scorer_pb2_grpc as pb_grpc
+
+log = logging.getLogger("star.api")
+STREAM_REQUEST = "ScoreStreamRequest"
+"""The `method` label of per-request outcomes inside ScoreStream."""
+
+
+class ScorerServicer(pb_grpc.ScorerServiceServicer):
+    """star.v1.ScorerService over a ScoringBackend."""
+
+    def __init__(
+        self, backend: ScoringBackend, limits: Limits, metrics: ServerMetrics, max_message_bytes: int
+    ) -> None:
+        self.backend = backend
+        self.limits = limits
+        self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
+        self.ready = False
+        self.draining = False
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle --
+    def _check_ready(self) -> None:
+        if self.draining:
+            raise NotReady("the scorer is shutting down; retry on another replica")
+        if not self.ready:
+            raise NotReady("the guard is still loading; retry shortly")
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight (or `timeout`); True if idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _enter(self) -> None:
+        self._active += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
+
+    # -- RPCs --
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.GetInfoResponse:
+        self._check_ready()
+        return convert.info_to_pb(self.backend.info(), self.max_message_bytes)
+
+    async def Judge(self, request: pb.JudgeRequest, context: Any) -> pb.JudgeResponse:
+        self._check_ready()
+        conversations = convert.judge_request_from_pb(request)
+        validate_judge(conversations, self.limits)
+        self._enter()
+        try:
+            verdicts = await self.backend.judge(conversations)
+        finally:
+            self._leave()
+        return pb.JudgeResponse(verdicts=[convert.verdict_to_pb(v) for v in verdicts])
+
+    async def Score(self, request: pb.ScoreRequest, context: Any) -> AsyncIterator[pb.ScoreResponse]:
+        self._check_ready()
+        req, priority = self._decode(request)
+        self._enter()
+        try:
+            async for part in self._parts(req, priority):
+                yield part
+        finally:
+            self._leave()
+
+    async def ScoreStream(
+        self, request_iterator: AsyncIterator[pb.ScoreStreamRequest], context: Any
+    ) -> AsyncIterator[pb.ScoreStreamResponse]:
+        self._check_ready()
+        out: asyncio.Queue[pb.ScoreStreamResponse | None] = asyncio.Queue()
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def one(rid: str, msg: pb.ScoreRequest) -> None:
+            self._enter()
+            try:
+                self._check_ready()
+                req, priority = self._decode(msg)
+                async for part in self._parts(req, priority):
+                    out.put_nowait(pb.ScoreStreamResponse(request_id=rid, result=part))
+                self._count("OK")
+            except asyncio.CancelledError:
+                self.metrics.cancelled.inc()
+                self._count("CANCELLED")
+                raise
+            except Exception as exc:
+                status = status_for(exc)
+                self._count(status.code.name)
+                err = pb.Error(code=status.code.value[0], message=status.message)
+                err.retry_after_seconds = status.retry_after_s
+                out.put_nowait(pb.ScoreStreamResponse(request_id=rid, error=err))
+            finally:
+                tasks.pop(rid, None)
+                self._leave()
+
+        async def read() -> None:
+            try:
+                async for msg in request_iterator:
+                    if msg.cancel:
+                        task = tasks.pop(msg.request_id, None)
+                        if task is not None:
+                            task.cancel()
+                        continue
+                    if msg.request_id in tasks:
+                        err = pb.Error(
+                            code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                            message=f"request_id {msg.request_id!r} is already outstanding on this stream",
+                        )
+                        out.put_nowait(pb.ScoreStreamResponse(request_id=msg.request_id, error=err))
+                        continue
+                    tasks[msg.request_id] = asyncio.create_task(one(msg.request_id, msg.request))
+                # The caller finished sending: finish what is outstanding, then end the stream.
+                while tasks:
+                    await asyncio.gather(*list(tasks.values()), return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(tasks.values()):
+                task.cancel()
+
+    # -- helpers --
+    def _decode(self, msg: pb.ScoreRequest) -> tuple[ScoreRequest, int]:
+        req, priority = convert.score_request_from_pb(msg)
+        validate_score_request(req, self.limits)
+        return req, priority
+
+    async def _parts(self, req: ScoreRequest, priority: int) -> AsyncIterator[pb.ScoreResponse]:
+        """The backend's parts as ScoreResponses; the last one carries complete = true."""
+        held: list[Any] | None = None
+        count = 0
+        async for segments in self.backend.score(req, priority):
+            parts = getattr(segments, "parts", None)
+            if isinstance(parts, int):  # the backend says where this part sits: stream it straight away
+                count += 1
+                self.metrics.cuts_scored.inc(len(segments))
+                part = int(getattr(segments, "part", count - 1))
+                tokens = int(getattr(segments, "guard_tokens", 0))
+                yield convert.score_part_to_pb(segments, part, parts, count == parts, tokens)
+                continue
+            if held is not None:  # otherwise hold one part back to know which is last
+                yield convert.score_part_to_pb(held, count - 1, 0, False)
+            held = list(segments)
+            count += 1
+            self.metrics.cuts_scored.inc(len(segments))
+        if held is not None:
+            yield convert.score_part_to_pb(held, count - 1, count, True)
+
+    def _count(self, code: str) -> None:
+        self.metrics.requests.labels(STREAM_REQUEST, code).inc()

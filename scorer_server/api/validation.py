@@ -1,0 +1,85 @@
+"""Structural checks of decoded requests, with messages a caller can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scorer_server.errors import InvalidRequest
+from scorer_server.types import Conversation, CutKind, ScoreRequest
+
+MAX_EVERY = 1_000_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits enforced before any work is queued."""
+
+    max_conversation_tokens: int = 8192
+    max_cuts: int = 512
+    max_judge_conversations: int = 64
+
+    @property
+    def max_conversation_chars(self) -> int:
+        # A cheap bound before tokenising: no tokenizer packs more than ~32 characters into a token.
+        return self.max_conversation_tokens * 32
+
+
+def validate_conversation(conv: Conversation, limits: Limits, field: str = "conversation") -> None:
+    msgs = conv.messages
+    if not msgs:
+        raise InvalidRequest(f"{field}.messages is empty; send at least the assistant response to score")
+    if msgs[-1].role != "assistant":
+        raise InvalidRequest(f"{field}: the last message must be the assistant response (ROLE_ASSISTANT)")
+    for i, m in enumerate(msgs):
+        if m.role == "system" and i != 0:
+            raise InvalidRequest(f"{field}.messages[{i}]: a system message may only come first")
+    turns = [m for m in msgs if m.role != "system"]
+    for i in range(1, len(turns)):
+        if turns[i].role == turns[i - 1].role:
+            raise InvalidRequest(
+                f"{field}: two {turns[i].role} messages in a row; user and assistant messages must alternate"
+            )
+    chars = sum(len(m.content) for m in msgs)
+    if chars > limits.max_conversation_chars:
+        raise InvalidRequest(
+            f"{field} has {chars} characters, far over the limit of {limits.max_conversation_tokens} guard "
+            "tokens; shorten it"
+        )
+    for i, m in enumerate(msgs):
+        if "\x00" in m.content:
+            raise InvalidRequest(f"{field}.messages[{i}].content contains a NUL character")
+
+
+def validate_score_request(req: ScoreRequest, limits: Limits) -> None:
+    validate_conversation(req.conversation, limits)
+    spec = req.cuts
+    n = len(req.conversation.response)
+    if spec.kind is CutKind.OFFSETS:
+        if len(spec.offsets) > limits.max_cuts:
+            raise InvalidRequest(
+                f"cuts.offsets has {len(spec.offsets)} offsets, over the limit of {limits.max_cuts}"
+            )
+        prev = 0
+        for i, off in enumerate(spec.offsets):
+            if off <= prev or off > n:
+                raise InvalidRequest(
+                    f"cuts.offsets[{i}] = {off} is invalid: offsets must be strictly increasing and in "
+                    f"(0, {n}], the response's length in characters"
+                )
+            prev = off
+    elif not 1 <= spec.every <= MAX_EVERY:
+        raise InvalidRequest(f"cuts.every must be between 1 and {MAX_EVERY}, got {spec.every}")
+    if not 1e-3 <= req.temperature <= 1e3:
+        raise InvalidRequest(f"temperature must be in [0.001, 1000], got {req.temperature}")
+
+
+def validate_judge(conversations: list[Conversation], limits: Limits) -> None:
+    if not conversations:
+        raise InvalidRequest("conversations is empty; send at least one")
+    if len(conversations) > limits.max_judge_conversations:
+        raise InvalidRequest(
+            f"{len(conversations)} conversations in one Judge call, over the limit of "
+            f"{limits.max_judge_conversations}; split the call"
+        )
+    for i, c in enumerate(conversations):
+        validate_conversation(c, limits, f"conversations[{i}]")

@@ -1,0 +1,254 @@
+"""Dynamic batcher: merges work from all callers into forwards by token budget and a maximum wait.
+
+Work arrives as tickets (one per request), each holding one or more items (rows of a forward). Items
+are taken highest priority first, then oldest first, packed until the padded-token budget is full.
+A forward starts when the budget can be filled or the oldest item has waited `max_wait_s`; while one
+forward runs on the worker thread the next batch accumulates. A bounded number of tickets may be
+outstanding: beyond it `submit` raises Overloaded with a retry hint. Cancelled tickets' items are
+dropped before they reach the model. A batch that runs out of memory is split in halves and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from scorer_server.errors import NotReady, Overloaded
+
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
+log = logging.getLogger("star.batcher")
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Batching and backpressure limits."""
+
+    max_batch_tokens: int = 16384
+    """Padded tokens per forward: rows x longest row."""
+    max_wait_s: float = 0.005
+    """Longest a queued item waits for company before its forward starts anyway."""
+    max_queue: int = 1024
+    """Tickets (requests) queued or running; more get Overloaded."""
+
+
+class BatchObserver(Protocol):
+    def on_batch(self, rows: int, tokens: int, seconds: float) -> None: ...
+    def on_queue(self, depth: int) -> None: ...
+
+
+class Ticket(Generic[R]):
+    """One request's items in the batcher; `futures[i]` resolves to item i's result."""
+
+    def __init__(self, futures: list[asyncio.Future[R]], priority: int) -> None:
+        self.futures = futures
+        self.priority = priority
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Drop whatever has not reached the model yet."""
+        self.cancelled = True
+        for f in self.futures:
+            f.cancel()
+
+    @property
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+
+@dataclass
+class _Entry(Generic[I, R]):
+    priority: int
+    seq: int
+    item: I
+    tokens: int
+    ticket: Ticket[R]
+    future: asyncio.Future[R]
+    enqueued: float
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a forward failed for lack of accelerator memory (torch's OOM error or its message)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+class Batcher(Generic[I, R]):
+    """Token-budgeted, priority-ordered batching of items into `run(items) -> results` calls."""
+
+    def __init__(
+        self,
+        config: BatcherConfig,
+        run: Callable[[list[I]], list[R]],
+        cost: Callable[[I], int],
+        executor: Executor,
+        observer: BatchObserver | None = None,
+        on_oom: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._run = run
+        self._cost = cost
+        self._executor = executor
+        self._observer = observer
+        self._on_oom = on_oom
+        self._queue: list[_Entry[I, R]] = []
+        self._seq = itertools.count()
+        self._outstanding: set[Ticket[R]] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._forward_s = 0.05  # running estimate, for retry hints
+
+    # -- submitting --
+    def submit(self, items: list[I], priority: int = 0) -> Ticket[R]:
+        """Queue one request's items; raises Overloaded when `max_queue` tickets are outstanding."""
+        if self._closed:
+            raise NotReady("the scorer is shutting down; retry on another replica")
+        if len(self._outstanding) >= self.config.max_queue:
+            raise Overloaded(
+                f"the scorer queue is full ({self.config.max_queue} requests); retry shortly",
+                retry_after_s=self.retry_hint(),
+            )
+        loop = asyncio.get_running_loop()
+        ticket: Ticket[R] = Ticket([loop.create_future() for _ in items], priority)
+        now = time.monotonic()
+        for item, fut in zip(items, ticket.futures, strict=True):
+            self._queue.append(_Entry(priority, next(self._seq), item, self._cost(item), ticket, fut, now))
+        self._outstanding.add(ticket)
+        settle = functools.partial(self._settle, ticket)
+        for fut in ticket.futures:
+            fut.add_done_callback(settle)
+        self._report_queue()
+        self._wake.set()
+        return ticket
+
+    def _settle(self, ticket: Ticket[R], _future: object = None) -> None:
+        if ticket in self._outstanding and ticket.done:
+            self._outstanding.discard(ticket)
+            self._report_queue()
+
+    def _report_queue(self) -> None:
+        if self._observer is not None:
+            self._observer.on_queue(len(self._outstanding))
+
+    @property
+    def depth(self) -> int:
+        """Requests queued or running."""
+        return len(self._outstanding)
+
+    def retry_hint(self) -> float:
+        queued = sum(e.tokens for e in self._queue)
+        batches = 1 + queued / max(1, self.config.max_batch_tokens)
+        return round(min(5.0, max(0.05, batches * self._forward_s)), 3)
+
+    # -- lifecycle --
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="star-batcher")
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new work and wait up to `timeout` for outstanding tickets; True if all finished."""
+        self._closed = True
+        end = time.monotonic() + timeout
+        while self._outstanding and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        return not self._outstanding
+
+    async def stop(self) -> None:
+        self._closed = True
+        for e in self._queue:
+            e.future.cancel()
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- the loop --
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_cancelled()
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._fill(loop)
+            batch = self._take()
+            if not batch:
+                continue
+            tokens = len(batch) * max(e.tokens for e in batch)
+            t0 = time.monotonic()
+            try:
+                items = [e.item for e in batch]
+                results = await loop.run_in_executor(self._executor, self._run_splitting, items)
+            except Exception as exc:  # reaches callers as their error; the loop goes on
+                for e in batch:
+                    if not e.future.done():
+                        e.future.set_exception(exc)
+                continue
+            seconds = time.monotonic() - t0
+            self._forward_s = 0.8 * self._forward_s + 0.2 * seconds
+            if self._observer is not None:
+                self._observer.on_batch(len(batch), tokens, seconds)
+            for e, r in zip(batch, results, strict=True):
+                if not e.future.done():
+                    e.future.set_result(r)
+
+    async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until the budget can be filled or the oldest item has waited long enough."""
+        while True:
+            self._drop_cancelled()
+            if not self._queue:
+                return
+            if sum(e.tokens for e in self._queue) >= self.config.max_batch_tokens:
+                return
+            oldest = min(e.enqueued for e in self._queue)
+            left = oldest + self.config.max_wait_s - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Entry[I, R]]:
+        """Highest priority, then oldest, first; padded tokens within the budget (a lone oversize row
+        still runs on its own)."""
+        self._queue.sort(key=lambda e: (-e.priority, e.seq))
+        batch: list[_Entry[I, R]] = []
+        rest: list[_Entry[I, R]] = []
+        longest = 0
+        budget = self.config.max_batch_tokens
+        for e in self._queue:
+            if not batch or (len(batch) + 1) * max(longest, e.tokens) <= budget:
+                batch.append(e)
+                longest = max(longest, e.tokens)
+            else:
+                rest.append(e)
+        self._queue = rest
+        return batch
+
+    def _drop_cancelled(self) -> None:
+        if any(e.ticket.cancelled or e.future.done() for e in self._queue):
+            self._queue = [e for e in self._queue if not (e.ticket.cancelled or e.future.done())]
+
+    def _run_splitting(self, items: list[I]) -> list[R]:
+        """Run one forward; on out-of-memory split the batch in halves and retry each."""
+        try:
+            return self._run(items)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or len(items) == 1:
+                raise
+            if self._on_oom is not None:
+                self._on_oom()
+            log.warning("out of memory on a batch of %d rows; splitting it", len(items))
+            half = len(items) // 2
+            return self._run_splitting(items[:half]) + self._run_splitting(items[half:])

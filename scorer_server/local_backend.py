@@ -1,0 +1,163 @@
+"""The local ScoringBackend: a StarEngine in this process behind the dynamic batcher.
+
+Planning (template rendering and tokenisation) runs on one worker thread, forwards on another, so the
+next requests are tokenised while the model runs; the event loop only moves results around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from scorer_server import __version__
+from scorer_server.batcher import Batcher, BatcherConfig, BatchObserver
+from scorer_server.errors import InvalidRequest, NotReady
+from scorer_server.guards.loader import GuardConfig
+from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+
+log = logging.getLogger("star.backend")
+WARMUP = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast, then bake it.")
+
+
+class ScorePart(list[Segment]):
+    """One part of a response's segments, with its position; a plain list to ScoringBackend callers."""
+
+    def __init__(self, segments: list[Segment], part: int, parts: int, guard_tokens: int) -> None:
+        super().__init__(segments)
+        self.part = part
+        self.parts = parts
+        self.guard_tokens = guard_tokens
+
+
+@dataclass(frozen=True)
+class LocalBackendConfig:
+    """The local engine's settings (built from ServerConfig)."""
+
+    guard: GuardConfig
+    batcher: BatcherConfig
+    max_row_tokens: int = 4096
+    max_conversation_tokens: int = 8192
+    max_cuts: int = 512
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default."""
+    warmup: bool = True
+
+
+class LocalBackend:
+    """Implements scorer_server.engine.backend.ScoringBackend over a StarEngine."""
+
+    def __init__(self, config: LocalBackendConfig, observer: BatchObserver | None = None) -> None:
+        self.config = config
+        self._observer = observer
+        self._plan_pool = ThreadPoolExecutor(1, thread_name_prefix="star-plan")
+        self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix="star-forward")
+        self._engine: Any = None
+        self._batcher: Batcher[Any, list[Segment]] | None = None
+        self._info: GuardInfo | None = None
+
+    def info(self) -> GuardInfo:
+        if self._info is None:
+            raise NotReady("the guard is still loading")
+        return self._info
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._engine = await loop.run_in_executor(self._forward_pool, self._load)
+        self._batcher = Batcher(
+            self.config.batcher,
+            run=self._engine.run,
+            cost=lambda item: int(item.tokens),
+            executor=self._forward_pool,
+            observer=self._observer,
+            on_oom=_empty_cache,
+        )
+        self._batcher.start()
+        if self.config.warmup:
+            async for _ in self.score(ScoreRequest(WARMUP)):
+                pass
+            await self.judge([WARMUP])
+        g = self._engine.guard
+        self._info = GuardInfo(
+            name=g.name,
+            preset=g.preset.name,
+            safe_word=g.preset.safe_word,
+            unsafe_word=g.preset.unsafe_word,
+            safe_token_id=g.safe_id,
+            unsafe_token_id=g.unsafe_id,
+            fingerprint=g.fingerprint,
+            max_conversation_tokens=self.config.max_conversation_tokens,
+            max_cuts=self.config.max_cuts,
+            server_version=__version__,
+            backend="local",
+        )
+
+    def _load(self) -> Any:
+        import torch
+
+        from scorer_server.engine.engine import EngineConfig, StarEngine
+        from scorer_server.guards.loader import load_guard
+
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+        guard = load_guard(self.config.guard)
+        engine_config = EngineConfig(
+            max_batch_tokens=self.config.batcher.max_batch_tokens,
+            max_row_tokens=self.config.max_row_tokens,
+            max_conversation_tokens=self.config.max_conversation_tokens,
+        )
+        log.info("guard loaded", extra={"guard": guard.name, "fingerprint": guard.fingerprint})
+        return StarEngine(guard, engine_config)
+
+    async def stop(self, grace_s: float) -> None:
+        if self._batcher is not None:
+            await self._batcher.drain(grace_s)
+            await self._batcher.stop()
+        self._plan_pool.shutdown(wait=False, cancel_futures=True)
+        self._forward_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _plan(self, request: ScoreRequest) -> list[Any]:
+        plan = self._engine.plan(request)
+        if len(plan.cuts) > self.config.max_cuts:
+            raise InvalidRequest(
+                f"the request makes {len(plan.cuts)} cuts, over the limit of {self.config.max_cuts}; "
+                "cut less often (a larger `every`) or split the response"
+            )
+        return list(self._engine.work_items(plan))
+
+    async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[list[Segment]]:
+        if self._batcher is None:
+            raise NotReady("the guard is still loading")
+        items = await asyncio.get_running_loop().run_in_executor(self._plan_pool, self._plan, request)
+        ticket = self._batcher.submit(items, priority)
+        index = {id(f): k for k, f in enumerate(ticket.futures)}
+        pending: set[asyncio.Future[list[Segment]]] = set(ticket.futures)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: index[id(f)]):
+                    if fut.cancelled():
+                        raise NotReady("the scorer is shutting down; retry on another replica")
+                    it = items[index[id(fut)]]
+                    segments = sorted(fut.result(), key=lambda s: s.end)
+                    yield ScorePart(segments, it.part, it.parts, int(it.tokens))
+        finally:
+            ticket.cancel()  # no-op when every part finished; drops queued parts otherwise
+
+    async def judge(self, conversations: list[Conversation]) -> list[Verdict]:
+        if self._engine is None:
+            raise NotReady("the guard is still loading")
+        loop = asyncio.get_running_loop()
+        judge = self._engine.judge
+        verdicts: list[Verdict] = await loop.run_in_executor(self._forward_pool, judge, conversations)
+        return verdicts
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the scorer, on their own registry, served over HTTP on --metrics-port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class ServerMetrics:
+    """The scorer's metrics; also the batcher's observer."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("star_queue_depth", "Requests queued or running in the batcher", registry=r)
+        self.requests = Counter(
+            "star_requests", "RPCs and ScoreStream requests by final status", ["method", "code"], registry=r
+        )
+        self.batch_size = Histogram("star_batch_size", "Rows per forward", buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram(
+            "star_batch_tokens", "Padded tokens per forward", buckets=_TOKEN_BUCKETS, registry=r
+        )
+        self.forward_seconds = Histogram(
+            "star_forward_seconds", "Wall time of one forward", buckets=_SECONDS_BUCKETS, registry=r
+        )
+        self.cuts_scored = Counter("star_cuts_scored", "Cuts whose STAR score was returned", registry=r)
+        self.guard_forwards = Counter("star_guard_forwards", "Guard forward passes run", registry=r)
+        self.cancelled = Counter(
+            "star_requests_dropped", "Requests dropped before completion (deadline or cancel)", registry=r
+        )
+
+    def on_batch(self, rows: int, tokens: int, seconds: float) -> None:
+        self.batch_size.observe(rows)
+        self.batch_tokens.observe(tokens)
+        self.forward_seconds.observe(seconds)
+        self.guard_forwards.inc()
+
+    def on_queue(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        """Expose /metrics on `port` (a daemon thread)."""
+        start_http_server(port, addr=host, registry=self.registry)

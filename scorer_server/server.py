@@ -1,0 +1,194 @@
+"""The gRPC server: wiring, health, reflection, TLS, metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from scorer_server.api.interceptors import AuthInterceptor, ErrorInterceptor
+from scorer_server.api.servicer import ScorerServicer
+from scorer_server.api.validation import Limits
+from scorer_server.batcher import BatcherConfig
+from scorer_server.config import ServerConfig
+from scorer_server.engine.backend import ScoringBackend
+from scorer_server.guards.loader import GuardConfig
+from scorer_server.metrics import ServerMetrics
+from star_proto import scorer_pb2 as pb
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScorerService"].full_name
+log = logging.getLogger("star.server")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (time, level, logger, message and any `extra` fields)."""
+
+    _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBackend:
+    """The local engine behind the batcher, or a remote engine fleet."""
+    guard = GuardConfig(path=config.guard, preset=config.preset, dtype=config.dtype, device=config.device)
+    if config.backend == "local":
+        from scorer_server.local_backend import LocalBackend, LocalBackendConfig
+
+        batcher = BatcherConfig(config.max_batch_tokens, config.max_wait_ms / 1000.0, config.max_queue)
+        local = LocalBackendConfig(
+            guard=guard,
+            batcher=batcher,
+            max_row_tokens=config.max_row_tokens,
+            max_conversation_tokens=config.max_conversation_tokens,
+            max_cuts=config.max_cuts,
+            threads=config.threads,
+            warmup=config.warmup,
+        )
+        return LocalBackend(local, observer=metrics)
+    try:
+        from scorer_server.backends import build_remote_backend  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:
+        raise ValueError(
+            f"--backend {config.backend} needs scorer_server.backends.build_remote_backend, which is not "
+            f"available in this installation ({exc})"
+        ) from None
+    backend: ScoringBackend = build_remote_backend(
+        config.backend, list(config.remote_url), guard, config.remote_max_concurrency
+    )
+    return backend
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls:
+        return None
+    key = Path(config.tls_key).read_bytes()
+    cert = Path(config.tls_cert).read_bytes()
+    ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+class ScorerServer:
+    """One scorer process: `await run()` serves until SIGTERM/SIGINT, then drains."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.backend = build_backend(config, self.metrics)
+        limits = Limits(config.max_conversation_tokens, config.max_cuts, config.max_judge_conversations)
+        self.servicer = ScorerServicer(self.backend, limits, self.metrics, config.max_message_bytes)
+        self.health = health_aio.HealthServicer()
+        self._stop = asyncio.Event()
+        interceptors: list[Any] = [ErrorInterceptor(self.metrics)]
+        if config.auth_tokens:
+            interceptors.append(AuthInterceptor(config.auth_tokens))
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ],
+        )
+        from star_proto import scorer_pb2_grpc as pb_grpc
+
+        pb_grpc.add_ScorerServiceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.server
+        )
+        address = f"{config.host}:{config.port}"
+        creds = _credentials(config)
+        self.port = (
+            self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        )
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.metrics_port)
+        log.info(
+            "listening",
+            extra={"port": self.port, "tls": self.config.tls, "auth": bool(self.config.auth_tokens)},
+        )
+        t0 = time.monotonic()
+        start = asyncio.create_task(self.backend.start())
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if start.done():
+            start.result()  # a load failure ends the process with its message
+            self.servicer.ready = True
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            info = self.backend.info()
+            log.info(
+                "serving",
+                extra={
+                    "guard": info.name,
+                    "fingerprint": info.fingerprint,
+                    "load_s": round(time.monotonic() - t0, 2),
+                },
+            )
+            await stop
+        else:
+            start.cancel()
+        await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        """NOT_SERVING at once, refuse new work, finish in-flight work within the grace period."""
+        grace = self.config.grace_s
+        t0 = time.monotonic()
+        log.info("draining", extra={"grace_s": grace})
+        await self.health.enter_graceful_shutdown()
+        self.servicer.begin_drain()
+        idle = await self.servicer.wait_idle(grace)
+        left = max(0.0, grace - (time.monotonic() - t0))
+        await self.backend.stop(left)
+        await self.server.stop(min(left, 1.0))
+        log.info("stopped", extra={"drained": idle, "seconds": round(time.monotonic() - t0, 2)})
+
+
+async def serve(config: ServerConfig) -> int:
+    return await ScorerServer(config).run()
