@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from scorer_server.types import Conversation, Message, ScoreRequest, StarScores
@@ -208,7 +209,7 @@ def collate(
     pad_id: int,
     weights: Sequence[Sequence[float]] | None = None,
     keep: Sequence[float] | None = None,
-    ref_logprobs: Sequence[Sequence[float]] | None = None,
+    ref_logprobs: Sequence[Sequence[float] | np.ndarray] | None = None,
 ) -> Batch:
     """Pad examples into a Batch. `weights[i]` and `ref_logprobs[i]` run over example i's label tokens."""
     length = max(len(e.input_ids) for e in examples)
@@ -227,6 +228,6 @@ def collate(
         if weights is not None:
             w[r, pos] = torch.tensor(list(weights[r]), dtype=torch.float32)
         if ref is not None and ref_logprobs is not None:
-            ref[r, pos] = torch.tensor(list(ref_logprobs[r]), dtype=torch.float32)
+            ref[r, pos] = torch.as_tensor(np.asarray(ref_logprobs[r], dtype=np.float32))
     k = torch.tensor(list(keep) if keep is not None else [1.0] * b, dtype=torch.float32)
     return Batch(ids, attn, lab, w, k, ref, [e.index for e in examples])

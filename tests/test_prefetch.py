@@ -1,0 +1,126 @@
+"""The prefetcher: follows the sampler's order, keeps N batches in flight, uses the cache, dedupes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, StarScores, Verdict
+from trainer_client.alignment import cut_spec
+from trainer_client.data import Example, ScoredTurn, guard_view
+from trainer_client.scoring.cache import ScoreCache
+from trainer_client.scoring.prefetch import Prefetcher
+
+
+class FakeScorer:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.requests: list[ScoreRequest] = []
+        self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def info(self) -> GuardInfo:
+        return GuardInfo("fake", "fake", "safe", "unsafe", 1, 2, "fp-fake")
+
+    async def score_many(self, requests: Sequence[ScoreRequest], priority: int = 0) -> list[StarScores]:
+        self.calls += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        await asyncio.sleep(self.delay)
+        self.in_flight -= 1
+        self.requests.extend(requests)
+        return [StarScores(tuple(Segment(c, c / 100) for c in r.cuts.offsets)) for r in requests]
+
+    async def judge(self, conversations: Sequence[Conversation]) -> list[Verdict]:
+        return [Verdict(0.9 if "bad" in c.response else 0.1) for c in conversations]
+
+    async def close(self) -> None:
+        return None
+
+
+def _examples(n: int, distinct: int | None = None) -> list[Example]:
+    out = []
+    for i in range(n):
+        k = i % (distinct or n)
+        resp = f"answer number {k} is bad" if k % 2 else f"answer number {k}"
+        conv = Conversation.from_pair(f"q{k}", resp)
+        req = ScoreRequest(guard_view(conv), cut_spec((6, len(resp))))
+        out.append(Example(i, (1, 2, 3), (0, 1, 1), (ScoredTurn(req, (1, 2), (6, len(resp))),), conv))
+    return out
+
+
+def test_follows_order_and_uses_cache(tmp_path: Path) -> None:
+    exs = _examples(8)
+    cache = ScoreCache(tmp_path / "c.sqlite")
+    fake = FakeScorer()
+    order = [[3, 1], [0, 7], [2, 6], [5, 4]]
+    pf = Prefetcher(lambda: fake, exs, cache, depth=2)
+    pf.start(iter(order))
+    for want in order:
+        idx, scores, _ = pf.next()
+        assert idx == want
+        for i, s in zip(idx, scores, strict=True):
+            assert s.scores[0].segments[-1].end == len(exs[i].conversation.response)
+    assert len(fake.requests) == 8
+    pf.start(iter(order))  # a second epoch: everything from the cache
+    for _ in order:
+        pf.next()
+    assert len(fake.requests) == 8
+    with pytest.raises(StopIteration):
+        pf.next()
+    pf.close()
+    assert cache.count() == 8
+
+
+def test_duplicates_in_flight_are_scored_once() -> None:
+    exs = _examples(12, distinct=3)
+    fake = FakeScorer(delay=0.05)
+    pf = Prefetcher(lambda: fake, exs, None, depth=4)
+    pf.start(iter([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]))
+    for _ in range(4):
+        _, scores, _ = pf.next()
+        assert len(scores) == 3
+    pf.close()
+    assert len(fake.requests) == 3
+
+
+def test_keeps_depth_batches_in_flight_and_records_waits() -> None:
+    exs = _examples(10)
+    fake = FakeScorer(delay=0.2)
+    pf = Prefetcher(lambda: fake, exs, None, depth=3)
+    pf.start(iter([[i] for i in range(10)]))
+    time.sleep(0.05)
+    assert fake.max_in_flight == 3
+    _, _, first_wait = pf.next()
+    assert 0.05 < first_wait < 0.3
+    time.sleep(0.3)  # a "training step" longer than the scorer's latency
+    _, _, wait = pf.next()
+    assert wait < 0.02
+    pf.close()
+
+
+def test_rs_verdicts() -> None:
+    exs = _examples(4)
+    pf = Prefetcher(lambda: FakeScorer(), exs, None, star=False, verdicts=True, depth=2)
+    pf.start(iter([[0, 1, 2, 3]]))
+    _, scores, _ = pf.next()
+    pf.close()
+    assert [s.keep for s in scores] == [1.0, 0.0, 1.0, 0.0]
+    assert all(s.scores == () for s in scores)
+
+
+def test_scorer_errors_reach_the_step() -> None:
+    class Broken(FakeScorer):
+        async def score_many(self, requests: Sequence[ScoreRequest], priority: int = 0) -> list[StarScores]:
+            raise ConnectionError("scorer down")
+
+    pf = Prefetcher(lambda: Broken(), _examples(2), None, depth=1)
+    pf.start(iter([[0], [1]]))
+    with pytest.raises(ConnectionError, match="scorer down"):
+        pf.next()
+    pf.close()

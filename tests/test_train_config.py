@@ -1,0 +1,79 @@
+"""Recipes, overrides, the LR schedule, the resumable sampler and the CLI's error handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer_client.train.cli import main as train_main
+from trainer_client.train.config import load_config
+from trainer_client.train.loop import cosine_with_floor
+from trainer_client.train.sampler import EpochSampler
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_published_recipe_and_overrides() -> None:
+    cfg = load_config(
+        str(ROOT / "examples" / "published.yaml"),
+        ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1", "lr=1e-5", "lora_targets=q_proj,v_proj"],
+    )
+    assert (cfg.lr, cfg.min_lr, cfg.warmup_ratio, cfg.beta1, cfg.beta2) == (1e-5, 5e-8, 0.03, 0.9, 0.95)
+    assert (cfg.weight_decay, cfg.max_grad_norm, cfg.max_length, cfg.finetune) == (0.0, 1.0, 2048, "full")
+    assert cfg.lora_targets == ("q_proj", "v_proj")
+    assert cfg.method == "dss" and cfg.lambda_kl == 0.5 and cfg.kl_estimator == "k2"
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "examples").glob("*.yaml")))
+def test_every_example_recipe_loads(recipe: Path) -> None:
+    cfg = load_config(str(recipe), ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1"])
+    assert cfg.output_dir == "o"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["bogus=1"], "unknown config key"),
+        (["method=ppo"], "method must be"),
+        (["lr=fast"], "lr must be float"),
+        (["scorer=null", "method=dss"], "needs scores"),
+        (["reference=precomputed", "kl_estimator=full"], "cannot serve"),
+        (["nokey"], "key=value"),
+    ],
+)
+def test_bad_config_is_a_clear_error(sets: list[str], message: str) -> None:
+    base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1"]
+    with pytest.raises(ValueError, match=message):
+        load_config(None, base + sets)
+
+
+def test_cli_reports_errors_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_main(["--set", "model=/m", "--set", "data=d", "--set", "output_dir=o", "--set", "epochs=0"]) == 2
+    assert "star-train: error: batch_size, grad_accum and epochs" in capsys.readouterr().err
+    rc = train_main(["--set", "model=/nope", "--set", "data=d", "--set", "output_dir=/tmp/x", "--set", "method=sft"])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    assert "--resume" in capsys.readouterr().out
+
+
+def test_cosine_warmup_and_floor() -> None:
+    f = cosine_with_floor(total=100, warmup=3, floor=0.01)
+    assert [round(f(s), 4) for s in range(3)] == [0.3333, 0.6667, 1.0]
+    assert f(3) == pytest.approx(1.0)
+    assert f(99) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * 96 / 97)))
+    assert f(100) == pytest.approx(0.01)
+    assert all(f(s) >= f(s + 1) for s in range(3, 100))
+
+
+def test_sampler_is_seeded_and_resumable() -> None:
+    s = EpochSampler(n=10, batch_size=3, grad_accum=2, seed=7)
+    assert s.micro_per_epoch == 4 and s.steps_per_epoch == 2
+    full = s.plan(epochs=3)
+    assert [mb.step for mb in full] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert sorted(i for mb in full[:4] for i in mb.indices) == list(range(10))
+    assert full[:4] != full[4:8]  # a new permutation each epoch
+    assert s.plan(epochs=3, start_step=3) == full[6:]
+    ranks = [EpochSampler(n=10, batch_size=2, rank=r, world=3).epoch_indices(0) for r in range(3)]
+    assert sum(len(r) for r in ranks) == 9 and len(set().union(*ranks)) == 9

@@ -1,0 +1,278 @@
+"""Scores for upcoming batches, fetched ahead of the training step that needs them.
+
+The prefetcher runs an asyncio loop on a background thread. It is handed the sampler's upcoming batch
+order and keeps the scores of the next `depth` batches in flight (cache first, then the scorer) while
+the current step trains; `next()` blocks only when the scorer is behind and reports how long it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, StarScores, Verdict
+from trainer_client.data import Example, conversation_hash
+from trainer_client.scoring.cache import ScoreCache, ScoreKey
+
+T = TypeVar("T")
+
+
+class AsyncScorer(Protocol):
+    """What the prefetcher needs from a scorer: `AsyncScorerClient`, `LocalScorer`, `FileScorer`."""
+
+    async def info(self) -> GuardInfo: ...
+
+    async def score_many(self, requests: Sequence[ScoreRequest], priority: int = 0) -> list[StarScores]: ...
+
+    async def judge(self, conversations: Sequence[Conversation]) -> list[Verdict]: ...
+
+    async def close(self) -> None: ...
+
+
+def cut_key(request: ScoreRequest) -> str:
+    """The cache's cut spec key (the temperature is part of it when not 1)."""
+    k = request.cuts.key()
+    return k if request.temperature == 1.0 else f"{k}|T={request.temperature:g}"
+
+
+def score_key(fingerprint: str, request: ScoreRequest) -> ScoreKey:
+    return (fingerprint, conversation_hash(request.conversation), cut_key(request))
+
+
+@dataclass(frozen=True)
+class ExampleScores:
+    """What the loss needs for one example."""
+
+    scores: tuple[StarScores, ...]
+    """One per labelled turn (empty when the method needs no STAR)."""
+    keep: float = 1.0
+    """RS: 1 when the guard judged the full response safe, else 0."""
+
+
+class ScoreFetcher:
+    """Resolves examples to scores and verdicts: cache first, the scorer for what is missing."""
+
+    def __init__(
+        self, scorer: AsyncScorer, fingerprint: str, cache: ScoreCache | None, delay_s: float = 0.0
+    ) -> None:
+        self.scorer = scorer
+        self.fingerprint = fingerprint
+        self.cache = cache
+        self.delay_s = delay_s
+        self.scored_requests = 0
+        """Requests sent to the scorer (cache misses)."""
+        self._pending: dict[ScoreKey, asyncio.Future[StarScores]] = {}
+
+    async def fetch(self, examples: Sequence[Example], star: bool, verdicts: bool) -> list[ExampleScores]:
+        scores: list[tuple[StarScores, ...]] = [() for _ in examples]
+        keeps = [1.0] * len(examples)
+        if star:
+            reqs = [t.request for e in examples for t in e.turns]
+            got = await self._scores(reqs)
+            i = 0
+            for k, e in enumerate(examples):
+                scores[k] = tuple(got[i : i + len(e.turns)])
+                i += len(e.turns)
+        if verdicts:
+            convs = [e.turns[-1].request.conversation for e in examples]
+            vs = await self._verdicts(convs)
+            keeps = [0.0 if v.unsafe else 1.0 for v in vs]
+        return [ExampleScores(s, k) for s, k in zip(scores, keeps, strict=True)]
+
+    async def _scores(self, reqs: list[ScoreRequest]) -> list[StarScores]:
+        keys = [score_key(self.fingerprint, r) for r in reqs]
+        found: list[StarScores | None] = self.cache.get_scores(keys) if self.cache else [None] * len(reqs)
+        loop = asyncio.get_running_loop()
+        mine: dict[ScoreKey, int] = {}
+        shared: dict[int, asyncio.Future[StarScores]] = {}
+        for i, s in enumerate(found):
+            if s is not None:
+                continue
+            if keys[i] in self._pending:  # another batch is already fetching this conversation
+                shared[i] = self._pending[keys[i]]
+            elif keys[i] not in mine:
+                mine[keys[i]] = i
+        for k in mine:
+            self._pending[k] = loop.create_future()
+        fresh: dict[ScoreKey, StarScores] = {}
+        if mine:
+            try:
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                got = await self.scorer.score_many([reqs[i] for i in mine.values()])
+            except BaseException as e:
+                for k in mine:
+                    fut = self._pending.pop(k)
+                    fut.set_exception(e)
+                    fut.exception()  # marks it retrieved; this call re-raises it
+                raise
+            fresh = dict(zip(mine, got, strict=True))
+            self.scored_requests += len(mine)
+            if self.cache:
+                self.cache.put_scores(list(fresh.items()))
+            for k, sc in fresh.items():
+                self._pending.pop(k).set_result(sc)
+        for i, s in enumerate(found):
+            if s is None:
+                found[i] = await asyncio.shield(shared[i]) if i in shared else fresh[keys[i]]
+        return [s for s in found if s is not None]
+
+    async def _verdicts(self, convs: list[Conversation]) -> list[Verdict]:
+        hashes = [conversation_hash(c) for c in convs]
+        found: list[Verdict | None] = (
+            self.cache.get_verdicts(self.fingerprint, hashes) if self.cache else [None] * len(convs)
+        )
+        miss = [i for i, v in enumerate(found) if v is None]
+        if miss:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            fresh = await self.scorer.judge([convs[i] for i in miss])
+            for i, v in zip(miss, fresh, strict=True):
+                found[i] = v
+            if self.cache:
+                self.cache.put_verdicts(
+                    self.fingerprint, [(hashes[i], v) for i, v in zip(miss, fresh, strict=True)]
+                )
+        return [v for v in found if v is not None]
+
+
+class Prefetcher:
+    """Keeps the next `depth` batches' scores in flight on a background event loop."""
+
+    def __init__(
+        self,
+        make_scorer: Callable[[], AsyncScorer],
+        examples: Sequence[Example],
+        cache: ScoreCache | None,
+        *,
+        star: bool = True,
+        verdicts: bool = False,
+        depth: int = 4,
+        delay_s: float = 0.0,
+    ) -> None:
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self.examples = examples
+        self.star, self.verdicts, self.depth = star, verdicts, depth
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="star-prefetch", daemon=True)
+        self._thread.start()
+        self._queue: collections.deque[tuple[list[int], concurrent.futures.Future[list[ExampleScores]]]] = (
+            collections.deque()
+        )
+        self._order: Iterator[list[int]] = iter(())
+        self.total_wait_s = 0.0
+
+        async def setup() -> tuple[AsyncScorer, str]:
+            s = make_scorer()
+            return s, (await s.info()).fingerprint
+
+        self.scorer, self.fingerprint = self._call(setup())
+        self.fetcher = ScoreFetcher(self.scorer, self.fingerprint, cache, delay_s)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def start(self, order: Iterator[list[int]]) -> None:
+        """Set the upcoming batch order (lists of example indices) and fill the window."""
+        for _, fut in self._queue:
+            fut.cancel()
+        self._queue.clear()
+        self._order = order
+        while len(self._queue) < self.depth and self._submit():
+            pass
+
+    def _submit(self) -> bool:
+        idx = next(self._order, None)
+        if idx is None:
+            return False
+        exs = [self.examples[i] for i in idx]
+        fut = asyncio.run_coroutine_threadsafe(self.fetcher.fetch(exs, self.star, self.verdicts), self._loop)
+        self._queue.append((idx, fut))
+        return True
+
+    def next(self) -> tuple[list[int], list[ExampleScores], float]:
+        """The next batch's indices and scores, and the seconds this call waited for them."""
+        if not self._queue:
+            raise StopIteration("no batch left in the prefetch order")
+        idx, fut = self._queue.popleft()
+        self._submit()
+        t0 = time.perf_counter()
+        result = fut.result()
+        waited = time.perf_counter() - t0
+        self.total_wait_s += waited
+        return idx, result, waited
+
+    def close(self) -> None:
+        for _, fut in self._queue:
+            fut.cancel()
+        self._queue.clear()
+        try:
+            self._call(self.scorer.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+
+class FileScorer:
+    """Scores from a precomputed JSONL (the published offline mode); unknown requests are an error."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"scores file {path} does not exist")
+        self._scores: dict[tuple[str, str], StarScores] = {}
+        self._verdicts: dict[str, Verdict] = {}
+        fps: set[str] = set()
+        with self.path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    fps.add(rec["fingerprint"])
+                    if "segments" in rec:
+                        segs = tuple(Segment(int(e), float(p)) for e, p in rec["segments"])
+                        self._scores[(rec["content"], rec["cut_key"])] = StarScores(segs)
+                    else:
+                        self._verdicts[rec["content"]] = Verdict(float(rec["p_unsafe"]))
+                except (KeyError, ValueError, TypeError) as e:
+                    raise ValueError(f"{path}:{n}: not a score record ({e})") from None
+        if len(fps) > 1:
+            raise ValueError(f"{path} mixes scores from {len(fps)} different guards")
+        self.fingerprint = fps.pop() if fps else "empty"
+
+    async def info(self) -> GuardInfo:
+        return GuardInfo("file", "file", "", "", -1, -1, self.fingerprint, backend=f"file:{self.path}")
+
+    async def score_many(self, requests: Sequence[ScoreRequest], priority: int = 0) -> list[StarScores]:
+        out = []
+        for r in requests:
+            key = (conversation_hash(r.conversation), cut_key(r))
+            if key not in self._scores:
+                raise ValueError(
+                    f"{self.path} has no scores for a conversation of this dataset (content {key[0][:12]}, "
+                    "cuts differ or the data changed); rerun star-score-dataset with the same recipe"
+                )
+            out.append(self._scores[key])
+        return out
+
+    async def judge(self, conversations: Sequence[Conversation]) -> list[Verdict]:
+        out = []
+        for c in conversations:
+            h = conversation_hash(c)
+            if h not in self._verdicts:
+                raise ValueError(f"{self.path} has no verdict for conversation {h[:12]}")
+            out.append(self._verdicts[h])
+        return out
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,81 @@
+"""`star-train`: run a finetuning recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from trainer_client.train.config import load_config
+
+EPILOG = """examples:
+  star-train --config examples/published.yaml --set model=/models/llama-3.2-1b-instruct \\
+      --set data=train.jsonl --set scorer=scorer-0:50051 --set output_dir=runs/dss
+  star-train --config examples/lora-dss.yaml --set method=sft          # the SFT baseline
+  star-train --config examples/lora-dss.yaml --resume                  # continue after a stop
+
+Every TrainConfig field (see examples/*.yaml, where each key is documented) can be set with --set.
+Several GPUs: accelerate launch -m trainer_client.train.cli --config ... (each process scores its shard).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="star-train",
+        description="Finetune a causal LM with STAR-DSS (token-level safety shaping from a guard's STAR "
+        "scores), RS (whole-response rejection) or plain SFT. Writes checkpoints, metrics.jsonl "
+        "(one line per optimizer step), summary.json and the final weights under output_dir.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--config", help="YAML recipe (a mapping of TrainConfig keys)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one recipe key (repeatable); VALUE is parsed as YAML, lists as a,b,c",
+    )
+    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append("resume=true")
+    if args.no_progress:
+        overrides.append("progress=false")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ValueError as e:
+        print(f"star-train: error: {e}", file=sys.stderr)
+        return 2
+    from trainer_client.train.loop import run_training
+
+    try:
+        result = run_training(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"star-train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("star-train: interrupted; continue with --resume from the last checkpoint", file=sys.stderr)
+        return 130
+    print(
+        json.dumps(
+            {
+                "output_dir": result.output_dir,
+                "steps": result.steps,
+                "finished": result.finished,
+                **{k: round(v, 6) for k, v in result.metrics.items()},
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""TrainConfig: every knob of a finetuning run, loaded from a YAML recipe with `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("sft", "rs", "dss")
+FINETUNE = ("lora", "full")
+REFERENCES = ("auto", "precomputed")
+MIXED = ("no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A finetuning run. Field docs are the reference for the YAML recipe keys."""
+
+    # -- model --
+    model: str
+    """Local directory of the trainee (a Hugging Face causal LM with a chat template)."""
+    output_dir: str
+    """Where checkpoints, metrics.jsonl, summary.json and the final weights go."""
+    finetune: str = "lora"
+    """'lora' (peft adapter; the reference is the same model with the adapter disabled) or 'full'
+    (all weights; the reference is a frozen copy)."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    dtype: str = "float32"
+    """Weights' dtype when loading: float32, bfloat16 or float16."""
+
+    # -- data --
+    data: str = ""
+    """A .jsonl file of {"messages": [...]} or {"prompt", "response"} records, or any local dataset that
+    `datasets` loads (a saved dataset directory, .json, .csv, .parquet)."""
+    data_split: str = "train"
+    max_examples: int | None = None
+    max_length: int = 2048
+    """Tokens per example after the chat template; longer examples are truncated (labels kept aligned)."""
+    all_turns: bool = False
+    """Label every assistant turn (each scored as its own guard request), not just the last."""
+
+    # -- method --
+    method: str = "dss"
+    """'sft' (plain), 'rs' (drop examples the guard judges unsafe) or 'dss' (STAR-DSS)."""
+    lambda_kl: float = 0.5
+    kl_estimator: str = "k2"
+    """'k1', 'k2', 'k3' on the target token, or 'full' (the whole vocabulary)."""
+    reference: str = "auto"
+    """'auto' (a reference forward each step) or 'precomputed' (target-token reference log-probs computed
+    once before training and cached; not with the 'full' estimator)."""
+    words_per_chunk: int = 5
+    """M: a STAR cut after every M words, moved to the next trainee-token boundary."""
+    score_temperature: float = 1.0
+
+    # -- scoring --
+    scorer: str | None = None
+    """'host:port[,host:port...]' of scorer replicas, or 'local:GUARD_DIR' for an in-process guard."""
+    guard_preset: str = "llama-guard-3"
+    """Preset for 'local:' scorers."""
+    scores_file: str | None = None
+    """A JSONL from `star-score-dataset` (offline mode); used instead of `scorer`."""
+    cache_path: str | None = None
+    """sqlite score cache (default OUTPUT_DIR/score_cache.sqlite); '' disables it."""
+    prefetch_batches: int = 4
+    """How many micro-batches ahead scores are kept in flight."""
+    scorer_delay_s: float = 0.0
+    """Testing: extra seconds added to every scorer call (simulates a slow or distant scorer)."""
+
+    # -- optimisation --
+    epochs: int = 1
+    batch_size: int = 4
+    """Examples per micro-batch per process."""
+    grad_accum: int = 1
+    lr: float = 5e-6
+    min_lr: float = 5e-8
+    """The cosine schedule's floor."""
+    warmup_ratio: float = 0.03
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """0 disables clipping."""
+    mixed_precision: str = "no"
+    """'no', 'bf16' or 'fp16' (accelerate autocast)."""
+    seed: int = 0
+
+    # -- checkpoints and logging --
+    save_every: int = 0
+    """Save a checkpoint every N optimizer steps (0: only at the end)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in output_dir."""
+    stop_after_steps: int | None = None
+    """Stop (with a checkpoint) after this many optimizer steps, as if interrupted."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    step_sleep_s: float = 0.0
+    """Testing: extra seconds of work per optimizer step (makes step time predictable)."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes carried into summary.json."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.method in METHODS, f"method must be one of {METHODS}, not {self.method!r}"),
+            (self.finetune in FINETUNE, f"finetune must be one of {FINETUNE}, not {self.finetune!r}"),
+            (self.reference in REFERENCES, f"reference must be one of {REFERENCES}, not {self.reference!r}"),
+            (self.mixed_precision in MIXED, f"mixed_precision must be one of {MIXED}"),
+            (self.kl_estimator in ("k1", "k2", "k3", "full"), "kl_estimator must be k1, k2, k3 or full"),
+            (
+                not (self.reference == "precomputed" and self.kl_estimator == "full"),
+                "reference 'precomputed' stores target-token log-probs only; "
+                "it cannot serve kl_estimator 'full'",
+            ),
+            (
+                self.batch_size >= 1 and self.grad_accum >= 1 and self.epochs >= 1,
+                "batch_size, grad_accum and epochs must be >= 1",
+            ),
+            (self.max_length >= 2, "max_length must be >= 2"),
+            (self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.prefetch_batches >= 1, "prefetch_batches must be >= 1"),
+            (bool(self.model), "model is required"),
+            (bool(self.data), "data is required"),
+            (
+                self.method == "sft" or bool(self.scorer or self.scores_file),
+                f"method {self.method!r} needs scores: set scorer (host:port or local:DIR) or scores_file",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @property
+    def resolved_cache_path(self) -> str | None:
+        if self.cache_path == "":
+            return None
+        return self.cache_path or str(Path(self.output_dir) / "score_cache.sqlite")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Turn YAML or `--set` values into the field's type."""
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing), {})  # annotations are strings under `from __future__ import annotations`
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(name, inner, value)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(x).strip() for x in items if str(x).strip())
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    if tp in (int, float, str):
+        try:
+            return tp(value) if not (tp is int and isinstance(value, float)) else int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be {tp.__name__}, not {value!r}") from None
+    return value
+
+
+def build_config(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a mapping, with types coerced and unknown keys rejected."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(unknown)} (see examples/*.yaml for the keys)")
+    return TrainConfig(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe and apply `key=value` overrides (values parsed as YAML scalars)."""
+    values: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must hold a mapping of config keys")
+        values.update(loaded)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return build_config(values)

@@ -1,0 +1,445 @@
+"""The finetuning loop on accelerate: setup -> (reference precompute) -> fit -> save.
+
+One process per device (`accelerate launch` for several); each process trains on its own shard of
+every epoch's permutation and scores that shard itself through its own prefetcher.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer_client.data import Batch, Example, build_examples, collate, example_weights, load_conversations
+from trainer_client.loss import KLEstimator, LossOutput, compute_loss, shift_for_causal_lm, target_logprobs
+from trainer_client.scoring.cache import ScoreCache, tokens_hash
+from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores, FileScorer, Prefetcher
+from trainer_client.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer_client.train.config import TrainConfig
+from trainer_client.train.sampler import EpochSampler, MicroBatch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced."""
+
+    output_dir: str
+    final_dir: str
+    """The trained adapter (LoRA) or model, with the tokenizer."""
+    steps: int
+    """Optimizer steps taken in total (including those before a resume)."""
+    finished: bool
+    """False when the run stopped early (stop_after_steps)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Summary: means over the run's steps, wall time, scorer wait, guard requests sent."""
+
+
+def cosine_with_floor(total: int, warmup: int, floor: float) -> Callable[[int], float]:
+    """LR factor: linear warmup to 1, then cosine down to `floor` (= min_lr / lr) at the last step."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def make_scorer_factory(cfg: TrainConfig) -> Callable[[], AsyncScorer]:
+    """The scorer the config names: a scores file, an in-process guard, or scorer replicas."""
+    if cfg.scores_file:
+        path = cfg.scores_file
+        return lambda: FileScorer(path)
+    assert cfg.scorer is not None
+    spec = cfg.scorer
+    if spec.startswith("local:"):
+        from trainer_client.scoring.local import LocalScorer
+
+        return lambda: LocalScorer.from_dir(spec[len("local:") :], cfg.guard_preset)
+
+    def remote() -> AsyncScorer:
+        from trainer_client.client import AsyncScorerClient
+
+        return AsyncScorerClient(spec)
+
+    return remote
+
+
+def model_key(path: str, model: Any) -> str:
+    """Identity of the reference model for the log-prob cache: config, dtype and weight file heads."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    h.update(str(next(model.parameters()).dtype).encode())
+    for f in sorted(Path(path).glob("*.safetensors")):
+        h.update(f.name.encode() + str(f.stat().st_size).encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def reference_logprobs(
+    model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, device: torch.device
+) -> list[np.ndarray]:
+    """Each example's reference log-probs of its label tokens (in label-position order)."""
+    out: list[np.ndarray] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(examples), batch_size):
+        exs = examples[start : start + batch_size]
+        b = collate(exs, pad_id)
+        logits = model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device)).logits
+        lp = target_logprobs(logits[:, :-1], b.input_ids[:, 1:].to(device)).float().cpu()
+        for r, e in enumerate(exs):
+            pos = torch.tensor(e.label_positions) - 1
+            out.append(lp[r, pos].numpy().astype(np.float32))
+    model.train(was_training)
+    return out
+
+
+def precompute_reference(
+    cfg: TrainConfig,
+    model: Any,
+    examples: Sequence[Example],
+    pad_id: int,
+    cache: ScoreCache,
+    device: torch.device,
+) -> dict[int, np.ndarray]:
+    """Reference log-probs for every example, from the cache or computed once and cached."""
+    key = model_key(cfg.model, model)
+    tkeys = [tokens_hash(e.input_ids) for e in examples]
+    found = cache.get_ref(key, tkeys)
+    missing = [i for i, a in enumerate(found) if a is None]
+    if missing:
+        fresh = reference_logprobs(model, [examples[i] for i in missing], pad_id, cfg.batch_size, device)
+        cache.put_ref(key, [(tkeys[i], a) for i, a in zip(missing, fresh, strict=True)])
+        for i, a in zip(missing, fresh, strict=True):
+            found[i] = a
+    return {examples[i].index: a for i, a in enumerate(found) if a is not None}
+
+
+class Trainer:
+    """Holds the pieces of one run; `fit()` trains and returns a TrainResult."""
+
+    def __init__(self, cfg: TrainConfig, scorer_factory: Callable[[], AsyncScorer] | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        set_seed(cfg.seed)
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not Path(cfg.model).is_dir():
+            raise ValueError(f"model directory {cfg.model} does not exist")
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer in {cfg.model} has no chat template")
+        tok = self.tokenizer
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+        convs = load_conversations(cfg.data, cfg.data_split, cfg.max_examples)
+        self.examples = build_examples(
+            tok, convs, cfg.max_length, cfg.all_turns, cfg.words_per_chunk, cfg.score_temperature
+        )
+        if not self.examples:
+            raise ValueError(f"{cfg.data} gave no trainable example (no assistant tokens within max_length)")
+        model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
+        model.to(self.acc.device)
+        self.lora = cfg.finetune == "lora"
+        self.needs_ref = cfg.method == "dss" and cfg.lambda_kl > 0
+        self.cache = ScoreCache(cfg.resolved_cache_path) if cfg.resolved_cache_path else None
+        self.ref_lp: dict[int, np.ndarray] | None = None
+        self.ref_model: Any = None
+        if self.needs_ref and cfg.reference == "precomputed":
+            cache = self.cache or ScoreCache(":memory:")
+            self.ref_lp = precompute_reference(cfg, model, self.examples, self.pad_id, cache, self.acc.device)
+        elif self.needs_ref and not self.lora:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.lora:
+            from peft import LoraConfig, get_peft_model
+
+            lcfg = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_targets),
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lcfg)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+        )
+        self.sampler = EpochSampler(
+            len(self.examples),
+            cfg.batch_size,
+            cfg.grad_accum,
+            cfg.seed,
+            self.acc.process_index,
+            self.acc.num_processes,
+        )
+        self.total_steps = self.sampler.steps_per_epoch * cfg.epochs
+        warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, cosine_with_floor(self.total_steps, warmup, cfg.min_lr / cfg.lr)
+        )
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.start_step = 0
+        if cfg.resume:
+            ckpt = latest_checkpoint(self.out)
+            if ckpt is None:
+                raise ValueError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
+            state = load_checkpoint(
+                ckpt, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.lora
+            )
+            self.start_step = int(state["step"])
+        self.prefetcher: Prefetcher | None = None
+        if cfg.method in ("dss", "rs"):
+            self.prefetcher = Prefetcher(
+                scorer_factory or make_scorer_factory(cfg),
+                self.examples,
+                self.cache,
+                star=cfg.method == "dss",
+                verdicts=cfg.method == "rs",
+                depth=cfg.prefetch_batches,
+                delay_s=cfg.scorer_delay_s,
+            )
+
+    # -- one micro-batch --
+    def _batch(self, mb: MicroBatch, scores: list[ExampleScores] | None) -> Batch:
+        exs = [self.examples[i] for i in mb.indices]
+        weights = keep = refs = None
+        if scores is not None and self.cfg.method == "dss":
+            weights = [example_weights(e, s.scores) for e, s in zip(exs, scores, strict=True)]
+        if scores is not None and self.cfg.method == "rs":
+            keep = [s.keep for s in scores]
+        if self.ref_lp is not None:
+            refs = [self.ref_lp[e.index] for e in exs]
+        return collate(exs, self.pad_id, weights, keep, refs)
+
+    def _loss(self, b: Batch) -> LossOutput:
+        dev = self.acc.device
+        ids, attn = b.input_ids.to(dev), b.attention_mask.to(dev)
+        with self.acc.autocast():
+            logits = self.model(input_ids=ids, attention_mask=attn).logits
+        ref_logits = ref_lp = None
+        if self.needs_ref:
+            if b.ref_logprobs is not None:
+                ref_lp = b.ref_logprobs[:, 1:].to(dev)
+            else:
+                ref_logits = self._ref_logits(ids, attn)
+        lg, tg, mask, w = shift_for_causal_lm(logits, ids, b.label_mask.to(dev), b.weights.to(dev))
+        if ref_logits is not None:
+            ref_logits = ref_logits[:, :-1]
+            if self.cfg.kl_estimator != "full":
+                ref_lp, ref_logits = target_logprobs(ref_logits, tg), None
+        return compute_loss(
+            self.cfg.method,
+            lg,
+            tg,
+            mask,
+            weights=w,
+            keep=b.keep.to(dev),
+            ref_logprobs=ref_lp,
+            ref_logits=ref_logits,
+            lambda_kl=self.cfg.lambda_kl,
+            estimator=_estimator(self.cfg.kl_estimator),
+        )
+
+    @torch.no_grad()
+    def _ref_logits(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        with self.acc.autocast():
+            if self.ref_model is not None:
+                return self.ref_model(input_ids=ids, attention_mask=attn).logits
+            peft_model = self.acc.unwrap_model(self.model)
+            with peft_model.disable_adapter():
+                return peft_model(input_ids=ids, attention_mask=attn).logits
+
+    # -- the run --
+    def fit(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        plan = self.sampler.plan(cfg.epochs, self.start_step)
+        if self.prefetcher is not None:
+            self.prefetcher.start(iter([mb.indices for mb in plan]))
+        steps: dict[int, list[MicroBatch]] = {}
+        for mb in plan:
+            steps.setdefault(mb.step, []).append(mb)
+        metrics_path = self.out / "metrics.jsonl"
+        mode = "a" if cfg.resume else "w"
+        main = self.acc.is_main_process
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.start_step,
+            disable=not (cfg.progress and main),
+            desc=cfg.method,
+        )
+        rows: list[dict[str, float]] = []
+        t_run = time.perf_counter()
+        step = self.start_step
+        finished = True
+        with metrics_path.open(mode, encoding="utf-8") if main else nullcontext() as log:
+            for step, group in sorted(steps.items()):
+                row = self._step(step, group)
+                rows.append(row)
+                if log is not None:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}",
+                    star=f"{row['mean_star']:.2f}",
+                    wait=f"{row['scorer_wait_s']:.2f}",
+                )
+                done = step + 1
+                if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
+                    self._save(done, group[-1].epoch)
+                if (
+                    cfg.stop_after_steps is not None
+                    and done >= cfg.stop_after_steps
+                    and done < self.total_steps
+                ):
+                    self._save(done, group[-1].epoch)
+                    finished = False
+                    break
+        bar.close()
+        done = step + 1 if rows else self.start_step
+        wall = time.perf_counter() - t_run
+        final_dir = self.out / "final"
+        if finished:
+            self._save(done, cfg.epochs - 1)
+            if main:
+                self.acc.unwrap_model(self.model).save_pretrained(str(final_dir))
+                self.tokenizer.save_pretrained(str(final_dir))
+        summary = self._summary(rows, wall)
+        if main:
+            (self.out / "summary.json").write_text(
+                json.dumps(
+                    {"steps": done, "finished": finished, **summary, "config": cfg.to_dict()}, indent=2
+                )
+            )
+        self.close()
+        return TrainResult(str(self.out), str(final_dir), done, finished, summary)
+
+    def _step(self, step: int, group: list[MicroBatch]) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        wait = 0.0
+        stats: list[LossOutput] = []
+        tokens = 0
+        for k, mb in enumerate(group):
+            scores = None
+            if self.prefetcher is not None:
+                idx, scores, waited = self.prefetcher.next()
+                assert idx == mb.indices, "prefetch order diverged from the sampler"
+                wait += waited
+            b = self._batch(mb, scores)
+            tokens += int(b.attention_mask.sum())
+            sync = nullcontext() if k == len(group) - 1 else self.acc.no_sync(self.model)
+            with sync:
+                out = self._loss(b)
+                self.acc.backward(out.loss / len(group))
+            stats.append(out)
+        if cfg.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if cfg.step_sleep_s:
+            time.sleep(cfg.step_sleep_s)
+        t1 = time.perf_counter()
+        n = max(1, sum(s.label_tokens for s in stats))
+
+        def avg(attr: str) -> float:
+            return sum(getattr(s, attr) * s.label_tokens for s in stats) / n
+
+        return {
+            "step": step + 1,
+            "epoch": group[-1].epoch,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "loss": sum(float(s.loss.detach()) * s.label_tokens for s in stats) / n,
+            "weighted_ce": avg("weighted_ce"),
+            "kl": avg("kl"),
+            "mean_star": avg("mean_star"),
+            "share_below_half": avg("share_below_half"),
+            "label_tokens": float(sum(s.label_tokens for s in stats)),
+            "tokens_per_s": tokens / max(1e-9, t1 - t0),
+            "scorer_wait_s": wait,
+            "step_s": t1 - t0,
+            "t_start": t0,
+            "t_end": t1,
+        }
+
+    def _save(self, step: int, epoch: int) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_checkpoint(
+                self.out,
+                step,
+                self.acc.unwrap_model(self.model),
+                self.optimizer,
+                self.scheduler,
+                self.lora,
+                {
+                    "epoch": epoch,
+                    "total_steps": self.total_steps,
+                    "steps_per_epoch": self.sampler.steps_per_epoch,
+                },
+            )
+        self.acc.wait_for_everyone()
+
+    def _summary(self, rows: list[dict[str, float]], wall: float) -> dict[str, float]:
+        def mean(k: str) -> float:
+            return float(sum(r[k] for r in rows) / len(rows)) if rows else 0.0
+
+        wait = float(sum(r["scorer_wait_s"] for r in rows))
+        out = {
+            k: mean(k) for k in ("loss", "weighted_ce", "kl", "mean_star", "share_below_half", "tokens_per_s")
+        }
+        out.update(
+            wall_s=wall,
+            scorer_wait_s=wait,
+            scorer_wait_share=wait / wall if wall > 0 else 0.0,
+            final_loss=rows[-1]["loss"] if rows else 0.0,
+            guard_requests=float(self.prefetcher.fetcher.scored_requests) if self.prefetcher else 0.0,
+        )
+        return out
+
+    def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+
+
+def _estimator(name: str) -> KLEstimator:
+    if name not in ("k1", "k2", "k3", "full"):
+        raise ValueError(f"unknown KL estimator {name!r}")
+    return name  # type: ignore[return-value]
+
+
+def run_training(cfg: TrainConfig, scorer_factory: Callable[[], AsyncScorer] | None = None) -> TrainResult:
+    """Train as `cfg` says and return where the results are. `scorer_factory` overrides the configured
+    scorer (it is called on the prefetcher's event loop thread)."""
+    trainer = Trainer(cfg, scorer_factory)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
