@@ -1,0 +1,82 @@
+"""The guard's prompt side without its weights: tokenizer, template, verdict token ids.
+
+A remote backend renders and tokenises every cut here exactly as the local engine does (same
+`GuardTemplate`, same verdict-prefix rule, same in-context verdict ids) and sends the prompts to an
+engine that holds the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scorer_server.guards.loader import GuardConfig, _first_token_after
+from scorer_server.guards.presets import GuardPreset
+from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
+from scorer_server.types import Conversation
+
+_PROBE = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast.")
+
+
+@dataclass
+class PromptGuard:
+    """A guard's tokenizer and template, enough to build every per-cut prompt."""
+
+    tokenizer: Any
+    template: GuardTemplate
+    preset: GuardPreset
+    safe_id: int
+    unsafe_id: int
+    fingerprint: str
+    name: str
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt (its special tokens are already in the text)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def strip_bos(self, text: str) -> str:
+        """The prompt without a leading BOS, for engines that add it while tokenising."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return text[len(bos) :] if bos and text.startswith(bos) else text
+
+
+def load_prompt_guard(config: GuardConfig, engine: str) -> PromptGuard:
+    """Load only the tokenizer (no weights) of the guard directory `config.path`.
+
+    `engine` names where the forwards run; it is part of the fingerprint, because a remote engine's
+    numerics (kernels, dtype) are not the local engine's and cached scores must not be mixed.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(config.path)
+    if not path.is_dir():
+        raise ValueError(f"guard directory {path} does not exist")
+    preset = config.resolved_preset()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    template_text = Path(config.template_file).read_text() if config.template_file else None
+    if template_text is None and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the guard tokenizer has no chat template; pass template_file")
+    probe = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix="")
+    prefix = preset.verdict_prefix
+    if prefix is None:
+        prefix = auto_verdict_prefix(probe.render(_PROBE))
+    template = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix=prefix)
+    prompt = template.render(_PROBE)
+    safe_id = _first_token_after(tokenizer, prompt, preset.safe_word)
+    unsafe_id = _first_token_after(tokenizer, prompt, preset.unsafe_word)
+    if safe_id == unsafe_id:
+        raise ValueError(
+            f"verdict words {preset.safe_word!r} and {preset.unsafe_word!r} start with the same token; "
+            "choose verdict words whose first tokens differ"
+        )
+    h = hashlib.sha256(f"remote:{engine}\0".encode())
+    config_file = path / "config.json"
+    if config_file.is_file():
+        h.update(config_file.read_bytes())
+    split = template.split(_PROBE)
+    h.update(split.head.encode() + b"\0" + split.suffix.encode())
+    h.update(json.dumps([preset.safe_word, preset.unsafe_word, safe_id, unsafe_id]).encode())
+    return PromptGuard(tokenizer, template, preset, safe_id, unsafe_id, h.hexdigest()[:16], path.name)

@@ -1,0 +1,164 @@
+"""A scoring backend whose forwards run on a remote engine fleet: one request per cut.
+
+The scorer keeps the guard's tokenizer and template (no weights): it plans the cuts, renders the guard
+prompt of every cut exactly as the local engine does, and asks the engine for the log-probabilities of
+the two verdict tokens at the next position. P(safe) = sigmoid((logprob_safe - logprob_unsafe) / T):
+log-probs are the logits minus one shared log-normaliser, so their difference is the logit difference
+the local engine uses. The engine's prefix cache makes the per-cut requests of one response cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from scorer_server.backends.http import Dispatcher, RetryPolicy
+from scorer_server.backends.prompts import PromptGuard
+from scorer_server.engine.cuts import plan_cuts
+from scorer_server.engine.engine import p_safe
+from scorer_server.errors import InvalidRequest, NotReady
+from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Where a remote backend sends its forwards and how hard it may push."""
+
+    urls: tuple[str, ...]
+    """Engine base URLs (e.g. http://vllm-0:8000); requests rotate over them."""
+    max_concurrency: int = 64
+    """Requests in flight to the whole fleet at once (an asyncio.Semaphore)."""
+    timeout_s: float = 60.0
+    """Per-request timeout."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    model: str | None = None
+    """The served model name (vLLM's --served-model-name); None lets the engine use its only model."""
+    max_conversation_tokens: int = 8192
+    max_cuts: int = 512
+
+
+@dataclass(frozen=True)
+class Readout:
+    """What one engine request returns."""
+
+    diff: float
+    """logprob(safe) - logprob(unsafe) at the first generated position."""
+    text: str = ""
+    """Generated text (Judge only)."""
+
+
+class RemoteBackend(ABC):
+    """Shared planning, fan-out and cancellation; subclasses speak one engine's HTTP API."""
+
+    kind = "remote"
+
+    def __init__(self, guard: PromptGuard, config: RemoteConfig) -> None:
+        self.guard = guard
+        self.config = config
+        self.dispatcher = Dispatcher(list(config.urls), config.max_concurrency, config.retry)
+        self._started = False
+
+    # -- subclass hooks --
+    @abstractmethod
+    async def _open(self) -> None:
+        """Create HTTP sessions."""
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Release HTTP sessions."""
+
+    @abstractmethod
+    async def _readout(self, url: str, prompt: str, max_new_tokens: int) -> Readout:
+        """One request: the verdict log-prob difference after `prompt` (and the decoded text when
+        `max_new_tokens` > 1). Raises RemoteOverloaded for a busy engine, ConnectionError when
+        unreachable, RemoteEngineError for an unusable answer."""
+
+    # -- ScoringBackend --
+    def info(self) -> GuardInfo:
+        g = self.guard
+        return GuardInfo(
+            name=g.name,
+            preset=g.preset.name,
+            safe_word=g.preset.safe_word,
+            unsafe_word=g.preset.unsafe_word,
+            safe_token_id=g.safe_id,
+            unsafe_token_id=g.unsafe_id,
+            fingerprint=g.fingerprint,
+            max_conversation_tokens=self.config.max_conversation_tokens,
+            max_cuts=self.config.max_cuts,
+            backend=self.kind,
+        )
+
+    async def start(self) -> None:
+        await self._open()
+        self._started = True
+
+    async def stop(self, grace_s: float) -> None:
+        self._started = False
+        await self._close()
+
+    def prompts(self, request: ScoreRequest) -> tuple[list[int], list[str]]:
+        """The cuts of a request and the rendered guard prompt of each."""
+        conv = request.conversation
+        if not conv.messages or conv.messages[-1].role != "assistant":
+            raise InvalidRequest("the last message must be the assistant response to score")
+        cuts = plan_cuts(conv.response, request.cuts, self.guard.tokenizer)
+        if len(cuts) > self.config.max_cuts:
+            limit = self.config.max_cuts
+            raise InvalidRequest(f"the request makes {len(cuts)} cuts, over the limit of {limit}")
+        texts = [self.guard.template.render(conv, c) for c in cuts]
+        n, limit = len(self.guard.encode(texts[-1])), self.config.max_conversation_tokens
+        if n > limit:
+            raise InvalidRequest(
+                f"the conversation is {n} guard tokens, over the limit of {limit}; "
+                "shorten it or raise the server's max conversation tokens"
+            )
+        return cuts, texts
+
+    async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[list[Segment]]:
+        """Yield segments as their requests finish (each part sorted by offset)."""
+        if not self._started:
+            raise NotReady("the remote backend is not started")
+        cuts, texts = self.prompts(request)
+        t = request.temperature
+        tasks = {
+            asyncio.ensure_future(
+                self.dispatcher.call(functools.partial(self._readout, prompt=p, max_new_tokens=1))
+            ): end
+            for end, p in zip(cuts, texts, strict=True)
+        }
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                part = sorted((tasks[d], d.result().diff) for d in done)
+                yield [Segment(end=end, p_safe=p_safe(diff, t)) for end, diff in part]
+        finally:
+            for task in pending:
+                task.cancel()
+            # Retrieve every outcome, so a failure beside the one raised is not reported as unhandled.
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def judge(self, conversations: list[Conversation]) -> list[Verdict]:
+        if not self._started:
+            raise NotReady("the remote backend is not started")
+        preset = self.guard.preset
+        steps = max(1, preset.judge_max_new_tokens)
+        prompts = [self.guard.template.render(c) for c in conversations]
+        outs = await asyncio.gather(
+            *(
+                self.dispatcher.call(functools.partial(self._readout, prompt=p, max_new_tokens=steps))
+                for p in prompts
+            )
+        )
+        pattern = re.compile(preset.category_pattern) if preset.category_pattern else None
+        verdicts = []
+        for out in outs:
+            p_unsafe = 1.0 - p_safe(out.diff)
+            cats = tuple(dict.fromkeys(pattern.findall(out.text))) if pattern and p_unsafe >= 0.5 else ()
+            verdicts.append(Verdict(p_unsafe=p_unsafe, categories=cats, text=out.text.strip()))
+        return verdicts
