@@ -7,7 +7,7 @@ place, and nothing below it imports generated code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 ROLES = ("system", "user", "assistant")
 
@@ -46,7 +46,7 @@ class Conversation:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
 
-class CutKind(str, Enum):
+class CutKind(StrEnum):
     """How the response is cut into scored stretches."""
 
     WORDS = "words"

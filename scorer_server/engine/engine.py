@@ -78,7 +78,12 @@ class StarEngine:
         out: list[list[Segment]] = []
         for it, d in zip(items, diffs, strict=True):
             t = it.plan.request.temperature
-            out.append([Segment(end=it.plan.cuts[i], p_safe=p_safe(x, t)) for i, x in zip(it.cut_indices, d, strict=True)])
+            out.append(
+                [
+                    Segment(end=it.plan.cuts[i], p_safe=p_safe(x, t))
+                    for i, x in zip(it.cut_indices, d, strict=True)
+                ]
+            )
         return out
 
     def score(self, requests: Iterable[ScoreRequest], method: Method = "one_pass") -> list[StarScores]:
@@ -98,7 +103,9 @@ class StarEngine:
     def _score_per_cut(self, reqs: list[ScoreRequest]) -> list[StarScores]:
         plans = [self.plan(r) for r in reqs]
         prompts = [
-            (k, i, p.trunk[: p.shared[i]] + p.tails[i]) for k, p in enumerate(plans) for i in range(len(p.cuts))
+            (k, i, p.trunk[: p.shared[i]] + p.tails[i])
+            for k, p in enumerate(plans)
+            for i in range(len(p.cuts))
         ]
         prompts.sort(key=lambda x: len(x[2]))
         found: list[dict[int, float]] = [{} for _ in plans]
@@ -113,7 +120,10 @@ class StarEngine:
         return [_scores(p, f) for p, f in zip(plans, found, strict=True)]
 
     def _run_prompts(
-        self, plans: list[ResponsePlan], batch: list[tuple[int, int, list[int]]], found: list[dict[int, float]]
+        self,
+        plans: list[ResponsePlan],
+        batch: list[tuple[int, int, list[int]]],
+        found: list[dict[int, float]],
     ) -> None:
         diffs = forward_prompts(self.guard, [b[2] for b in batch], self.pad_id)
         for (k, i, _), d in zip(batch, diffs, strict=True):
@@ -133,7 +143,7 @@ class StarEngine:
         verdicts = []
         for d, text in zip(diffs, texts, strict=True):
             p_unsafe = 1.0 - p_safe(d)
-            cats = tuple(dict.fromkeys(pattern.findall(text))) if pattern and p_unsafe >= 0.5 else ()
+            cats = parse_categories(text, pattern) if p_unsafe >= 0.5 else ()
             verdicts.append(Verdict(p_unsafe=p_unsafe, categories=cats, text=text.strip()))
         return verdicts
 
@@ -154,6 +164,17 @@ class StarEngine:
             )
             out_texts.extend(g.tokenizer.batch_decode(gen[:, length:], skip_special_tokens=True))
         return out_texts
+
+
+def parse_categories(text: str, pattern: re.Pattern[str] | None) -> tuple[str, ...]:
+    """Violated categories named in a decoded verdict, in order of first mention, without repeats.
+
+    Only the text after the verdict line is searched, so a category-like token in the verdict word
+    itself never counts."""
+    if pattern is None:
+        return ()
+    rest = text.strip().split("\n", 1)
+    return tuple(dict.fromkeys(pattern.findall(rest[1]))) if len(rest) == 2 else ()
 
 
 def _scores(plan: ResponsePlan, found: dict[int, float]) -> StarScores:

@@ -100,7 +100,7 @@ def load_guard(config: GuardConfig) -> Guard:
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=DTYPES[config.dtype], attn_implementation=attn, **config.extra
     )
-    model.to(config.device).eval()
+    model = model.to(config.device).eval()  # type: ignore[arg-type]
     template_text = Path(config.template_file).read_text() if config.template_file else None
     return build_guard(model, tokenizer, preset, template_text, name=path.name, config=config)
 

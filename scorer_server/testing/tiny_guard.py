@@ -92,7 +92,13 @@ class TinyGuardSpec:
 
 def _specials(family: str) -> list[str]:
     if family == "llama":
-        return ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        return [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+        ]
     if family == "granite":
         return ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>"]
     return ["<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>", "<unk>"]
@@ -125,7 +131,8 @@ def build_tokenizer(spec: TinyGuardSpec, corpus: list[str] | None = None) -> Any
     template = {"llama": LLAMA_GUARD_TEMPLATE, "granite": GRANITE_TEMPLATE, "gemma": GEMMA_TEMPLATE}
     chat = template[spec.family]
     if spec.family == "llama":
-        chat = chat.replace("{{ header_end }}", "\n\n" if spec.header_newlines else "")
+        # inside an expression: Jinja drops a literal trailing newline
+        chat = chat.replace("{{ header_end }}", "{{ '\\n\\n' }}" if spec.header_newlines else "")
     bos = {"llama": "<|begin_of_text|>", "gemma": "<bos>"}.get(spec.family)
     eos = {"llama": "<|eot_id|>", "granite": "<|end_of_text|>", "gemma": "<eos>"}[spec.family]
     fast = PreTrainedTokenizerFast(
@@ -195,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Write a tiny random-initialised guard directory.")
     ap.add_argument("out", help="directory to write")
     ap.add_argument("--family", default="llama", choices=["llama", "granite", "gemma"])
-    ap.add_argument("--tokenizer", default="bytelevel", choices=["bytelevel", "bytelevel-crossing", "metaspace"])
+    ap.add_argument(
+        "--tokenizer", default="bytelevel", choices=["bytelevel", "bytelevel-crossing", "metaspace"]
+    )
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     args = ap.parse_args(argv)

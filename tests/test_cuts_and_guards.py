@@ -1,0 +1,120 @@
+"""Cut planning, guard presets, template splitting and verdict tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scorer_server.engine.cuts import plan_cuts
+from scorer_server.engine.engine import parse_categories
+from scorer_server.errors import InvalidRequest
+from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.presets import get_preset
+from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+from scorer_server.types import Conversation, CutKind, CutSpec, Segment, StarScores
+
+
+def test_word_cuts_every_m_words_and_full_response_last() -> None:
+    r = "one two three four five six seven"
+    assert plan_cuts(r, CutSpec(every=5)) == [len("one two three four five"), len(r)]
+    assert plan_cuts(r, CutSpec(every=2)) == [7, 18, 27, len(r)]
+
+
+def test_word_cuts_last_chunk_absorbs_trailing_whitespace() -> None:
+    r = "a b c d e  \n"
+    assert plan_cuts(r, CutSpec(every=5)) == [len(r)]
+    assert plan_cuts("a b c d e f ", CutSpec(every=5)) == [9, 12]
+
+
+def test_empty_and_blank_responses_get_one_cut() -> None:
+    assert plan_cuts("", CutSpec()) == [0]
+    assert plan_cuts("   ", CutSpec()) == [3]
+    assert plan_cuts("", CutSpec(kind=CutKind.OFFSETS)) == [0]
+
+
+def test_offset_cuts_are_validated() -> None:
+    assert plan_cuts("hello world", CutSpec(kind=CutKind.OFFSETS, offsets=(5,))) == [5, 11]
+    assert plan_cuts("hello world", CutSpec(kind=CutKind.OFFSETS, offsets=(5, 11))) == [5, 11]
+    for bad in [(0,), (5, 5), (6, 3), (12,), (-1,)]:
+        with pytest.raises(InvalidRequest, match="cut offset"):
+            plan_cuts("hello world", CutSpec(kind=CutKind.OFFSETS, offsets=bad))
+    with pytest.raises(InvalidRequest, match=">= 1"):
+        plan_cuts("hello", CutSpec(every=0))
+
+
+def test_guard_token_cuts(tmp_path: Path) -> None:
+    g = load_guard(GuardConfig(path=str(save_tiny_guard(tmp_path / "g")), preset="llama-guard-3"))
+    r = "Sure, here is how to do it step by step."
+    cuts = plan_cuts(r, CutSpec(kind=CutKind.GUARD_TOKENS, every=3), g.tokenizer)
+    ends = [
+        e for _, e in g.tokenizer(r, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    ]
+    assert cuts == sorted({*ends[2::3], len(r)}) or cuts == sorted({*ends[2::3][:-1], len(r)})
+    assert cuts[-1] == len(r) and cuts == sorted(set(cuts))
+
+
+def test_unknown_preset_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match="llama-guard-3"):
+        get_preset("nope")
+    with pytest.raises(ValueError, match="safe_word"):
+        GuardConfig(path=".", preset="custom").resolved_preset()
+
+
+def test_verdict_prefix_is_read_from_the_template(tmp_path: Path) -> None:
+    with_nl = save_tiny_guard(tmp_path / "a", TinyGuardSpec(header_newlines=True))
+    without = save_tiny_guard(tmp_path / "b", TinyGuardSpec(header_newlines=False))
+    ga = load_guard(GuardConfig(path=str(with_nl)))
+    gb = load_guard(GuardConfig(path=str(without)))
+    assert ga.template.verdict_prefix == ""
+    assert gb.template.verdict_prefix == "\n\n"
+    conv = Conversation.from_pair("hi", "hello")
+    assert ga.template.render(conv) == gb.template.render(conv)
+    assert ga.safe_id == ga.tokenizer.convert_tokens_to_ids("safe")
+    assert ga.safe_id != ga.unsafe_id
+
+
+def test_policy_template_kwargs_change_prompt_and_fingerprint(tmp_path: Path) -> None:
+    path = str(save_tiny_guard(tmp_path / "g"))
+    default = load_guard(GuardConfig(path=path))
+    custom = load_guard(GuardConfig(path=path, template_kwargs={"categories": "S1: Toy hazards."}))
+    conv = Conversation.from_pair("hi", "hello")
+    assert "S1: Toy hazards." in custom.template.render(conv)
+    assert "S13: Elections." in default.template.render(conv)
+    assert default.fingerprint != custom.fingerprint
+    assert load_guard(GuardConfig(path=path)).fingerprint == default.fingerprint
+
+
+def test_template_file_overrides_tokenizer_template(tmp_path: Path) -> None:
+    path = str(save_tiny_guard(tmp_path / "g"))
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text("Judge: {% for m in messages %}{{ m['role'] }}={{ m['content'] }};{% endfor %} Verdict:")
+    g = load_guard(GuardConfig(path=path, template_file=str(tpl)))
+    assert g.template.render(Conversation.from_pair("q", "a")) == "Judge: user=q;assistant=a; Verdict:"
+    split = g.template.split(Conversation.from_pair("q", "a"))
+    assert split.head == "Judge: user=q;assistant=" and split.suffix == "; Verdict:"
+
+
+def test_custom_preset_and_bad_directory(tmp_path: Path) -> None:
+    path = str(save_tiny_guard(tmp_path / "g"))
+    g = load_guard(GuardConfig(path=path, preset="custom", safe_word="Agent", unsafe_word="User"))
+    assert g.preset.name == "custom" and g.safe_id != g.unsafe_id
+    with pytest.raises(ValueError, match="does not exist"):
+        load_guard(GuardConfig(path=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="dtype"):
+        load_guard(GuardConfig(path=path, dtype="int3"))
+
+
+def test_parse_categories_reads_the_line_after_the_verdict() -> None:
+    import re
+
+    pat = re.compile(r"S\d+")
+    assert parse_categories("unsafe\nS1,S10,S1", pat) == ("S1", "S10")
+    assert parse_categories("unsafe", pat) == ()
+    assert parse_categories("S3 unsafe", pat) == ()
+    assert parse_categories("unsafe\nS2", None) == ()
+
+
+def test_weights_for_spans_take_the_chunk_containing_the_token_end() -> None:
+    s = StarScores((Segment(5, 0.9), Segment(10, 0.2), Segment(12, 0.7)))
+    assert s.weights_for_spans([1, 5, 6, 10, 11, 12]) == [0.9, 0.9, 0.2, 0.2, 0.7, 0.7]
