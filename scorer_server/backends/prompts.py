@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scorer_server.guards.loader import GuardConfig, _first_token_after
+from scorer_server.guards.loader import GuardConfig, first_token_after
 from scorer_server.guards.presets import GuardPreset
 from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
 from scorer_server.types import Conversation
@@ -65,8 +65,8 @@ def load_prompt_guard(config: GuardConfig, engine: str) -> PromptGuard:
         prefix = auto_verdict_prefix(probe.render(_PROBE))
     template = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix=prefix)
     prompt = template.render(_PROBE)
-    safe_id = _first_token_after(tokenizer, prompt, preset.safe_word)
-    unsafe_id = _first_token_after(tokenizer, prompt, preset.unsafe_word)
+    safe_id = first_token_after(tokenizer, prompt, preset.safe_word)
+    unsafe_id = first_token_after(tokenizer, prompt, preset.unsafe_word)
     if safe_id == unsafe_id:
         raise ValueError(
             f"verdict words {preset.safe_word!r} and {preset.unsafe_word!r} start with the same token; "

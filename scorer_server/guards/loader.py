@@ -122,8 +122,8 @@ def build_guard(
     prefix = preset.verdict_prefix if preset.verdict_prefix is not None else auto_verdict_prefix(rendered)
     template = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix=prefix)
     prompt = template.render(_PROBE)
-    safe_id = _first_token_after(tokenizer, prompt, preset.safe_word)
-    unsafe_id = _first_token_after(tokenizer, prompt, preset.unsafe_word)
+    safe_id = first_token_after(tokenizer, prompt, preset.safe_word)
+    unsafe_id = first_token_after(tokenizer, prompt, preset.unsafe_word)
     if safe_id == unsafe_id:
         raise ValueError(
             f"verdict words {preset.safe_word!r} and {preset.unsafe_word!r} start with the same token; "
@@ -143,7 +143,7 @@ def build_guard(
     return guard
 
 
-def _first_token_after(tokenizer: Any, prompt: str, word: str) -> int:
+def first_token_after(tokenizer: Any, prompt: str, word: str) -> int:
     """The id of the first token the guard writes when its verdict is `word`, tokenised in context."""
     base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full = tokenizer(prompt + word, add_special_tokens=False)["input_ids"]
