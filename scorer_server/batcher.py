@@ -222,6 +222,7 @@ class Batcher(Generic[I, R]):
     def _take(self) -> list[_Entry[I, R]]:
         """Highest priority, then oldest, first; padded tokens within the budget (a lone oversize row
         still runs on its own)."""
+        self._drop_cancelled()
         self._queue.sort(key=lambda e: (-e.priority, e.seq))
         batch: list[_Entry[I, R]] = []
         rest: list[_Entry[I, R]] = []

@@ -7,6 +7,7 @@ Unauthenticated, so rejected calls are counted too.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -98,6 +99,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             if exc is None:
                 self._count(name, "OK")
                 return
+            if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):  # the caller went away
+                self._count(name, "CANCELLED")
+                raise exc
             if isinstance(exc, grpc.aio.AbortError):
                 self._count(name, _code_name(context))
                 raise exc
