@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scorer_server.guards.loader import GuardConfig, first_token_after
+from scorer_server.guards.loader import PROBE, GuardConfig, prompt_side
 from scorer_server.guards.presets import GuardPreset
-from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
-from scorer_server.types import Conversation
-
-_PROBE = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast.")
+from scorer_server.guards.template import GuardTemplate
 
 
 @dataclass
@@ -57,26 +54,12 @@ def load_prompt_guard(config: GuardConfig, engine: str) -> PromptGuard:
     preset = config.resolved_preset()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     template_text = Path(config.template_file).read_text() if config.template_file else None
-    if template_text is None and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the guard tokenizer has no chat template; pass template_file")
-    probe = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix="")
-    prefix = preset.verdict_prefix
-    if prefix is None:
-        prefix = auto_verdict_prefix(probe.render(_PROBE))
-    template = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix=prefix)
-    prompt = template.render(_PROBE)
-    safe_id = first_token_after(tokenizer, prompt, preset.safe_word)
-    unsafe_id = first_token_after(tokenizer, prompt, preset.unsafe_word)
-    if safe_id == unsafe_id:
-        raise ValueError(
-            f"verdict words {preset.safe_word!r} and {preset.unsafe_word!r} start with the same token; "
-            "choose verdict words whose first tokens differ"
-        )
+    template, safe_id, unsafe_id = prompt_side(tokenizer, preset, template_text)
     h = hashlib.sha256(f"remote:{engine}\0".encode())
     config_file = path / "config.json"
     if config_file.is_file():
         h.update(config_file.read_bytes())
-    split = template.split(_PROBE)
+    split = template.split(PROBE)
     h.update(split.head.encode() + b"\0" + split.suffix.encode())
     h.update(json.dumps([preset.safe_word, preset.unsafe_word, safe_id, unsafe_id]).encode())
     return PromptGuard(tokenizer, template, preset, safe_id, unsafe_id, h.hexdigest()[:16], path.name)

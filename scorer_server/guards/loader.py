@@ -15,7 +15,7 @@ from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
 from scorer_server.types import Conversation
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_PROBE = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast.")
+PROBE = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast.")
 
 
 @dataclass(frozen=True)
@@ -115,20 +115,8 @@ def build_guard(
     config: GuardConfig | None = None,
 ) -> Guard:
     """Derive the template split, verdict prefix and verdict ids for an already-loaded model."""
-    if template_text is None and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the guard tokenizer has no chat template; pass template_file")
-    probe = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix="")
-    rendered = probe.render(_PROBE)
-    prefix = preset.verdict_prefix if preset.verdict_prefix is not None else auto_verdict_prefix(rendered)
-    template = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix=prefix)
-    prompt = template.render(_PROBE)
-    safe_id = first_token_after(tokenizer, prompt, preset.safe_word)
-    unsafe_id = first_token_after(tokenizer, prompt, preset.unsafe_word)
-    if safe_id == unsafe_id:
-        raise ValueError(
-            f"verdict words {preset.safe_word!r} and {preset.unsafe_word!r} start with the same token; "
-            "choose verdict words whose first tokens differ"
-        )
+    template, safe_id, unsafe_id = prompt_side(tokenizer, preset, template_text)
+    prompt = template.render(PROBE)
     fingerprint = _fingerprint(model, template, preset, safe_id, unsafe_id, config)
     guard = Guard(model, tokenizer, template, preset, safe_id, unsafe_id, fingerprint, name, config)
     from scorer_server.engine.forward import check_head
@@ -141,6 +129,30 @@ def build_guard(
             f"reproduce (verdict logit gap {gap:.3g}); this architecture is not supported yet"
         )
     return guard
+
+
+def prompt_side(
+    tokenizer: Any, preset: GuardPreset, template_text: str | None
+) -> tuple[GuardTemplate, int, int]:
+    """The guard's prompt side: its template (with the verdict prefix decided) and verdict token ids.
+
+    Shared by the local engine and the tokenizer-only remote backends, so both build identical prompts.
+    """
+    if template_text is None and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the guard tokenizer has no chat template; pass template_file")
+    probe = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix="")
+    rendered = probe.render(PROBE)
+    prefix = preset.verdict_prefix if preset.verdict_prefix is not None else auto_verdict_prefix(rendered)
+    template = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix=prefix)
+    prompt = template.render(PROBE)
+    safe_id = first_token_after(tokenizer, prompt, preset.safe_word)
+    unsafe_id = first_token_after(tokenizer, prompt, preset.unsafe_word)
+    if safe_id == unsafe_id:
+        raise ValueError(
+            f"verdict words {preset.safe_word!r} and {preset.unsafe_word!r} start with the same token; "
+            "choose verdict words whose first tokens differ"
+        )
+    return template, safe_id, unsafe_id
 
 
 def first_token_after(tokenizer: Any, prompt: str, word: str) -> int:
@@ -167,7 +179,7 @@ def _fingerprint(
     """Hash of everything the guard sees apart from the conversation: weights, template, policy."""
     h = hashlib.sha256()
     h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    split = template.split(_PROBE)
+    split = template.split(PROBE)
     h.update(split.head.encode() + b"\0" + split.suffix.encode())
     h.update(json.dumps([preset.safe_word, preset.unsafe_word, safe_id, unsafe_id]).encode())
     h.update(str(next(model.parameters()).dtype).encode())
