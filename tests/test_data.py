@@ -54,8 +54,10 @@ def test_bad_records_are_clear_errors(tmp_path: Path, content: str, message: str
 
 
 def test_labels_only_on_assistant_tokens_and_collate(tokenizer: Any) -> None:
-    convs = [Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast."),
-             Conversation.from_pair("Hi", "Hello there, friend; how are you doing today?")]
+    convs = [
+        Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast."),
+        Conversation.from_pair("Hi", "Hello there, friend; how are you doing today?"),
+    ]
     exs = build_examples(tokenizer, convs, max_length=512)
     assert [e.index for e in exs] == [0, 1]
     for e, c in zip(exs, convs, strict=True):
@@ -64,7 +66,9 @@ def test_labels_only_on_assistant_tokens_and_collate(tokenizer: Any) -> None:
         prompt_part = tokenizer.decode([t for t, m in zip(e.input_ids, e.label_mask, strict=True) if not m])
         assert c.messages[0].content in prompt_part and c.response not in prompt_part
     w = [[0.5] * sum(e.label_mask) for e in exs]
-    b = collate(exs, pad_id=0, weights=w, keep=[1.0, 0.0], ref_logprobs=[[-1.0] * sum(e.label_mask) for e in exs])
+    b = collate(
+        exs, pad_id=0, weights=w, keep=[1.0, 0.0], ref_logprobs=[[-1.0] * sum(e.label_mask) for e in exs]
+    )
     n0 = len(exs[0].input_ids)
     assert b.input_ids.shape[0] == 2
     assert int(b.attention_mask[0].sum()) == n0 and int(b.label_mask[0, n0:].sum()) == 0

@@ -49,9 +49,14 @@ def test_bad_config_is_a_clear_error(sets: list[str], message: str) -> None:
 
 
 def test_cli_reports_errors_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    assert train_main(["--set", "model=/m", "--set", "data=d", "--set", "output_dir=o", "--set", "epochs=0"]) == 2
+    assert (
+        train_main(["--set", "model=/m", "--set", "data=d", "--set", "output_dir=o", "--set", "epochs=0"])
+        == 2
+    )
     assert "star-train: error: batch_size, grad_accum and epochs" in capsys.readouterr().err
-    rc = train_main(["--set", "model=/nope", "--set", "data=d", "--set", "output_dir=/tmp/x", "--set", "method=sft"])
+    rc = train_main(
+        ["--set", "model=/nope", "--set", "data=d", "--set", "output_dir=/tmp/x", "--set", "method=sft"]
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_main(["--help"])
@@ -62,7 +67,9 @@ def test_cosine_warmup_and_floor() -> None:
     f = cosine_with_floor(total=100, warmup=3, floor=0.01)
     assert [round(f(s), 4) for s in range(3)] == [0.3333, 0.6667, 1.0]
     assert f(3) == pytest.approx(1.0)
-    assert f(99) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * 96 / 97)))
+    assert f(99) == pytest.approx(
+        0.01 + 0.99 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * 96 / 97))
+    )
     assert f(100) == pytest.approx(0.01)
     assert all(f(s) >= f(s + 1) for s in range(3, 100))
 

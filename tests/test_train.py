@@ -1,0 +1,186 @@
+"""End-to-end finetuning runs against a real scorer server (subprocess) on tiny models, CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer_client.data import Example, build_examples, conversation_hash, load_conversations
+from trainer_client.scoring.cache import ScoreCache
+from trainer_client.scoring.precompute import main as precompute_main
+from trainer_client.train import run_training
+from trainer_client.train.config import TrainConfig, build_config
+from trainer_client.train.tiny import save_tiny_trainee
+
+RESPONSES = [
+    "Sure, here is how to do it step by step. First, take the flour; then mix the rest.",
+    "I cannot help with that request. As an AI, I'm sorry.",
+    "Mix flour, water and yeast, then bake it for 42 minutes at 100 degrees until done.",
+    "The quick brown fox jumps over the lazy dog, then sorts a list in reverse.",
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    save_tiny_trainee(root / "trainee")
+    with (root / "data.jsonl").open("w") as fh:
+        for i in range(12):
+            fh.write(json.dumps({"prompt": f"How do I do thing {i}?", "response": RESPONSES[i % 4]}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(start_server: Any) -> Any:
+    return start_server()
+
+
+def _cfg(workdir: Path, out: str, **kw: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(
+        model=str(workdir / "trainee"),
+        data=str(workdir / "data.jsonl"),
+        output_dir=str(workdir / out),
+        batch_size=2,
+        lr=1e-3,
+        min_lr=1e-5,
+        progress=False,
+        lora_r=4,
+        lora_alpha=8,
+    )
+    base.update(kw)
+    return build_config(base)
+
+
+def _examples(cfg: TrainConfig) -> list[Example]:
+    from transformers import AutoTokenizer
+
+    return build_examples(AutoTokenizer.from_pretrained(cfg.model), load_conversations(cfg.data))
+
+
+def _metric(server: Any, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def _rows(out: Path) -> list[dict[str, float]]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dss_lora_epoch2_and_reruns_make_no_guard_calls(workdir: Path, server: Any) -> None:
+    cuts0 = _metric(server, "star_cuts_scored_total")
+    fw0 = _metric(server, "star_guard_forwards_total")
+    cfg = _cfg(workdir, "dss2", method="dss", scorer=server.address, epochs=2, prefetch_batches=2)
+    res = run_training(cfg)
+    assert res.finished and res.steps == 12
+    cache = ScoreCache(cfg.resolved_cache_path or "")
+    assert cache.count() == 12
+    exs = _examples(cfg)
+    expected_cuts = sum(len(e.turns[0].request.cuts.offsets) for e in exs)
+    # epoch 2 came entirely from the cache: the server scored each cut exactly once
+    assert _metric(server, "star_cuts_scored_total") - cuts0 == expected_cuts
+    assert res.metrics["guard_requests"] == 12
+    rows = _rows(Path(res.output_dir))
+    assert [r["epoch"] for r in rows] == [0] * 6 + [1] * 6
+    assert all(0.0 < r["mean_star"] < 1.0 and r["kl"] >= 0.0 for r in rows)
+    assert (Path(res.final_dir) / "adapter_model.safetensors").is_file()
+    # a rerun with the same cache: zero guard calls
+    fw1 = _metric(server, "star_guard_forwards_total")
+    assert fw1 > fw0
+    again = run_training(
+        cfg.replace(output_dir=str(workdir / "dss2-rerun"), cache_path=cfg.resolved_cache_path)
+    )
+    assert again.metrics["guard_requests"] == 0
+    assert _metric(server, "star_guard_forwards_total") == fw1
+
+
+def _final_weights(out: Path, lora: bool) -> dict[str, torch.Tensor]:
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    return load_file(str(out / "final" / name))
+
+
+@pytest.mark.parametrize("finetune", [pytest.param("full", marks=pytest.mark.slow), "lora"])
+def test_resume_equals_uninterrupted(workdir: Path, server: Any, finetune: str) -> None:
+    kw: dict[str, Any] = dict(method="dss", scorer=server.address, finetune=finetune, epochs=2, grad_accum=2)
+    kw["warmup_ratio"] = 0.2
+    whole = run_training(_cfg(workdir, f"whole-{finetune}", **kw))
+    part = run_training(_cfg(workdir, f"part-{finetune}", save_every=2, stop_after_steps=3, **kw))
+    assert not part.finished and part.steps == 3
+    assert not (Path(part.output_dir) / "final").exists()
+    resumed = run_training(_cfg(workdir, f"part-{finetune}", save_every=2, resume=True, **kw))
+    assert resumed.finished and resumed.steps == whole.steps == 6
+    a = _final_weights(Path(whole.output_dir), finetune == "lora")
+    b = _final_weights(Path(resumed.output_dir), finetune == "lora")
+    assert a.keys() == b.keys() and len(a) > 0
+    start = load_file(str(workdir / "trainee" / "model.safetensors"))
+    moved = False
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+        moved = moved or (k in start and not torch.equal(a[k], start[k]))
+    assert finetune == "lora" or moved
+    assert [r["step"] for r in _rows(Path(resumed.output_dir))] == [1, 2, 3, 4, 5, 6]
+
+
+def test_prefetch_hides_a_scorer_slower_than_zero_but_faster_than_a_step(workdir: Path, server: Any) -> None:
+    delay, sleep = 0.5, 0.7  # every scorer call takes 0.5 s longer; every step takes >= 0.7 s
+    kw: dict[str, Any] = dict(method="dss", scorer=server.address, step_sleep_s=sleep, prefetch_batches=2)
+    kw.update(batch_size=1, cache_path="", max_examples=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = run_training(_cfg(workdir, "pf-base", **kw))
+        slow = run_training(_cfg(workdir, "pf-slow", scorer_delay_s=delay, **kw))
+    finally:
+        torch.set_num_threads(threads)
+    rb, rs = _rows(Path(base.output_dir)), _rows(Path(slow.output_dir))
+    assert len(rs) == 8
+    # after the first step the scorer's latency is hidden behind training: no step waits for it ...
+    assert max(r["scorer_wait_s"] for r in rs[1:]) < 0.05
+    # ... steps run back to back (recorded timestamps) ...
+    assert max(b["t_start"] - a["t_end"] for a, b in itertools.pairwise(rs)) < 0.05
+    # ... and they are not slower than without the delay (without overlap each would be 0.5 s longer)
+    med_b = statistics.median(r["t_end"] - r["t_start"] for r in rb[1:])
+    med_s = statistics.median(r["t_end"] - r["t_start"] for r in rs[1:])
+    assert med_s - med_b < 0.5 * delay, (med_b, med_s)
+
+
+def test_rs_full_and_precomputed_reference(workdir: Path, server: Any) -> None:
+    rs_cfg = _cfg(workdir, "rs", method="rs", scorer=server.address, finetune="full")
+    rs = run_training(rs_cfg)
+    assert rs.finished
+    # the loss saw exactly the label tokens of the examples the guard judged safe
+    exs = _examples(rs_cfg)
+    cache = ScoreCache(rs_cfg.resolved_cache_path or "")
+    fp = cache._db.execute("SELECT DISTINCT fingerprint FROM verdicts").fetchone()[0]
+    verdicts = cache.get_verdicts(fp, [conversation_hash(e.turns[-1].request.conversation) for e in exs])
+    kept = sum(
+        sum(e.label_mask) for e, v in zip(exs, verdicts, strict=True) if v is not None and not v.unsafe
+    )
+    assert sum(r["label_tokens"] for r in _rows(Path(rs.output_dir))) == kept
+    cfg = _cfg(
+        workdir, "pre", method="dss", scorer=server.address, reference="precomputed", kl_estimator="k3"
+    )
+    pre = run_training(cfg)
+    assert pre.finished and pre.metrics["kl"] >= 0.0
+    assert ScoreCache(cfg.resolved_cache_path or "").count("ref_logprobs") == 12
+
+
+def test_precomputed_scores_file(workdir: Path, server: Any, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    cfg = _cfg(workdir, "offline", method="dss", scorer=server.address, cache_path="")
+    recipe.write_text(json.dumps({k: v for k, v in cfg.to_dict().items() if k != "extra"}))
+    out = tmp_path / "scores.jsonl"
+    assert precompute_main(["--config", str(recipe), "--out", str(out), "--verdicts"]) == 0
+    assert len(out.read_text().splitlines()) == 24  # 12 score records + 12 verdicts
+    cuts = _metric(server, "star_cuts_scored_total")
+    res = run_training(cfg.replace(scorer=None, scores_file=str(out), output_dir=str(tmp_path / "o")))
+    assert res.finished and 0.0 < res.metrics["mean_star"] < 1.0
+    assert _metric(server, "star_cuts_scored_total") == cuts
