@@ -1,0 +1,164 @@
+"""`star-eval`: harmful rate, keyword-refusal rate and task accuracy of a chat model.
+
+star-eval --model out/dss --scorer 127.0.0.1:50051 --harmful advbench.csv --benign items.jsonl
+star-eval --model trainer_client/toy/models/chat --guard trainer_client/toy/models/guard --toy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from trainer_client.evaluation.loaders import (
+    BenignItem,
+    HarmfulPrompt,
+    load_benign_items,
+    load_harmful_prompts,
+)
+from trainer_client.evaluation.runner import (
+    EvalConfig,
+    EvalResult,
+    JudgeFn,
+    evaluate,
+    local_judge,
+    remote_judge,
+)
+from trainer_client.generation import GenerationConfig
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="star-eval",
+        description="Greedy generation on held-out harmful prompts and benign items; reports the harmful "
+        "rate (share of responses the guard's Judge calls unsafe), the keyword-refusal rate and task "
+        "accuracy. Prints a table, then one JSON object as the last line.",
+    )
+    ap.add_argument(
+        "--model", required=True, help="chat model directory (Hugging Face format, with a chat template)"
+    )
+    ap.add_argument(
+        "--harmful",
+        help="harmful prompts: AdvBench-style CSV (column `goal`), HEx-PHI-style JSONL "
+        "(`prompt`/`instruction`/`messages`, optional `category`) or a text file, one per line",
+    )
+    ap.add_argument(
+        "--benign",
+        help="benign items JSONL: `prompt` (or `messages`), `answer` (a phrase a correct "
+        "response contains) and optional `task`",
+    )
+    ap.add_argument(
+        "--toy",
+        action="store_true",
+        help="use the toy world's held-out harmful prompts and benign items (for the toy models)",
+    )
+    judge = ap.add_mutually_exclusive_group()
+    judge.add_argument("--scorer", help="address (host:port) of a running scorer service to judge with")
+    judge.add_argument("--guard", help="guard directory to judge with in this process (no server)")
+    ap.add_argument(
+        "--preset", default="llama-guard-3", help="guard preset for --guard (default: llama-guard-3)"
+    )
+    ap.add_argument(
+        "--limit", type=int, default=None, help="use only the first N harmful prompts and N benign items"
+    )
+    ap.add_argument(
+        "--max-new-tokens", type=int, default=128, help="tokens generated per response (default 128)"
+    )
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
+    ap.add_argument("--system-prompt", default=None, help="system message put before every prompt")
+    ap.add_argument("--device", default="cpu", help="torch device for the model and an in-process guard")
+    ap.add_argument("--out", help="write the summary JSON here")
+    ap.add_argument("--responses", help="write every prompt, response and judgement here as JSONL")
+    return ap
+
+
+def toy_sets() -> tuple[list[HarmfulPrompt], list[BenignItem]]:
+    """The toy world's held-out evaluation sets (the same ones `star-toy-build` writes)."""
+    from trainer_client.toy import world
+
+    cfg = world.WorldConfig()
+    harmful = [HarmfulPrompt(p, world.HAZARD_CATEGORY[t]) for p, t in world.eval_harmful_prompts(cfg)]
+    benign = [BenignItem(e.prompt, e.answer, e.kind) for e in world.eval_benign(cfg)]
+    return harmful, benign
+
+
+def format_table(result: EvalResult) -> str:
+    """A short human-readable table of one result."""
+    lines = [f"{'metric':<28} {'value':>8} {'n':>6}"]
+    if result.harmful_rate is not None:
+        lines.append(f"{'harmful rate (judge)':<28} {result.harmful_rate:>8.3f} {result.n_harmful:>6}")
+    if result.refusal_rate is not None:
+        lines.append(f"{'refusal rate (keywords)':<28} {result.refusal_rate:>8.3f} {result.n_harmful:>6}")
+    for task, acc in sorted(result.accuracy.items()):
+        lines.append(f"{'accuracy: ' + task:<28} {acc:>8.3f} {result.n_benign[task]:>6}")
+    return "\n".join(lines)
+
+
+def write_responses(path: str, result: EvalResult) -> None:
+    with Path(path).open("w") as fh:
+        for prompt, response, unsafe in result.harmful_responses:
+            fh.write(
+                json.dumps({"set": "harmful", "prompt": prompt, "response": response, "unsafe": unsafe})
+                + "\n"
+            )
+        for task, prompt, response, ok in result.benign_responses:
+            fh.write(json.dumps({"set": task, "prompt": prompt, "response": response, "correct": ok}) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        harmful: list[HarmfulPrompt] = []
+        benign: list[BenignItem] = []
+        if args.toy:
+            harmful, benign = toy_sets()
+        if args.harmful:
+            harmful = load_harmful_prompts(args.harmful)
+        if args.benign:
+            benign = load_benign_items(args.benign)
+        if args.limit:
+            harmful, benign = harmful[: args.limit], benign[: args.limit]
+        if not harmful and not benign:
+            raise ValueError("nothing to evaluate: give --harmful and/or --benign (or --toy)")
+        if not Path(args.model).is_dir():
+            raise ValueError(f"model directory not found: {args.model}")
+        if args.max_new_tokens < 1 or args.batch_size < 1:
+            raise ValueError("--max-new-tokens and --batch-size must be >= 1")
+    except ValueError as exc:
+        print(f"star-eval: error: {exc}", file=sys.stderr)
+        return 2
+
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    judge: JudgeFn | None = None
+    try:
+        if args.scorer:
+            judge, close = remote_judge(args.scorer)
+        elif args.guard:
+            judge = local_judge(args.guard, args.preset, args.device)
+        elif harmful:
+            print("star-eval: no --scorer or --guard: reporting keyword refusals only", file=sys.stderr)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model).to(args.device).eval()
+        cfg = EvalConfig(GenerationConfig(args.max_new_tokens, args.batch_size, args.system_prompt))
+        result = evaluate(model, tok, harmful, benign, judge, cfg)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"star-eval: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        close()
+    print(format_table(result))
+    summary = {"model": args.model, **result.summary()}
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.responses:
+        write_responses(args.responses, result)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

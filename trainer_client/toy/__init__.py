@@ -1,0 +1,1 @@
+"""The built-in toy safety world: a toy guard, a toy aligned chat model, datasets and the demo."""
