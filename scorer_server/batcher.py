@@ -220,10 +220,14 @@ class Batcher(Generic[I, R]):
                 return
 
     def _take(self) -> list[_Entry[I, R]]:
-        """Highest priority, then oldest, first; padded tokens within the budget (a lone oversize row
-        still runs on its own)."""
+        """The oldest item of the highest priority always goes; the rest of the budget is filled with
+        items of that priority closest in length to it (less padding), then lower priorities. Padded
+        tokens stay within the budget (a lone oversize row still runs on its own)."""
         self._drop_cancelled()
-        self._queue.sort(key=lambda e: (-e.priority, e.seq))
+        if not self._queue:
+            return []
+        head = min(self._queue, key=lambda e: (-e.priority, e.seq))
+        self._queue.sort(key=lambda e: (-e.priority, e is not head, abs(e.tokens - head.tokens), e.seq))
         batch: list[_Entry[I, R]] = []
         rest: list[_Entry[I, R]] = []
         longest = 0
