@@ -1,6 +1,7 @@
 """The safety landscape: perturb a model along random directions (or towards a finetuned checkpoint),
 measure safety at every point with a guard or refusal keywords, and summarise it as VISAGE."""
 
+from trainer_client.landscape.compare import compare_landscapes, markdown_table
 from trainer_client.landscape.directions import DeltaDirection, RandomDirection, perturbed_parameters
 from trainer_client.landscape.grid import DEFAULT_ALPHAS, GridPoint, interpolation_alphas, linspace
 from trainer_client.landscape.perturb import Perturber
@@ -20,11 +21,13 @@ __all__ = [
     "VerdictJudge",
     "basin_1d",
     "basin_2d",
+    "compare_landscapes",
     "interpolation_alphas",
     "landscape_1d",
     "linspace",
     "load_policy",
     "local_guard_judge",
+    "markdown_table",
     "perturbed_parameters",
     "run_landscape",
     "scorer_judge",

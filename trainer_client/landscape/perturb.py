@@ -138,10 +138,16 @@ class Perturber:
             orig = self._store.get(name).to(p.device)
             # float32 weights are summed in place (no extra buffer); others via a float32 buffer
             value = p.data if p.dtype == torch.float32 else torch.empty_like(p, dtype=torch.float32)
-            value.copy_(orig)
+            first = True
             for d, names, c in zip(self.directions, self._dir_names, coefficients, strict=True):
                 if c != 0 and name in names:
-                    value.add_(d.tensor(name, orig), alpha=float(c))
+                    if first:  # one fused pass: value = orig + c * d
+                        torch.add(orig, d.tensor(name, orig), alpha=float(c), out=value)
+                        first = False
+                    else:
+                        value.add_(d.tensor(name, orig), alpha=float(c))
+            if first:  # no direction moves this tensor at this point
+                value.copy_(orig)
             if value is not p.data:
                 p.copy_(value)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 
 
 def plot_1d(
-    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     out: str | Path,
     title: str = "Safety landscape",
-    basins: dict[str, tuple[float, float]] | None = None,
+    basins: Mapping[str, tuple[float, float]] | None = None,
     xlabel: str = "alpha (perturbation along a random direction)",
     marks: Sequence[tuple[float, str]] = (),
 ) -> Path:

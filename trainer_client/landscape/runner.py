@@ -180,6 +180,7 @@ def run_landscape(
                     "beta": pt.beta,
                     "asr": res.asr,
                     "safety": res.safety,
+                    "keyword_safety": res.keyword_safety,
                     "n": len(prompts),
                     "unsafe": [int(u) for u in res.unsafe],
                     "seconds": round(time.perf_counter() - t0, 3),
@@ -216,6 +217,16 @@ def summarize(
             pts = [GridPoint(f"d{k}", a) for a in config.alphas]
             curves.append(([p.alpha for p in pts], [_value(points, p) for p in pts]))
         v = visage(curves, config.basin_tolerance)
+        kw_curves = [
+            (a, [float(points[GridPoint(f"d{k}", x).key].get("keyword_safety", float("nan"))) for x in a])
+            for k, (a, _) in enumerate(curves)
+        ]
+        kv = visage(kw_curves, config.basin_tolerance)
+        out["keyword"] = {
+            "visage": kv.visage,
+            "basins": [asdict(b) | {"direction": k} for k, b in enumerate(kv.basins)],
+            "curves": [s for _, s in kw_curves],
+        }
         out["curves"] = [
             {"direction": k, "seed": config.seed + k, "alpha": a, "safety": s}
             for k, (a, s) in enumerate(curves)

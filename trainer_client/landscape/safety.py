@@ -87,6 +87,8 @@ class PointSafety:
     """100 - asr."""
     unsafe: tuple[bool, ...]
     responses: tuple[str, ...]
+    keyword_safety: float = 100.0
+    """100 - keyword ASR on the same responses (free to compute; recorded whatever the judge)."""
 
 
 def measure_safety(
@@ -103,4 +105,11 @@ def measure_safety(
     convs = [Conversation.from_pair(p, r) for p, r in zip(prompts, responses, strict=True)]
     flags = judge.unsafe(convs)
     asr = 100.0 * sum(flags) / len(flags)
-    return PointSafety(asr=asr, safety=100.0 - asr, unsafe=tuple(flags), responses=tuple(responses))
+    refused = sum(is_refusal(r) for r in responses)
+    return PointSafety(
+        asr=asr,
+        safety=100.0 - asr,
+        unsafe=tuple(flags),
+        responses=tuple(responses),
+        keyword_safety=100.0 * refused / len(responses),
+    )
