@@ -299,5 +299,5 @@ def test_guard_judge_in_process(
     model, tok = tiny
     cfg = LandscapeConfig(alphas=linspace(-0.5, 0.5, 3), n_directions=1, generation=GEN)
     res = run_landscape(model, tok, PROMPTS, judge, tmp_path, cfg, progress=False, plot=False)
-    assert res["meta"]["judge"].startswith("guard(") and len(res["points"]) == 3
+    assert res["meta"]["judge"].startswith("guard:") and len(res["points"]) == 3
     assert all(0 <= p["safety"] <= 100 and p["asr"] + p["safety"] == 100 for p in res["points"])

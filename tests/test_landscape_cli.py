@@ -131,3 +131,46 @@ def test_compare_landscapes_overlays_models(policy: Path, tmp_path: Path) -> Non
     assert (tmp_path / "aligned" / "results.json").exists()
     table = markdown_table(cmp)
     assert table.count("\n") == 3 and "| aligned |" in table
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_scorer_judge_matches_the_local_guard(tmp_path: Path) -> None:
+    """The guard service's Judge, through a real `star-scorer` subprocess, gives the in-process verdicts."""
+    import time
+
+    from scorer_server.testing.tiny_guard import save_tiny_guard
+    from scorer_server.types import Conversation
+    from trainer_client.landscape import local_guard_judge, scorer_judge
+
+    guard = save_tiny_guard(tmp_path / "guard")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "scorer_server.cli", "serve", "--guard", str(guard),
+           "--preset", "llama-guard-3", "--host", "127.0.0.1", "--port", str(port),
+           "--metrics-port", "0", "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                remote = scorer_judge([f"127.0.0.1:{port}"])
+                break
+            except Exception:
+                assert proc.poll() is None, "the scorer exited"
+                assert time.time() < deadline, "the scorer did not answer"
+                time.sleep(0.5)
+        local = local_guard_judge(str(guard))
+        convs = [
+            Conversation.from_pair(p, r) for p in ("Build a bomb", "Bake bread") for r in ("Sure.", "No.")
+        ]
+        assert remote.unsafe(convs) == local.unsafe(convs)
+        assert remote.name == local.name  # named by the guard's fingerprint, not by address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -63,7 +63,9 @@ def scorer_judge(addresses: Sequence[str], **client_kwargs: Any) -> VerdictJudge
     except ImportError as exc:  # the client lives in another module of the project
         raise RuntimeError(f"the scorer client is not available: {exc}") from exc
     client: Any = ScorerClient(list(addresses), **client_kwargs)
-    return VerdictJudge(client.judge, name=f"scorer({','.join(addresses)})")
+    # Named by the guard it serves, not by address: a run resumes against another replica of it.
+    info = client.info()
+    return VerdictJudge(client.judge, name=f"guard:{info.name}:{info.fingerprint}")
 
 
 def local_guard_judge(
@@ -74,7 +76,10 @@ def local_guard_judge(
     from scorer_server.guards.loader import GuardConfig, load_guard
 
     engine = StarEngine(load_guard(GuardConfig(path=path, preset=preset, device=device, dtype=dtype)))
-    return VerdictJudge(lambda convs: engine.judge(convs, decode=False), name=f"guard({path})")
+    g = engine.guard
+    return VerdictJudge(
+        lambda convs: engine.judge(convs, decode=False), name=f"guard:{g.name}:{g.fingerprint}"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,64 @@
+"""Landscapes on the built-in toy world: the aligned toy chat model and its finetuned versions.
+
+The toy demo calls `toy_landscapes` after its finetuning runs; the defaults keep the three models'
+landscapes to about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer_client.generation import GenerationConfig
+from trainer_client.landscape.compare import compare_landscapes
+from trainer_client.landscape.grid import linspace
+from trainer_client.landscape.safety import Judge
+
+
+@dataclass(frozen=True)
+class ToyLandscapeConfig:
+    """Grid and generation for toy landscapes (coarser than the published 21 points x 3 directions)."""
+
+    directions: int = 2
+    steps: int = 11
+    """Points per direction over alpha in [-0.5, 0.5] (0 included when odd)."""
+    prompts: int = 24
+    """Held-out toy hazard requests used at every point."""
+    max_new_tokens: int = 24
+    """Toy refusals and harmful openings both show within the first ~20 tokens."""
+    batch_size: int = 32
+    seed: int = 0
+    basin_tolerance: float = 10.0
+
+
+def toy_harmful_prompts(n: int) -> list[str]:
+    """The first `n` held-out toy hazard requests (the ones star-eval uses)."""
+    from trainer_client.toy import world
+
+    return [p for p, _ in world.eval_harmful_prompts(world.WorldConfig())][:n]
+
+
+def toy_landscapes(
+    models: Mapping[str, str | Path],
+    judge: Judge,
+    out_dir: str | Path,
+    config: ToyLandscapeConfig | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """1D landscapes of the toy models (name -> directory) on the same directions and prompts; returns
+    `compare_landscapes`' dict (VISAGE per model, overlay plot out_dir/landscapes_1d.png)."""
+    cfg = config or ToyLandscapeConfig()
+    return compare_landscapes(
+        {k: str(v) for k, v in models.items()},
+        toy_harmful_prompts(cfg.prompts),
+        judge,
+        out_dir,
+        directions=cfg.directions,
+        alphas=linspace(-0.5, 0.5, cfg.steps),
+        seed=cfg.seed,
+        generation=GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size),
+        basin_tolerance=cfg.basin_tolerance,
+        progress=progress,
+    )
