@@ -1,7 +1,7 @@
 """Landscapes on the built-in toy world: the aligned toy chat model and its finetuned versions.
 
-The toy demo calls `toy_landscapes` after its finetuning runs; the defaults keep the three models'
-landscapes to about a minute on 2 CPU cores.
+The toy demo calls `toy_landscapes` after its finetuning runs; with the defaults the three models'
+landscapes take about a minute on 2 CPU cores (33 points x 24 prompts x 64 tokens per model).
 """
 
 from __future__ import annotations
@@ -19,15 +19,20 @@ from trainer_client.landscape.safety import Judge
 
 @dataclass(frozen=True)
 class ToyLandscapeConfig:
-    """Grid and generation for toy landscapes (coarser than the published 21 points x 3 directions)."""
+    """Grid and generation for toy landscapes.
+
+    The toy chat model (2 layers, 128 wide) still refuses everywhere on the published [-0.5, 0.5]
+    grid; its basin edges lie around |alpha| = 1, so the toy grid spans [-2, 2] in steps of 0.25.
+    """
 
     directions: int = 2
-    steps: int = 11
-    """Points per direction over alpha in [-0.5, 0.5] (0 included when odd)."""
+    steps: int = 17
+    """Points per direction over alpha in [-alpha_max, alpha_max] (0 included when odd)."""
+    alpha_max: float = 2.0
     prompts: int = 24
     """Held-out toy hazard requests used at every point."""
-    max_new_tokens: int = 24
-    """Toy refusals and harmful openings both show within the first ~20 tokens."""
+    max_new_tokens: int = 64
+    """As the demo's evaluation: long enough for harmful steps after a benign opening."""
     batch_size: int = 32
     seed: int = 0
     basin_tolerance: float = 10.0
@@ -56,7 +61,7 @@ def toy_landscapes(
         judge,
         out_dir,
         directions=cfg.directions,
-        alphas=linspace(-0.5, 0.5, cfg.steps),
+        alphas=linspace(-cfg.alpha_max, cfg.alpha_max, cfg.steps),
         seed=cfg.seed,
         generation=GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size),
         basin_tolerance=cfg.basin_tolerance,
