@@ -136,7 +136,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, scorer_factory: Callable[[], AsyncScorer] | None = None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.cfg = cfg
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
@@ -156,11 +156,48 @@ class Trainer:
         )
         if not self.examples:
             raise ValueError(f"{cfg.data} gave no trainable example (no assistant tokens within max_length)")
+        self.sampler = EpochSampler(
+            len(self.examples),
+            cfg.batch_size,
+            cfg.grad_accum,
+            cfg.seed,
+            self.acc.process_index,
+            self.acc.num_processes,
+        )
+        self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
+        if cfg.resume and self.ckpt is None:
+            raise ValueError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
+        self.start_step = int(json.loads((self.ckpt / "state.json").read_text())["step"]) if self.ckpt else 0
+        self.plan = self.sampler.plan(cfg.epochs, self.start_step)
+        self.cache = ScoreCache(cfg.resolved_cache_path) if cfg.resolved_cache_path else None
+        # Scoring starts now, so the first batches' scores arrive while the models load.
+        self.prefetcher: Prefetcher | None = None
+        if cfg.method in ("dss", "rs"):
+            self.prefetcher = Prefetcher(
+                scorer_factory or make_scorer_factory(cfg),
+                self.examples,
+                self.cache,
+                star=cfg.method == "dss",
+                verdicts=cfg.method == "rs",
+                depth=cfg.prefetch_batches,
+                delay_s=cfg.scorer_delay_s,
+            )
+        if self.prefetcher is not None:
+            self.prefetcher.start(iter([mb.indices for mb in self.plan]))
+        try:
+            self._setup_model()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup_model(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.cfg
         model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
         model.to(self.acc.device)
         self.lora = cfg.finetune == "lora"
         self.needs_ref = cfg.method == "dss" and cfg.lambda_kl > 0
-        self.cache = ScoreCache(cfg.resolved_cache_path) if cfg.resolved_cache_path else None
         self.ref_lp: dict[int, np.ndarray] | None = None
         self.ref_model: Any = None
         if self.needs_ref and cfg.reference == "precomputed":
@@ -184,40 +221,17 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
         )
-        self.sampler = EpochSampler(
-            len(self.examples),
-            cfg.batch_size,
-            cfg.grad_accum,
-            cfg.seed,
-            self.acc.process_index,
-            self.acc.num_processes,
-        )
         self.total_steps = self.sampler.steps_per_epoch * cfg.epochs
         warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_with_floor(self.total_steps, warmup, cfg.min_lr / cfg.lr)
         )
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.start_step = 0
-        if cfg.resume:
-            ckpt = latest_checkpoint(self.out)
-            if ckpt is None:
-                raise ValueError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
+        if self.ckpt is not None:
             state = load_checkpoint(
-                ckpt, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.lora
+                self.ckpt, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.lora
             )
-            self.start_step = int(state["step"])
-        self.prefetcher: Prefetcher | None = None
-        if cfg.method in ("dss", "rs"):
-            self.prefetcher = Prefetcher(
-                scorer_factory or make_scorer_factory(cfg),
-                self.examples,
-                self.cache,
-                star=cfg.method == "dss",
-                verdicts=cfg.method == "rs",
-                depth=cfg.prefetch_batches,
-                delay_s=cfg.scorer_delay_s,
-            )
+            assert int(state["step"]) == self.start_step
 
     # -- one micro-batch --
     def _batch(self, mb: MicroBatch, scores: list[ExampleScores] | None) -> Batch:
@@ -274,9 +288,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        plan = self.sampler.plan(cfg.epochs, self.start_step)
-        if self.prefetcher is not None:
-            self.prefetcher.start(iter([mb.indices for mb in plan]))
+        plan = self.plan
         steps: dict[int, list[MicroBatch]] = {}
         for mb in plan:
             steps.setdefault(mb.step, []).append(mb)

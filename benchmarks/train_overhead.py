@@ -1,0 +1,189 @@
+"""What STAR-DSS costs over plain SFT per epoch, with the guard served by a real scorer process.
+
+Tiny trainee and guard, the same data, one epoch each of:
+  sft        plain SFT (the baseline, measured in this run);
+  dss cold   STAR-DSS, live scorer, empty score cache, a reference forward each step (LoRA, adapter off);
+  dss warm   STAR-DSS, warm score cache and precomputed reference log-probs (what epochs 2.. cost).
+The scorer is a `star-scorer serve` subprocess; trainer and scorer get one torch thread each and, where
+the machine has two or more cores, separate cores. Times are the training loop's own wall time (setup,
+model loading and the one-off reference precompute excluded), best of `--repeats`.
+
+Last line: {"bench": "train_overhead", "dss_vs_sft_cold": X, "dss_vs_sft_warm": Y,
+            "scorer_wait_share": Z, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESPONSES = [
+    "Sure, here is how to do it step by step. First, take the flour; then mix the rest of it slowly.",
+    "I cannot help with that request. As an AI, I'm sorry, but that would be harmful to others.",
+    "Mix flour, water and yeast, then bake it for 42 minutes at 100 degrees until it is done.",
+    "The quick brown fox jumps over the lazy dog, then sorts a list in reverse and looks it up.",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+PIN = True
+
+
+def _pin(core: int) -> None:
+    if PIN and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {core})
+
+
+def _start_server(guard: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "scorer_server.cli",
+        "serve",
+        "--guard",
+        str(guard),
+        "--preset",
+        "llama-guard-3",
+    ]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, preexec_fn=lambda: _pin(1)
+    )
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"scorer exited: {log.read_text()[-2000:]}")
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                r = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="star.v1.ScorerService"), timeout=1.0
+                )
+            if r.status == health_pb2.HealthCheckResponse.SERVING:
+                return proc, f"127.0.0.1:{port}"
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError("scorer not serving within 120 s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer examples (under 45 s)")
+    ap.add_argument("--examples", type=int, default=None, help="training examples (default 96, quick 32)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="runs per configuration, interleaved, best kept (default 3, quick 2)",
+    )
+    ap.add_argument(
+        "--hidden", type=int, default=256, help="trainee hidden size (the guard is the tiny default)"
+    )
+    ap.add_argument("--layers", type=int, default=4, help="trainee layers")
+    ap.add_argument(
+        "--finetune",
+        default="full",
+        choices=["full", "lora"],
+        help="full (the published recipe; reference = frozen copy) or lora (reference = adapter disabled)",
+    )
+    ap.add_argument("--no-pin", action="store_true", help="do not pin trainer and scorer to separate cores")
+    args = ap.parse_args(argv)
+    global PIN
+    PIN = not args.no_pin
+    n = args.examples or (32 if args.quick else 96)
+    repeats = args.repeats or (2 if args.quick else 3)
+
+    from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+    from trainer_client.train import run_training
+    from trainer_client.train.config import build_config
+    from trainer_client.train.tiny import save_tiny_trainee
+
+    torch.set_num_threads(1)
+    _pin(0)
+    with tempfile.TemporaryDirectory(prefix="star-bench-") as tmp:
+        root = Path(tmp)
+        guard = save_tiny_guard(root / "guard", TinyGuardSpec())
+        trainee = save_tiny_trainee(root / "trainee", hidden=args.hidden, layers=args.layers)
+        data = root / "data.jsonl"
+        with data.open("w") as fh:
+            for i in range(n):
+                fh.write(
+                    json.dumps({"prompt": f"How do I do thing {i}?", "response": RESPONSES[i % 4]}) + "\n"
+                )
+        proc, address = _start_server(guard, root / "scorer.log")
+        try:
+            base: dict[str, Any] = dict(
+                model=str(trainee),
+                data=str(data),
+                batch_size=4,
+                lr=1e-4,
+                min_lr=1e-6,
+                progress=False,
+                finetune=args.finetune,
+                lora_r=8,
+                lora_alpha=16,
+                epochs=1,
+            )
+
+            def run(name: str, **kw: Any) -> dict[str, float]:
+                cfg = build_config({**base, "output_dir": str(root / name), **kw})
+                return run_training(cfg).metrics
+
+            run("warmup", method="sft", max_examples=8)
+            sfts, colds, warms = [], [], []
+            for r in range(repeats):  # interleaved, so load changes on the machine hit all three alike
+                sfts.append(run(f"sft{r}", method="sft")["wall_s"])
+                cache = str(root / f"cache{r}.sqlite")
+                colds.append(run(f"cold{r}", method="dss", scorer=address, cache_path=cache))
+                warm_kw = dict(method="dss", scorer=address, cache_path=cache, reference="precomputed")
+                warms.append(run(f"warm{r}", **warm_kw))
+            sft = min(sfts)
+            cold = min(colds, key=lambda m: m["wall_s"])
+            warm = min(warms, key=lambda m: m["wall_s"])
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    result = {
+        "bench": "train_overhead",
+        "dss_vs_sft_cold": round(cold["wall_s"] / sft, 3),
+        "dss_vs_sft_warm": round(warm["wall_s"] / sft, 3),
+        "scorer_wait_share": round(cold["scorer_wait_share"], 3),
+        "sft_s": round(sft, 3),
+        "dss_cold_s": round(cold["wall_s"], 3),
+        "dss_warm_s": round(warm["wall_s"], 3),
+        "warm_guard_requests": int(warm["guard_requests"]),
+        "examples": n,
+        "trainee": f"llama hidden {args.hidden} x {args.layers} layers, {args.finetune} finetuning",
+        "separate_cores": PIN and (os.cpu_count() or 1) >= 2,
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
