@@ -68,7 +68,7 @@ def compare_landscapes(
     plot = plot_1d(
         curves,
         out / "landscapes_1d.png",
-        title=f"Safety landscapes (mean of {directions} directions, judge: {judge.name})",
+        title=f"Safety landscapes (mean of {directions} directions, judge: {judge.name[:24]})",
         basins=basins,
     )
     summary = {

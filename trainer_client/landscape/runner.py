@@ -192,10 +192,14 @@ def run_landscape(
     results = summarize(cfg, store.points, store.meta)
     if plot:
         results["plots"] = [
-            str(p) for p in make_plots(cfg, results, Path(out_dir), title=model_id or "model")
+            str(p) for p in make_plots(cfg, results, Path(out_dir), title=_short(model_id or "model"))
         ]
     store.write_results(results)
     return results
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
 
 
 def _value(points: dict[str, dict[str, Any]], pt: GridPoint) -> float:
