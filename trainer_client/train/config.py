@@ -91,6 +91,9 @@ class TrainConfig:
     mixed_precision: str = "no"
     """'no', 'bf16' or 'fp16' (accelerate autocast)."""
     seed: int = 0
+    torch_threads: int = 0
+    """torch intra-op threads on CPU (0: torch's default). On a small shared CPU box, 1 avoids
+    oversubscription when the scorer or other jobs run beside the trainer."""
 
     # -- checkpoints and logging --
     save_every: int = 0
@@ -127,6 +130,7 @@ class TrainConfig:
             (self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.prefetch_batches >= 1, "prefetch_batches must be >= 1"),
+            (self.torch_threads >= 0, "torch_threads must be >= 0"),
             (bool(self.model), "model is required"),
             (bool(self.data), "data is required"),
             (

@@ -139,6 +139,8 @@ class Trainer:
         from transformers import AutoTokenizer
 
         self.cfg = cfg
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
         self.out = Path(cfg.output_dir)

@@ -35,3 +35,27 @@ def save_tiny_trainee(
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        description="Write a tiny random-initialised trainee directory (tests, demos)."
+    )
+    ap.add_argument("out", help="directory to write")
+    ap.add_argument(
+        "--tokenizer",
+        default="bytelevel-crossing",
+        choices=["bytelevel", "bytelevel-crossing", "metaspace"],
+        help="tokenizer kind; bytelevel-crossing merges across word boundaries",
+    )
+    ap.add_argument("--hidden", type=int, default=64, help="hidden size")
+    ap.add_argument("--layers", type=int, default=2, help="transformer layers")
+    args = ap.parse_args(argv)
+    print(save_tiny_trainee(args.out, args.tokenizer, args.hidden, args.layers))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
