@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="alphas per direction (default 5 quick, 11 full)")
     ap.add_argument("--directions", type=int, default=2, help="random directions (default 2)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repetitions, best taken (default 2)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="tokens per response (default 2 quick, 16 full)")
+    ap.add_argument(
+        "--max-new-tokens", type=int, default=None, help="tokens per response (default 2 quick, 16 full)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     hidden = args.hidden or (256 if args.quick else 768)
