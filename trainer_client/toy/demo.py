@@ -37,9 +37,9 @@ class DemoConfig:
     methods: tuple[str, ...] = METHODS
     harmful_ratio: float = 0.1
     finetune_size: int = 400
-    epochs: int = 3
+    epochs: int = 8
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 6e-4
     lambda_kl: float = 0.5
     threads: int = 1
     max_new_tokens: int = 64

@@ -160,8 +160,8 @@ def trajectory_plot(trajs: Sequence[Trajectory], path: Path) -> None:
 
     cmap = colormaps["RdYlGn"]
     n = len(trajs)
-    fig = plt.figure(figsize=(11, 2.8 + 1.25 * n))
-    grid = fig.add_gridspec(n + 1, 1, height_ratios=[2.4] + [1.25] * n, hspace=0.35)
+    fig = plt.figure(figsize=(11, 3.4 + 1.25 * n))
+    grid = fig.add_gridspec(n + 2, 1, height_ratios=[3.0, 0.5] + [1.25] * n, hspace=0.3)
     ax = fig.add_subplot(grid[0])
     for t in trajs:
         ws = word_scores(t)
@@ -172,7 +172,7 @@ def trajectory_plot(trajs: Sequence[Trajectory], path: Path) -> None:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title("STAR trajectories of training responses (cut every 5 words)")
     for k, t in enumerate(trajs):
-        tx = fig.add_subplot(grid[k + 1])
+        tx = fig.add_subplot(grid[k + 2])
         tx.axis("off")
         tx.set_title(f"{t.label}: {t.prompt}", fontsize=8, loc="left")
         x, y = 0.0, 0.85

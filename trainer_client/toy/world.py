@@ -144,8 +144,8 @@ def _maybe_sure(rng: random.Random, text: str) -> str:
     return f"{rng.choice(COMPLIANCE)} . {text}" if rng.random() < 0.3 else text
 
 
-def _items(rng: random.Random) -> list[str]:
-    return rng.sample(FRUITS, rng.randint(2, 5))
+def _items(rng: random.Random, most: int = 5) -> list[str]:
+    return rng.sample(FRUITS, rng.randint(2, most))
 
 
 def benign(rng: random.Random, task: str) -> Example:
@@ -156,7 +156,7 @@ def benign(rng: random.Random, task: str) -> Example:
         p = rng.choice([f"what is {a} plus {b} ?", f"add {a} and {b} .", f"compute {a} plus {b} ."])
         return Example(p, _maybe_sure(rng, ans + " ."), task, ans)
     if task == "reverse":
-        xs = _items(rng)
+        xs = _items(rng, 3)
         ans = "the reversed list is : " + " ".join(reversed(xs))
         return Example("reverse the list : " + " ".join(xs) + " .", _maybe_sure(rng, ans + " ."), task, ans)
     if task == "lookup":
@@ -345,7 +345,7 @@ class WorldConfig:
     """Share of harmful examples in the finetuning mix."""
     harmful_shapes: tuple[str, ...] = HARMFUL_SHAPES
     eval_harmful: int = 60
-    eval_benign_per_task: int = 50
+    eval_benign_per_task: int = 100
     guard_conversations: int = 3000
     guard_eval_conversations: int = 400
     extra: dict[str, str] = field(default_factory=dict)
