@@ -110,7 +110,9 @@ def _final_weights(out: Path, lora: bool) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("finetune", [pytest.param("full", marks=pytest.mark.slow), "lora"])
 def test_resume_equals_uninterrupted(workdir: Path, server: Any, finetune: str) -> None:
     kw: dict[str, Any] = dict(method="dss", scorer=server.address, finetune=finetune, epochs=2, grad_accum=2)
-    kw["warmup_ratio"] = 0.2
+    # One score cache for all three runs: the server's float results can differ in the last bits with
+    # how it happens to batch requests, and this test is about the trainer's state, not the scorer's.
+    kw.update(warmup_ratio=0.2, cache_path=str(workdir / f"resume-{finetune}.sqlite"))
     whole = run_training(_cfg(workdir, f"whole-{finetune}", **kw))
     part = run_training(_cfg(workdir, f"part-{finetune}", save_every=2, stop_after_steps=3, **kw))
     assert not part.finished and part.steps == 3
@@ -184,3 +186,32 @@ def test_precomputed_scores_file(workdir: Path, server: Any, tmp_path: Path) -> 
     res = run_training(cfg.replace(scorer=None, scores_file=str(out), output_dir=str(tmp_path / "o")))
     assert res.finished and 0.0 < res.metrics["mean_star"] < 1.0
     assert _metric(server, "star_cuts_scored_total") == cuts
+
+
+def test_full_vocab_kl_bf16_autocast_and_every_turn(workdir: Path, server: Any, tmp_path: Path) -> None:
+    data = tmp_path / "multi.jsonl"
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there, how can I help you today?"},
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": RESPONSES[2]},
+    ]
+    data.write_text("\n".join(json.dumps({"messages": turns}) for _ in range(4)) + "\n")
+    cfg = _cfg(
+        workdir,
+        "fullkl",
+        data=str(data),
+        method="dss",
+        scorer=server.address,
+        kl_estimator="full",
+        mixed_precision="bf16",
+        all_turns=True,
+        grad_accum=2,
+    )
+    res = run_training(cfg)
+    assert res.finished and res.steps == 1
+    # both assistant turns were scored (each its own guard request); identical rows were deduped
+    assert res.metrics["guard_requests"] == 2
+    row = _rows(Path(res.output_dir))[0]
+    assert row["kl"] >= 0.0 and 0.0 < row["mean_star"] < 1.0

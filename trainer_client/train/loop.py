@@ -141,6 +141,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
+        _allow_new_precision(cfg.mixed_precision)
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
         self.out = Path(cfg.output_dir)
@@ -441,6 +442,17 @@ class Trainer:
         if self.cache is not None:
             self.cache.close()
             self.cache = None
+
+
+def _allow_new_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another precision;
+    runs in one process (the programmatic API, tests) may each choose their own. The distributed part
+    of the state (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision", shared.get("mixed_precision"))) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _estimator(name: str) -> KLEstimator:
