@@ -79,8 +79,9 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--only",
-        choices=["guard", "chat", "data", "check"],
-        help="build just one part ('check' re-measures existing models without training)",
+        choices=["guard", "chat", "data", "check", "weak-guard"],
+        help="build just one part ('check' re-measures existing models without training; 'weak-guard' "
+        "builds the optional smaller guard into OUT/weak_guard, for `star-demo --train-guard`)",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return ap
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer_client.toy import world
     from trainer_client.toy.chat import ChatBuildConfig, build_chat
-    from trainer_client.toy.guard import GuardBuildConfig, build_guard
+    from trainer_client.toy.guard import GuardBuildConfig, build_guard, weak_guard_config
 
     if args.threads < 0:
         print("star-toy-build: error: --threads must be >= 0", file=sys.stderr)
@@ -111,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         update, bar = _bar(gcfg.fit.steps, "toy guard")
         build_guard(guard_dir, gcfg, update)
         bar.close()
+    if args.only == "weak-guard":
+        wcfg = weak_guard_config()
+        update, bar = _bar(wcfg.fit.steps, "weak toy guard")
+        build_guard(out / "weak_guard", wcfg, update)
+        bar.close()
+        print(json.dumps({"weak_guard": check_guard(out / "weak_guard")}))
     if args.only in (None, "chat"):
         ccfg = ChatBuildConfig()
         update, bar = _bar(ccfg.fit.steps, "toy chat model")

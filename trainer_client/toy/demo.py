@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,9 @@ class DemoConfig:
 
     out: str = "star-demo-report"
     models: str = str(shipped_models())
+    train_guard: str = ""
+    """A guard directory for the training signal (rs verdicts, dss scores); '' = the toy guard. The
+    evaluation always judges with the toy guard."""
     methods: tuple[str, ...] = METHODS
     harmful_ratio: float = 0.1
     finetune_size: int = 400
@@ -58,6 +61,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=d.out, help=f"report directory (default: {d.out})")
     ap.add_argument(
         "--models", default=d.models, help="directory with the toy guard/ and chat/ (default: shipped)"
+    )
+    ap.add_argument(
+        "--train-guard",
+        default="",
+        help="guard directory that gives the training signal (rs verdicts, dss scores), e.g. the weak "
+        "guard from `star-toy-build --only weak-guard`; default: the toy guard. Evaluation always "
+        "judges with the toy guard",
     )
     ap.add_argument("--methods", default=",".join(d.methods), help="comma-separated subset of sft,rs,dss")
     ap.add_argument(
@@ -165,7 +175,8 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     models = Path(cfg.models)
     guard_dir, chat_dir = models / "guard", models / "chat"
-    for d in (guard_dir, chat_dir):
+    train_guard = Path(cfg.train_guard) if cfg.train_guard else guard_dir
+    for d in (guard_dir, chat_dir, train_guard):
         if not (d / "config.json").is_file():
             raise ValueError(f"{d} is not a model directory; run `star-toy-build --out {models}` first")
     wcfg = world.WorldConfig(seed=cfg.seed, finetune_size=cfg.finetune_size, harmful_ratio=cfg.harmful_ratio)
@@ -180,8 +191,17 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
         "settings": {k: v for k, v in vars(cfg).items() if k != "out"},
     }
     results: dict[str, EvalResult] = {}
-    with scorer_process(guard_dir, cfg.threads, out / "scorer.log") as addr, ScorerClient(addr) as client:
+    with ExitStack() as stack:
+        addr = stack.enter_context(scorer_process(guard_dir, cfg.threads, out / "scorer.log"))
+        client = stack.enter_context(ScorerClient(addr))
         _say(f"scorer serving the toy guard at {addr}")
+        train_addr, tclient = addr, client
+        if cfg.train_guard:
+            train_addr = stack.enter_context(
+                scorer_process(train_guard, cfg.threads, out / "train_scorer.log")
+            )
+            tclient = stack.enter_context(ScorerClient(train_addr))
+            _say(f"training signal from {train_guard} at {train_addr}")
 
         def judge(convs: list[Conversation]) -> list[Any]:
             return list(client.judge(convs))
@@ -196,7 +216,9 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
 
         # What a whole-response verdict (rs) keeps of the harmful examples in the mix.
         harm_ex = [e for e in mix if e.kind.startswith("harmful:")]
-        v_mix = judge([Conversation.from_pair(e.prompt, e.response) for e in harm_ex]) if harm_ex else []
+        v_mix = (
+            tclient.judge([Conversation.from_pair(e.prompt, e.response) for e in harm_ex]) if harm_ex else []
+        )
         kept: dict[str, str] = {}
         for shape in world.HARMFUL_SHAPES:
             idx = [i for i, e in enumerate(harm_ex) if e.kind == f"harmful:{shape}"]
@@ -209,7 +231,7 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
                  if any(e.kind == f"harmful:{s}" for e in mix)]  # fmt: skip
         picks.append(next(e for e in mix if e.kind == world.NEW_SKILL))
         trajs = [
-            report.Trajectory(e.kind, e.prompt, e.response, client.score(
+            report.Trajectory(e.kind, e.prompt, e.response, tclient.score(
                 ScoreRequest(Conversation.from_pair(e.prompt, e.response), CutSpec(CutKind.WORDS, 5))))
             for e in picks
         ]  # fmt: skip
@@ -243,8 +265,8 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
                 max_length=512,
                 method=method,
                 lambda_kl=cfg.lambda_kl,
-                scorer=addr if method != "sft" else None,
-                cache_path=str(out / "score_cache.sqlite"),
+                scorer=train_addr if method != "sft" else None,
+                cache_path=str(out / "score_cache.sqlite"),  # keyed by the guard's fingerprint
                 epochs=cfg.epochs,
                 batch_size=cfg.batch_size,
                 lr=cfg.lr,
@@ -297,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"star-demo: error: {msg}", file=sys.stderr)
             return 2
     cfg = DemoConfig(
-        out=args.out, models=args.models, methods=methods, harmful_ratio=args.harmful_ratio,
+        out=args.out, models=args.models, train_guard=args.train_guard, methods=methods,
+        harmful_ratio=args.harmful_ratio,
         finetune_size=args.finetune_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lambda_kl=args.lambda_kl, threads=args.threads, max_new_tokens=args.max_new_tokens, seed=args.seed,
     )  # fmt: skip

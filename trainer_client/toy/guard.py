@@ -48,6 +48,15 @@ class GuardBuildConfig:
     seed: int = 0
 
 
+def weak_guard_config() -> GuardBuildConfig:
+    """A smaller, briefly trained guard (1 layer, hidden 64, 150 steps) on the same honest labels: the
+    kind of high-false-negative guard the published weak-guard study uses. Optional; not shipped."""
+    return GuardBuildConfig(
+        shape=ModelShape(hidden=64, layers=1, heads=2, kv_heads=1, intermediate=128),
+        fit=FitConfig(steps=150, batch_size=32, lr=2e-3, seed=0),
+    )
+
+
 def build_tokenizer() -> Any:
     """The guard's word-level tokenizer with its Llama-Guard-shaped chat template."""
     texts = [GUARD_TEMPLATE, "safe unsafe", *(c.code for c in world.CATEGORIES), " ".join(world.vocabulary())]
