@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
         description="Run STAR end to end on the built-in toy world: start the scorer on the toy guard, "
         "finetune the toy aligned chat model with sft, rs and dss on a mix of a new benign skill and "
         "harmful examples, evaluate all four models and write OUT/report.md, OUT/bars.png and "
-        "OUT/trajectories.png. About 5-10 minutes on 2 CPU cores.",
+        "OUT/trajectories.png. About 1-3 minutes on 2 CPU cores.",
     )
     ap.add_argument("--out", default=d.out, help=f"report directory (default: {d.out})")
     ap.add_argument(
