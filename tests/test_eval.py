@@ -153,4 +153,4 @@ def test_cli_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["n_harmful"] == 6 and 0.0 <= last["harmful_rate"] <= 1.0
     assert json.loads(out.read_text())["n_harmful"] == 6
-    assert len(responses.read_text().splitlines()) == 12
+    assert len(responses.read_text().splitlines()) == 6 + 6 * 5  # 6 harmful + 6 of each of the 5 tasks

@@ -61,7 +61,10 @@ def parser() -> argparse.ArgumentParser:
         "--preset", default="llama-guard-3", help="guard preset for --guard (default: llama-guard-3)"
     )
     ap.add_argument(
-        "--limit", type=int, default=None, help="use only the first N harmful prompts and N benign items"
+        "--limit",
+        type=int,
+        default=None,
+        help="use only the first N harmful prompts and the first N benign items of each task",
     )
     ap.add_argument(
         "--max-new-tokens", type=int, default=128, help="tokens generated per response (default 128)"
@@ -82,6 +85,17 @@ def toy_sets() -> tuple[list[HarmfulPrompt], list[BenignItem]]:
     harmful = [HarmfulPrompt(p, world.HAZARD_CATEGORY[t]) for p, t in world.eval_harmful_prompts(cfg)]
     benign = [BenignItem(e.prompt, e.answer, e.kind) for e in world.eval_benign(cfg)]
     return harmful, benign
+
+
+def per_task(items: list[BenignItem], n: int) -> list[BenignItem]:
+    """The first `n` items of each task, in file order."""
+    seen: dict[str, int] = {}
+    out = []
+    for it in items:
+        seen[it.task] = seen.get(it.task, 0) + 1
+        if seen[it.task] <= n:
+            out.append(it)
+    return out
 
 
 def format_table(result: EvalResult) -> str:
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.benign:
             benign = load_benign_items(args.benign)
         if args.limit:
-            harmful, benign = harmful[: args.limit], benign[: args.limit]
+            harmful, benign = harmful[: args.limit], per_task(benign, args.limit)
         if not harmful and not benign:
             raise ValueError("nothing to evaluate: give --harmful and/or --benign (or --toy)")
         if not Path(args.model).is_dir():
