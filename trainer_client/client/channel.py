@@ -18,6 +18,8 @@ from trainer_client.client.config import ClientConfig
 from trainer_client.client.errors import ConnectionLost, RetryableReply, ScorerCallError
 
 STREAM_METHOD = "/star.v1.ScorerService/ScoreStream"
+CLOSE_GRACE_S = 2.0
+"""How long `Replica.close` waits for the server to end the stream before cancelling it."""
 
 
 def channel_options(config: ClientConfig) -> list[tuple[str, Any]]:
@@ -165,15 +167,35 @@ class Replica:
         delay = min(self.config.reconnect_backoff_max_s, 0.05 * (2 ** (self.failures - 1)))
         self.down_until = time.monotonic() + delay
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """End the stream and close the channel.
+
+        The stream is half-closed and the server ends it (after answering what is outstanding), so gRPC
+        receives the call's status before we return. Cancelling it instead would leave gRPC's own status
+        task waiting on the core: when the caller's loop stops right after (the blocking client's does),
+        that task is destroyed pending and the late completion hits a closed loop. A server that does not
+        end the stream within `grace_s` gets it cancelled.
+        """
         self._closed = True
-        if self._call is not None:
-            self._call.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
+        call, reader = self._call, self._reader
+        if call is not None and reader is not None and not reader.done():
+            try:
+                await asyncio.wait_for(self._finish(call, reader), grace_s)
+            except Exception:  # timed out, or the stream broke: cancel below
+                pass
+            finally:
+                if not reader.done():
+                    call.cancel()
+                    reader.cancel()
+        if reader is not None:
             with contextlib.suppress(BaseException):
-                await self._reader
+                await reader
         await self.channel.close()
+
+    async def _finish(self, call: Any, reader: asyncio.Task[None]) -> None:
+        async with self._lock:  # not while a request is being written
+            await call.done_writing()
+        await asyncio.shield(reader)
 
 
 def _code(value: int) -> grpc.StatusCode:

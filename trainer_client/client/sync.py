@@ -41,12 +41,27 @@ class ScorerClient:
         return self._run(self._client.judge(conversations))
 
     def close(self) -> None:
+        """Close the connections, finish every task on the client's loop, then stop the loop."""
         if self._loop.is_closed():
             return
-        self._run(self._client.close())
+        self._run(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+
+    async def _shutdown(self, grace_s: float = 5.0) -> None:
+        await self._client.close()
+        # A loop stopped with tasks still pending (gRPC's own included) warns "Task was destroyed but it
+        # is pending!" when they are collected: give them time to end, then cancel what is left.
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        if rest:
+            await asyncio.wait(rest, timeout=grace_s)
+        rest = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+        await self._loop.shutdown_asyncgens()
 
     def __enter__(self) -> ScorerClient:
         return self
