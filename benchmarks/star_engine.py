@@ -13,6 +13,7 @@ import json
 import random
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     engine.score(warm)
     engine.score(warm, method="per_cut")
     t_one, fast = _timeit(lambda: engine.score(reqs), repeats)
+    tree = StarEngine(guard, replace(engine.config, layout="tree"))
+    tree.score(warm)
+    t_tree, _ = _timeit(lambda: tree.score(reqs), repeats)
     t_per, slow = _timeit(lambda: engine.score(reqs[:n_slow], method="per_cut"), repeats)
     slow_cuts = sum(len(p.cuts) for p in plans[:n_slow])
     rows = [it.tokens for batch in pack_rows(items, args.max_batch_tokens) for it in batch]
@@ -163,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff": diff,
         "cuts_per_s": round(one_rate, 2),
         "per_cut_cuts_per_s": round(per_rate, 2),
+        "layout": engine.layout,
+        "tree_layout_cuts_per_s": round(n_cuts / t_tree, 2),
         "plan_share": round(t_plan / t_one, 3),
         "cuts": n_cuts,
         "one_pass_tokens": one_pass_tokens,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -120,13 +121,26 @@ def requests(draw: st.DrawFn) -> ScoreRequest:
     return ScoreRequest(conv, draw(cut_specs(response)))
 
 
-@pytest.mark.parametrize("name", list(GUARDS))
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Both layouts on the guards that allow them; sliding-window guards (gemma) only take `tree`.
+LAYOUTS = [
+    ("llama", "prefix_cache"),
+    ("llama", "tree"),
+    ("llama-crossing", "prefix_cache"),
+    ("llama-crossing", "tree"),
+    ("granite", "prefix_cache"),
+    ("gemma", "tree"),
+]
+
+
+@pytest.mark.parametrize(("name", "layout"), LAYOUTS)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(requests(), min_size=1, max_size=3))
 def test_one_pass_equals_per_cut_on_random_conversations(
-    guards: dict[str, Guard], name: str, batch: list[ScoreRequest]
+    guards: dict[str, Guard], name: str, layout: Literal["tree", "prefix_cache"], batch: list[ScoreRequest]
 ) -> None:
-    engine = StarEngine(guards[name], EngineConfig(max_row_tokens=700, max_batch_tokens=4000))
+    config = EngineConfig(max_row_tokens=700, max_batch_tokens=4000, layout=layout, tail_rows_per_item=3)
+    engine = StarEngine(guards[name], config)
+    assert engine.layout == layout
     assert _max_diff(engine, batch) <= 1e-5
 
 
@@ -176,6 +190,24 @@ def test_divergent_tokenisation_is_scored_through_longer_tails(guards: dict[str,
         plan.shared[i] < plan.shared[i + 1] for i in range(len(plan.cuts) - 1)
     )
     assert _max_diff(engine, [req]) <= 1e-5
+
+
+@pytest.mark.parametrize("rows_per_item", [1, 2, 64])
+def test_prefix_cache_tail_grouping(guards: dict[str, Guard], rows_per_item: int) -> None:
+    config = EngineConfig(layout="prefix_cache", tail_rows_per_item=rows_per_item, max_row_tokens=600)
+    engine = StarEngine(guards["llama"], config)
+    reqs = [
+        ScoreRequest(Conversation.from_pair("q", " ".join(WORDS[: 5 + 7 * k])), CutSpec(every=2))
+        for k in range(4)
+    ]
+    assert _max_diff(engine, reqs) <= 1e-5
+
+
+def test_layouts_resolve_by_guard(guards: dict[str, Guard]) -> None:
+    assert StarEngine(guards["llama"]).layout == "prefix_cache"
+    assert StarEngine(guards["gemma"]).layout == "tree"
+    with pytest.raises(ValueError, match="sliding-window"):
+        StarEngine(guards["gemma"], EngineConfig(layout="prefix_cache"))
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

@@ -10,7 +10,12 @@ from typing import Literal
 
 import torch
 
-from scorer_server.engine.forward import forward_items, forward_prompts
+from scorer_server.engine.forward import (
+    forward_items,
+    forward_items_prefix_cache,
+    forward_prompts,
+    supports_prefix_cache,
+)
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
 from scorer_server.guards.loader import Guard
 from scorer_server.types import Conversation, ScoreRequest, Segment, StarScores, Verdict
@@ -28,6 +33,14 @@ class EngineConfig:
     """Tokens in one row; a response whose trunk + tails exceed it is split over several rows."""
     max_conversation_tokens: int = 8192
     """Longest full-response guard prompt accepted."""
+    layout: Literal["auto", "prefix_cache", "tree"] = "auto"
+    """How a forward computes the cuts. `tree`: one forward per batch, every row holding its trunk and
+    tails under a 4-D mask. `prefix_cache`: the trunks first, then the tails against copies of their
+    trunk's keys and values, skipping the masked-out attention. `auto`: prefix_cache unless the guard
+    has sliding-window layers (whose caches drop old keys), then tree. Both give the same numbers."""
+    tail_rows_per_item: int = 8
+    """prefix_cache: rows the tails of one item are spread over (more rows: less attention, more copies
+    of the trunk cache)."""
 
 
 def p_safe(diff: float, temperature: float = 1.0) -> float:
@@ -61,6 +74,14 @@ class StarEngine:
     def __init__(self, guard: Guard, config: EngineConfig | None = None) -> None:
         self.guard = guard
         self.config = config or EngineConfig()
+        layout = self.config.layout
+        if layout == "auto":
+            layout = "prefix_cache" if supports_prefix_cache(guard.model) else "tree"
+        elif layout == "prefix_cache" and not supports_prefix_cache(guard.model):
+            raise ValueError(
+                "layout 'prefix_cache' does not support sliding-window guards; use 'tree' or 'auto'"
+            )
+        self.layout = layout
         tok = guard.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
 
@@ -74,7 +95,10 @@ class StarEngine:
     # -- forwards --
     def run(self, items: list[WorkItem]) -> list[list[Segment]]:
         """One forward over `items` (the caller keeps within the token budget)."""
-        diffs = forward_items(self.guard, items, self.pad_id)
+        if self.layout == "prefix_cache":
+            diffs = forward_items_prefix_cache(self.guard, items, self.pad_id, self.config.tail_rows_per_item)
+        else:
+            diffs = forward_items(self.guard, items, self.pad_id)
         out: list[list[Segment]] = []
         for it, d in zip(items, diffs, strict=True):
             t = it.plan.request.temperature

@@ -129,6 +129,105 @@ def forward_items(guard: Guard, items: list[WorkItem], pad_id: int = 0) -> list[
     return result
 
 
+@dataclass
+class _TailRow:
+    item: int
+    ids: list[int]
+    pos: list[int]
+    spans: list[tuple[int, int, int]]
+    """(start in row, length, shared trunk tokens) for each tail."""
+
+
+def _tail_rows(
+    items: list[WorkItem], rows_per_item: int
+) -> tuple[list[_TailRow], list[list[tuple[int, int]]]]:
+    """Group each item's tails into at most `rows_per_item` rows; per item, where each cut is read:
+    (-1, trunk position) or (tail row, position in that row)."""
+    rows: list[_TailRow] = []
+    reads: list[list[tuple[int, int]]] = []
+    for k, it in enumerate(items):
+        plan = it.plan
+        with_tail = [i for i in it.cut_indices if plan.tails[i]]
+        per_row = max(1, -(-len(with_tail) // rows_per_item))
+        where: dict[int, tuple[int, int]] = {}
+        for g in range(0, len(with_tail), per_row):
+            row = _TailRow(k, [], [], [])
+            for i in with_tail[g : g + per_row]:
+                tail, shared = plan.tails[i], plan.shared[i]
+                row.spans.append((len(row.ids), len(tail), shared))
+                row.ids.extend(tail)
+                row.pos.extend(range(shared, shared + len(tail)))
+                where[i] = (len(rows), len(row.ids) - 1)
+            rows.append(row)
+        reads.append([where.get(i, (-1, plan.read_position(i))) for i in it.cut_indices])
+    return rows, reads
+
+
+def supports_prefix_cache(model: Any) -> bool:
+    """Whether the two-stage layout applies: no sliding-window layers (their caches drop old keys)."""
+    return _sliding_window(model)[0] is None
+
+
+@torch.inference_mode()
+def forward_items_prefix_cache(
+    guard: Guard, items: list[WorkItem], pad_id: int = 0, rows_per_item: int = 8
+) -> list[list[float]]:
+    """The same numbers as `forward_items`, computed in two stages that skip the masked-out work.
+
+    Stage 1 runs every item's trunk as a plain causal forward and keeps its keys and values. Stage 2
+    runs the tails, grouped into a few rows per item, against a copy of their item's trunk cache: a
+    tail attends to the first `shared` trunk keys and causally to itself. Attention then costs about
+    tails x (shared + tail) instead of (trunk + tails)^2 per row, and the trunk is computed once.
+    """
+    from transformers import DynamicCache
+
+    model, device = guard.model.base_model, guard.device
+    trunks = [it.plan.trunk[: it.plan.trunk_len(it.cut_indices)] for it in items]
+    t_len = max(len(t) for t in trunks)
+    ids = torch.tensor([t + [pad_id] * (t_len - len(t)) for t in trunks], device=device)
+    attn = torch.tensor([[1] * len(t) + [0] * (t_len - len(t)) for t in trunks], device=device)
+    cache = DynamicCache(config=guard.model.config)
+    trunk_out = model(input_ids=ids, attention_mask=attn, cache=cache, use_cache=True)
+    trunk_hidden = trunk_out.last_hidden_state
+
+    rows, reads = _tail_rows(items, rows_per_item)
+    tail_hidden = trunk_hidden  # replaced below when any cut has a tail
+    if rows:
+        q_len = max(len(r.ids) for r in rows)
+        allowed = torch.zeros(len(rows), q_len, t_len + q_len, dtype=torch.bool)
+        causal = torch.ones(q_len, q_len, dtype=torch.bool).tril_()
+        for r, row in enumerate(rows):
+            for start, n, shared in row.spans:
+                allowed[r, start : start + n, :shared] = True
+                allowed[r, start : start + n, t_len + start : t_len + start + n] = causal[:n, :n]
+            pad = torch.arange(len(row.ids), q_len)
+            allowed[r, pad, t_len + pad] = True
+        mask = torch.zeros(len(rows), 1, q_len, t_len + q_len, dtype=guard.dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(guard.dtype).min)
+        cache.reorder_cache(torch.tensor([r.item for r in rows], device=device))  # type: ignore[arg-type]
+        tail_ids = torch.tensor([r.ids + [pad_id] * (q_len - len(r.ids)) for r in rows], device=device)
+        tail_pos = torch.tensor([r.pos + [0] * (q_len - len(r.pos)) for r in rows], device=device)
+        tail_out = model(
+            input_ids=tail_ids,
+            attention_mask=mask.to(device),
+            position_ids=tail_pos,
+            cache=cache,
+            use_cache=True,
+        )
+        tail_hidden = tail_out.last_hidden_state
+    picked = []
+    for k, item_reads in enumerate(reads):
+        for where, p in item_reads:
+            picked.append(trunk_hidden[k, p] if where < 0 else tail_hidden[where, p])
+    diffs = verdict_logit_diff(guard, torch.stack(picked)).cpu().tolist()
+    result: list[list[float]] = []
+    n = 0
+    for item_reads in reads:
+        result.append(diffs[n : n + len(item_reads)])
+        n += len(item_reads)
+    return result
+
+
 @torch.inference_mode()
 def forward_prompts(guard: Guard, prompts: list[list[int]], pad_id: int = 0) -> list[float]:
     """The per-cut definition: each prompt as its own sequence, left-padded, plain `model(...)` logits
