@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer_client.evaluation.loaders import load_harmful_prompts
 from trainer_client.generation import GenerationConfig
 from trainer_client.landscape.grid import linspace
-from trainer_client.landscape.prompts import read_prompts
 from trainer_client.landscape.results import RunMismatch
 from trainer_client.landscape.runner import LandscapeConfig, load_policy, run_landscape
 from trainer_client.landscape.safety import Judge, KeywordJudge, local_guard_judge, scorer_judge
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         system = args.system_prompt
         if args.system_prompt_file:
             system = Path(args.system_prompt_file).read_text().strip()
-        prompts = read_prompts(args.prompts, args.max_prompts)
+        prompts = [h.prompt for h in load_harmful_prompts(args.prompts, args.max_prompts)]
         cfg = LandscapeConfig(
             mode=args.mode,
             alphas=linspace(args.alpha_min, args.alpha_max, args.steps),
