@@ -130,3 +130,13 @@ def start_server(tiny_guard_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     yield start
     for s in started:
         s.stop(10)
+
+
+@pytest.fixture(scope="session")
+def toy_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    """One default `star-demo` run (finetuning, evaluation, landscapes), shared by the slow toy-world
+    tests: (exit code, report directory)."""
+    from trainer_client.toy.demo import main
+
+    out = tmp_path_factory.mktemp("toy-demo") / "report"
+    return main(["--out", str(out)]), out

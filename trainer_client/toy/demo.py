@@ -1,8 +1,9 @@
 """`star-demo`: the whole system on the toy world, in one command.
 
 Starts the scorer service on the toy guard, finetunes the toy aligned chat model with `sft`, `rs` and
-`dss` on the same harmful mix, evaluates the four models and writes a report (table, bar chart, STAR
-trajectories) with the acceptance criteria measured.
+`dss` on the same harmful mix, evaluates the four models, draws the 1D safety landscapes of the aligned,
+sft and dss models (judged by the service) and writes a report (tables, bar chart, STAR trajectories,
+landscapes) with the acceptance criteria measured.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from trainer_client.toy import world
 from trainer_client.toy.build import shipped_models
 
 METHODS = ("sft", "rs", "dss")
+LANDSCAPE_MODELS = ("aligned", "sft", "dss")
+"""The models whose safety landscapes the demo draws (those among the run's models)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class DemoConfig:
     threads: int = 1
     max_new_tokens: int = 64
     seed: int = 0
+    landscape: bool = True
+    """Draw the 1D safety landscapes of aligned, sft and dss (about 30 s on 2 cores)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,8 +60,9 @@ def parser() -> argparse.ArgumentParser:
         prog="star-demo",
         description="Run STAR end to end on the built-in toy world: start the scorer on the toy guard, "
         "finetune the toy aligned chat model with sft, rs and dss on a mix of a new benign skill and "
-        "harmful examples, evaluate all four models and write OUT/report.md, OUT/bars.png and "
-        "OUT/trajectories.png. About 1-3 minutes on 2 CPU cores.",
+        "harmful examples, evaluate all four models, draw the 1D safety landscapes (VISAGE) of the "
+        "aligned, sft and dss models and write OUT/report.md, OUT/bars.png, OUT/trajectories.png and "
+        "OUT/landscapes/landscapes_1d.png. About 2-3 minutes on 2 CPU cores.",
     )
     ap.add_argument("--out", default=d.out, help=f"report directory (default: {d.out})")
     ap.add_argument(
@@ -103,6 +109,11 @@ def parser() -> argparse.ArgumentParser:
         help=f"tokens generated per evaluation response (default {d.max_new_tokens})",
     )
     ap.add_argument("--seed", type=int, default=d.seed, help="seed of the data and the runs (default 0)")
+    ap.add_argument(
+        "--no-landscape",
+        action="store_true",
+        help="skip the 1D safety landscapes of the aligned, sft and dss models (saves about 30 s)",
+    )
     return ap  # fmt: skip
 
 
@@ -154,6 +165,29 @@ def _say(msg: str) -> None:
     print(f"[star-demo] {msg}", file=sys.stderr, flush=True)
 
 
+def draw_landscapes(judge_fn: Any, models: dict[str, str], out_dir: Path) -> dict[str, Any]:
+    """1D safety landscapes of `models` (name -> directory) on the same directions and prompts, judged
+    by `judge_fn` (the toy guard through the service). Returns the models' VISAGE, safety at the origin
+    and basins, the overlay plot, the markdown table and the grid."""
+    from trainer_client.landscape import VerdictJudge, markdown_table
+    from trainer_client.landscape.toy import ToyLandscapeConfig, toy_landscapes
+
+    # Every demo run retrains its models, so points left by an earlier run in this directory are stale.
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cfg = ToyLandscapeConfig()
+    t0 = time.time()
+    ls = toy_landscapes(models, VerdictJudge(judge_fn, name="toy-guard"), out_dir, cfg, progress=True)
+    return {
+        "models": ls["models"],
+        "plot": ls["plot"],
+        "table": markdown_table(ls),
+        "grid": {"alpha_max": cfg.alpha_max, "steps": cfg.steps, "directions": cfg.directions,
+                 "prompts": cfg.prompts, "max_new_tokens": cfg.max_new_tokens,
+                 "basin_tolerance": cfg.basin_tolerance},
+        "seconds": round(time.time() - t0, 1),
+    }  # fmt: skip
+
+
 def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
     """The demo; returns the summary it also writes to OUT/summary.json."""
     import torch
@@ -191,6 +225,8 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
         "settings": {k: v for k, v in vars(cfg).items() if k != "out"},
     }
     results: dict[str, EvalResult] = {}
+    finals: dict[str, str] = {"aligned": str(chat_dir)}
+    landscapes: dict[str, Any] | None = None
     with ExitStack() as stack:
         addr = stack.enter_context(scorer_process(guard_dir, cfg.threads, out / "scorer.log"))
         client = stack.enter_context(ScorerClient(addr))
@@ -275,18 +311,26 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
                 seed=cfg.seed,
             )
             result = run_training(tcfg)
+            finals[method] = result.final_dir
             eval_model(method, result.final_dir, time.time() - t0)
+
+        if cfg.landscape:
+            ls_models = {k: finals[k] for k in LANDSCAPE_MODELS if k in finals}
+            _say(f"safety landscapes of {', '.join(ls_models)}")
+            landscapes = draw_landscapes(judge, ls_models, out / "landscapes")
 
     ordered = [rows[k] for k in ("aligned", *cfg.methods) if k in rows]
     checks = report.acceptance(rows, guard_acc)
-    path = report.write_report(out, ordered, checks, trajs, notes)
+    if landscapes is not None:
+        checks += report.landscape_checks(landscapes["models"], landscapes["grid"]["alpha_max"])
+    path = report.write_report(out, ordered, checks, trajs, notes, landscapes)
     for name, res in results.items():
         with (out / f"responses_{name}.jsonl").open("w") as fh:
             for p, r, u in res.harmful_responses:
                 fh.write(json.dumps({"set": "harmful", "prompt": p, "response": r, "unsafe": u}) + "\n")
             for task, p, r, ok in res.benign_responses:
                 fh.write(json.dumps({"set": task, "prompt": p, "response": r, "correct": ok}) + "\n")
-    summary = {
+    summary: dict[str, Any] = {
         "guard_accuracy": guard_acc,
         "models": {k: vars(v) for k, v in rows.items()},
         "checks": [vars(c) for c in checks],
@@ -294,8 +338,13 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
         "seconds": round(time.time() - t_start, 1),
         "report": str(path),
     }
+    if landscapes is not None:
+        summary["landscapes"] = {k: landscapes[k] for k in ("models", "plot", "grid", "seconds")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(report.markdown_table(ordered))
+    if landscapes is not None:
+        print()
+        print(landscapes["table"])
     print()
     print(report.checks_table(checks))
     print(f"\nreport: {path}  ({summary['seconds']:.0f} s)")
@@ -323,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         harmful_ratio=args.harmful_ratio,
         finetune_size=args.finetune_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lambda_kl=args.lambda_kl, threads=args.threads, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        landscape=not args.no_landscape,
     )  # fmt: skip
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
