@@ -151,10 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
+            import os
+
             from scorer_server.config import config_from
-            from scorer_server.server import serve, setup_logging
 
             config = config_from(args)
+            # Read once when torch loads OpenMP, so it is set before the server module imports torch.
+            # Spinning threads starve a core-sharing event loop and planning thread (benchmarks/serve.py).
+            os.environ.setdefault("OMP_WAIT_POLICY", config.omp_wait_policy.upper())
+            from scorer_server.server import serve, setup_logging
+
             setup_logging(config.log_level)
             return asyncio.run(serve(config))
         if args.command == "score":

@@ -42,6 +42,12 @@ class ServerConfig:
         16 * 1024 * 1024, "largest gRPC message received or sent, bytes (gRPC's own default is 4 MiB)"
     )
     threads: int = _opt(0, "torch intra-op threads for the local backend; 0 keeps torch's default")
+    omp_wait_policy: str = _opt(
+        "passive",
+        "OpenMP wait policy of torch's CPU threads: passive (an idle thread sleeps, leaving its core to "
+        "the event loop, tokenisation and other processes) or active (it spins, fastest on dedicated "
+        "cores); an OMP_WAIT_POLICY already set in the environment is kept",
+    )
     grace_s: float = _opt(30.0, "on SIGTERM, how long in-flight work may take to finish")
     auth_tokens_file: str = _opt("", "file of accepted bearer tokens, one per line (also STAR_AUTH_TOKENS)")
     tls_cert: str = _opt("", "server certificate chain (PEM); turns TLS on with --tls-key")
@@ -74,6 +80,8 @@ class ServerConfig:
         for name in ("max_batch_tokens", "max_row_tokens", "max_queue", "max_cuts", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.omp_wait_policy.lower() not in ("passive", "active"):
+            raise ValueError(f"--omp-wait-policy must be passive or active, not {self.omp_wait_policy!r}")
         if self.max_wait_ms < 0 or self.grace_s < 0:
             raise ValueError("--max-wait-ms and --grace-s must be >= 0")
 
