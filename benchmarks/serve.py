@@ -1,87 +1,63 @@
-"""Served vs in-process STAR scoring: N concurrent gRPC clients against a scorer subprocess, versus the
-same work through the engine in this process, measured back to back in one run.
+"""Served vs in-process STAR scoring: N concurrent gRPC clients against a `star-scorer serve` subprocess,
+versus the same work through the engine in this process, measured in one run.
 
-    python benchmarks/serve.py [--quick] [--clients 16] [--requests-per-client 24]
+    python benchmarks/serve.py [--quick] [--clients 16] [--requests-per-client 8] [--rounds 3]
 
 The in-process baseline is the engine's best case: every request handed to `StarEngine.score` at once
-(planning then packed forwards). The served run pays for gRPC, protobuf and the batcher and wins back
-with planning overlapped with forwards. Last line: {"bench": "serve", "served_vs_inprocess": X, ...}.
+(planning, then forwards packed from rows sorted by length). The served run pays for gRPC, protobuf,
+the client library and the dynamic batcher, which only ever sees what has arrived so far. Both sides
+use the same guard (hidden 256 x 4 layers with --quick, 512 x 6 otherwise, so the forward dominates as
+it does with a real guard), the same token budget per forward, the same torch thread count and the same
+OpenMP wait policy (the server's default, passive). Responses are 20-80 words, cut every 5 words.
+
+The two are measured in interleaved rounds (in-process then served, then the other way round, ...) so
+that load from other programs on a shared machine hits both alike; `served_vs_inprocess` is the
+median of the per-round ratios (in-process seconds / served seconds; 1.0 means serving costs nothing).
+Server start-up, model loading and warm-up are outside the timed region.
+
+Last line: {"bench": "serve", "served_vs_inprocess": X, "p50_ms": A, "p99_ms": B, "requests": N,
+            "lost": 0, ...}; requests, lost and the latency percentiles cover every served round.
+Latency is per request from the moment its client sends it, in a burst of every client's requests.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 from scorer_server.types import Conversation, CutSpec, ScoreRequest
 from trainer_client.client import AsyncScorerClient, ClientConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-_WORDS = [
-    "the",
-    "a",
-    "to",
-    "of",
-    "and",
-    "in",
-    "is",
-    "it",
-    "you",
-    "that",
-    "for",
-    "on",
-    "with",
-    "as",
-    "this",
-    "take",
-    "mix",
-    "heat",
-    "step",
-    "first",
-    "then",
-    "carefully",
-    "slowly",
-    "next",
-    "until",
-    "after",
-    "water",
-    "flour",
-    "yeast",
-    "bread",
-    "oven",
-    "minutes",
-    "sure",
-    "here",
-    "how",
-    "do",
-    "can",
-    "will",
-    "make",
-    "use",
-]
+_VOCAB = (
+    "the a to of and in is it you that for on with as this take mix heat step first then carefully "
+    "slowly next until after water flour yeast bread oven minutes sure here how do can will make use"
+)
 
 
-def make_requests(n: int, seed: int = 0) -> list[ScoreRequest]:
+def make_requests(n: int, words: tuple[int, int], seed: int = 0) -> list[ScoreRequest]:
+    """`n` bread-baking answers of `words[0]..words[1]` words, cut every 5 words (the default)."""
     rng = random.Random(seed)
+    vocab = _VOCAB.split()
     out = []
     for i in range(n):
-        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(10, 30)))
+        response = " ".join(rng.choice(vocab) for _ in range(rng.randint(*words)))
         out.append(
-            ScoreRequest(Conversation.from_pair(f"question {i}: how do I bake bread?", words), CutSpec())
+            ScoreRequest(Conversation.from_pair(f"question {i}: how do I bake bread?", response), CutSpec())
         )
     return out
 
@@ -92,24 +68,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def in_process(guard_dir: Path, requests: list[ScoreRequest], max_batch_tokens: int) -> float:
-    """Seconds for the engine to score every request in this process (after a warm-up)."""
-    from scorer_server.engine.engine import EngineConfig, StarEngine
-    from scorer_server.guards.loader import GuardConfig, load_guard
-
-    engine = StarEngine(
-        load_guard(GuardConfig(str(guard_dir))), EngineConfig(max_batch_tokens=max_batch_tokens)
-    )
-    engine.score(requests[:4])
-    t0 = time.perf_counter()
-    engine.score(requests)
-    seconds = time.perf_counter() - t0
-    del engine
-    gc.collect()
-    return seconds
-
-
-def start_server(guard_dir: Path, port: int, max_batch_tokens: int, log: Path) -> subprocess.Popen[bytes]:
+def launch_server(
+    guard_dir: Path, port: int, max_batch_tokens: int, max_wait_ms: float, threads: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start `star-scorer serve` (returns at once; see `wait_serving`)."""
     cmd = [
         sys.executable,
         "-m",
@@ -124,37 +86,64 @@ def start_server(guard_dir: Path, port: int, max_batch_tokens: int, log: Path) -
         "--max-batch-tokens",
         str(max_batch_tokens),
         "--max-wait-ms",
-        "5",
+        str(max_wait_ms),
+        "--threads",
+        str(threads),
+        "--log-level",
+        "warning",
     ]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-    end = time.monotonic() + 120
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def wait_serving(proc: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float = 120.0) -> None:
+    end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(f"the scorer exited:\n{log.read_text()[-2000:]}")
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                status = (
-                    health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                )
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return proc
+                check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if check.status == health_pb2.HealthCheckResponse.SERVING:
+                return
         except grpc.RpcError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.kill()
-    raise TimeoutError("server did not become SERVING")
+    raise TimeoutError("the scorer did not become SERVING")
+
+
+def load_engine(guard_dir: Path, max_batch_tokens: int, threads: int) -> Any:
+    import torch
+
+    from scorer_server.engine.engine import EngineConfig, StarEngine
+    from scorer_server.guards.loader import GuardConfig, load_guard
+
+    torch.set_num_threads(threads)
+    return StarEngine(
+        load_guard(GuardConfig(str(guard_dir))), EngineConfig(max_batch_tokens=max_batch_tokens)
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_process(engine: Any, requests: list[ScoreRequest]) -> float:
+    """Seconds for the engine to score every request in this process."""
+    t0 = time.perf_counter()
+    engine.score(requests)
+    return time.perf_counter() - t0
 
 
 async def served(
-    address: str, per_client: list[list[ScoreRequest]], window: int
-) -> tuple[float, list[float], int]:
-    """(seconds, per-request latencies, answered) for all clients running at once."""
-    latencies: list[float] = []
-    config = ClientConfig(max_in_flight=window, deadline_s=300)
-    clients = [AsyncScorerClient(address, config) for _ in per_client]
-    for c in clients:
-        await c.info()
-    await asyncio.gather(*(c.score_many(reqs[:2]) for c, reqs in zip(clients, per_client, strict=True)))
+    clients: list[AsyncScorerClient], per_client: list[list[ScoreRequest]], latencies: list[float]
+) -> tuple[float, int]:
+    """(seconds, requests answered) for every client sending its requests at once."""
 
     async def one(client: AsyncScorerClient, req: ScoreRequest) -> int:
         t = time.perf_counter()
@@ -168,50 +157,120 @@ async def served(
         return_exceptions=True,
     )
     seconds = time.perf_counter() - t0
+    return seconds, sum(a for a in answered if isinstance(a, int))
+
+
+async def measure(
+    engine: Any,
+    address: str,
+    per_client: list[list[ScoreRequest]],
+    rounds: int,
+    window: int,
+    server_pid: int,
+) -> dict[str, Any]:
+    """Interleaved rounds of in-process and served scoring of the same requests."""
+    reqs = [r for rs in per_client for r in rs]
+    clients = [
+        AsyncScorerClient(address, ClientConfig(max_in_flight=window, deadline_s=300)) for _ in per_client
+    ]
+    for c in clients:
+        await c.info()
+    # Warm-up, untimed and short: a forward on each side and every client's stream open.
+    warm = ScoreRequest(Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast."))
+    engine.score([warm] * 4)
+    await asyncio.gather(*(c.score(warm) for c in clients))
+    base: list[float] = []
+    serve: list[float] = []
+    latencies: list[float] = []
+    lost = 0
+    cpu = {"in": [0.0, 0.0], "served": [0.0, 0.0]}  # [this process, the server] per side
+    for k in range(rounds):
+        for side in ("in", "served") if k % 2 == 0 else ("served", "in"):
+            c0, s0 = time.process_time(), cpu_seconds(server_pid)
+            if side == "in":
+                seconds = in_process(engine, reqs)
+                base.append(seconds)
+            else:
+                seconds, answered = await served(clients, per_client, latencies)
+                serve.append(seconds)
+                lost += len(reqs) - answered
+            cpu[side][0] += time.process_time() - c0
+            cpu[side][1] += cpu_seconds(server_pid) - s0
+            print(f"round {k + 1}/{rounds} {side:>6}: {seconds:.2f} s", file=sys.stderr)
     for c in clients:
         await c.close()
-    return seconds, latencies, sum(a for a in answered if isinstance(a, int))
+    latencies.sort()
+    ratios = [b / s for b, s in zip(base, serve, strict=True)]
+    n = len(reqs)
+    return {
+        "bench": "serve",
+        "served_vs_inprocess": round(statistics.median(ratios), 3),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1)
+        if latencies
+        else None,
+        "requests": n * rounds,
+        "lost": lost,
+        "rounds": rounds,
+        "requests_per_round": n,
+        "round_ratios": [round(r, 3) for r in ratios],
+        "inprocess_rps": round(n * rounds / sum(base), 1),
+        "served_rps": round(n * rounds / sum(serve), 1),
+        "inprocess_cpu_s": round(cpu["in"][0] / rounds, 2),
+        "served_cpu_s": {
+            "client": round(cpu["served"][0] / rounds, 2),
+            "server": round(cpu["served"][1] / rounds, 2),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small guard and workload (under 45 s on 2 cores)")
-    ap.add_argument("--clients", type=int, default=16, help="concurrent gRPC clients")
-    ap.add_argument("--requests-per-client", type=int, default=0, help="default 6 (--quick) or 24")
+    ap.add_argument("--quick", action="store_true", help="smaller guard and workload (under 45 s on 2 cores)")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent gRPC clients, one channel each")
+    ap.add_argument("--requests-per-client", type=int, default=0, help="per round; default 2 (--quick) or 8")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved in-process/served rounds")
     ap.add_argument("--window", type=int, default=8, help="requests each client keeps in flight")
-    ap.add_argument("--max-batch-tokens", type=int, default=8192, help="forward budget, same for both runs")
+    ap.add_argument("--max-batch-tokens", type=int, default=8192, help="forward budget, same for both sides")
+    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's batcher maximum wait")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads, same for both sides; 0: one per core"
+    )
     args = ap.parse_args(argv)
-    per = args.requests_per_client or (6 if args.quick else 24)
+    # Before torch loads OpenMP: the server's default (see `star-scorer serve --omp-wait-policy`); the
+    # scorer subprocess inherits it, so both sides run their threads alike.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+
+    per = args.requests_per_client or (2 if args.quick else 8)
+    threads = args.threads or os.cpu_count() or 1
     spec = (
-        TinyGuardSpec(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=512)
+        TinyGuardSpec(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704)
         if args.quick
         else TinyGuardSpec(hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1408)
     )
-    reqs = make_requests(args.clients * per)
+    reqs = make_requests(args.clients * per, (20, 80))
+    per_client = [reqs[c * per : (c + 1) * per] for c in range(args.clients)]
     with tempfile.TemporaryDirectory() as tmp:
         guard_dir = save_tiny_guard(Path(tmp) / "guard", spec)
         port = free_port()
-        proc = start_server(guard_dir, port, args.max_batch_tokens, Path(tmp) / "server.log")
+        log = Path(tmp) / "server.log"
+        proc = launch_server(guard_dir, port, args.max_batch_tokens, args.max_wait_ms, threads, log)
         try:
-            base_s = in_process(guard_dir, reqs, args.max_batch_tokens)
-            per_client = [reqs[c * per : (c + 1) * per] for c in range(args.clients)]
-            serve_s, lat, answered = asyncio.run(served(f"127.0.0.1:{port}", per_client, args.window))
+            engine = load_engine(guard_dir, args.max_batch_tokens, threads)  # while the server starts
+            wait_serving(proc, port, log)
+            result = asyncio.run(
+                measure(engine, f"127.0.0.1:{port}", per_client, args.rounds, args.window, proc.pid)
+            )
         finally:
             proc.terminate()
             proc.wait(30)
-    lat.sort()
-    result = {
-        "bench": "serve",
-        "served_vs_inprocess": round(base_s / serve_s, 3),
-        "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
-        "p99_ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
-        "requests": len(reqs),
-        "lost": len(reqs) - answered,
-        "clients": args.clients,
-        "inprocess_rps": round(len(reqs) / base_s, 1),
-        "served_rps": round(len(reqs) / serve_s, 1),
-        "cpu_count": os.cpu_count(),
-    }
+    result.update(
+        clients=args.clients,
+        threads=threads,
+        omp_wait_policy=os.environ["OMP_WAIT_POLICY"],
+        cpu_count=os.cpu_count(),
+    )
     print(json.dumps(result))
     return 0
 
