@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from scorer_server.guards.loader import GuardConfig
 
 BACKENDS = ("local", "vllm", "tgi")
 
@@ -25,7 +28,27 @@ class ServerConfig:
     """Settings of `star-scorer serve`."""
 
     guard: str = _opt("", "guard model directory (Hugging Face layout with a chat template); required")
-    preset: str = _opt("llama-guard-3", "guard family preset: llama-guard-3, granite-guardian-3, shieldgemma")
+    preset: str = _opt(
+        "llama-guard-3",
+        "guard family preset: llama-guard-3, granite-guardian-3, shieldgemma, or custom (then give "
+        "--safe-word and --unsafe-word)",
+    )
+    safe_word: str = _opt("", "verdict word of a safe response; overrides the preset's (e.g. safe, No)")
+    unsafe_word: str = _opt(
+        "", "verdict word of an unsafe response; overrides the preset's (e.g. unsafe, Yes)"
+    )
+    template_file: str = _opt("", "Jinja chat template file that replaces the guard tokenizer's own")
+    template_kwargs: str = _opt(
+        "",
+        "JSON object of chat-template keyword arguments, replacing the preset's: a policy or category "
+        'list, Granite\'s {"guardian_config": {"risk_name": "harm"}}, ShieldGemma\'s {"guideline": "..."}',
+    )
+    verdict_prefix: str = _opt(
+        "auto",
+        "text the guard writes before its verdict word; auto decides from the rendered template "
+        '("\\n\\n" after a Llama-3 header that lacks it)',
+    )
+    attn_implementation: str = _opt("", "eager or sdpa; unset: the preset's choice (eager for Gemma 2)")
     dtype: str = _opt("float32", "weights dtype: float32, bfloat16, float16")
     device: str = _opt("cpu", "torch device for the local backend, e.g. cpu or cuda:0")
     host: str = _opt("127.0.0.1", "interface to listen on (0.0.0.0 in a container)")
@@ -34,6 +57,11 @@ class ServerConfig:
     max_batch_tokens: int = _opt(16384, "padded guard tokens per forward (rows x longest row)")
     max_row_tokens: int = _opt(4096, "tokens in one row; longer responses are split into several parts")
     max_wait_ms: float = _opt(5.0, "longest time the batcher holds work while waiting to fill a forward")
+    max_plan_wait_ms: float = _opt(
+        20.0,
+        "how much longer an under-full forward may wait for requests that have arrived and are still "
+        "being tokenised (fills a burst's first forward)",
+    )
     max_queue: int = _opt(1024, "requests queued or running before new ones get RESOURCE_EXHAUSTED")
     max_conversation_tokens: int = _opt(8192, "longest guard prompt (whole conversation) accepted")
     max_cuts: int = _opt(512, "most cuts one request may produce")
@@ -65,10 +93,36 @@ class ServerConfig:
     def tls(self) -> bool:
         return bool(self.tls_cert)
 
+    def guard_config(self) -> GuardConfig:
+        """The guard settings, parsed (raises ValueError on a bad --template-kwargs)."""
+        kwargs: dict[str, Any] | None = None
+        if self.template_kwargs:
+            try:
+                kwargs = json.loads(self.template_kwargs)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--template-kwargs is not valid JSON: {exc.msg}") from None
+            if not isinstance(kwargs, dict):
+                raise ValueError("--template-kwargs must be a JSON object")
+        return GuardConfig(
+            path=self.guard,
+            preset=self.preset,
+            dtype=self.dtype,
+            device=self.device,
+            attn_implementation=self.attn_implementation or None,
+            template_file=self.template_file or None,
+            template_kwargs=kwargs,
+            safe_word=self.safe_word or None,
+            unsafe_word=self.unsafe_word or None,
+            verdict_prefix=None if self.verdict_prefix == "auto" else self.verdict_prefix,
+        )
+
     def check(self) -> None:
         """Raise ValueError with an actionable message for an unusable combination."""
         if not self.guard:
             raise ValueError("--guard (or STAR_GUARD) is required: the guard model directory")
+        self.guard_config().resolved_preset()  # unknown preset, custom without verdict words, bad JSON
+        if self.attn_implementation not in ("", "eager", "sdpa"):
+            raise ValueError(f"--attn-implementation must be eager or sdpa, not {self.attn_implementation!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.backend != "local" and not self.remote_url:
@@ -82,8 +136,8 @@ class ServerConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.omp_wait_policy.lower() not in ("passive", "active"):
             raise ValueError(f"--omp-wait-policy must be passive or active, not {self.omp_wait_policy!r}")
-        if self.max_wait_ms < 0 or self.grace_s < 0:
-            raise ValueError("--max-wait-ms and --grace-s must be >= 0")
+        if self.max_wait_ms < 0 or self.max_plan_wait_ms < 0 or self.grace_s < 0:
+            raise ValueError("--max-wait-ms, --max-plan-wait-ms and --grace-s must be >= 0")
 
 
 def _fields() -> list[dataclasses.Field[Any]]:

@@ -22,7 +22,6 @@ from scorer_server.api.validation import Limits
 from scorer_server.batcher import BatcherConfig
 from scorer_server.config import ServerConfig
 from scorer_server.engine.backend import ScoringBackend
-from scorer_server.guards.loader import GuardConfig
 from scorer_server.metrics import ServerMetrics
 from star_proto import scorer_pb2 as pb
 
@@ -58,11 +57,16 @@ def setup_logging(level: str) -> None:
 
 def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBackend:
     """The local engine behind the batcher, or a remote engine fleet."""
-    guard = GuardConfig(path=config.guard, preset=config.preset, dtype=config.dtype, device=config.device)
+    guard = config.guard_config()
     if config.backend == "local":
         from scorer_server.local_backend import LocalBackend, LocalBackendConfig
 
-        batcher = BatcherConfig(config.max_batch_tokens, config.max_wait_ms / 1000.0, config.max_queue)
+        batcher = BatcherConfig(
+            config.max_batch_tokens,
+            config.max_wait_ms / 1000.0,
+            config.max_queue,
+            config.max_plan_wait_ms / 1000.0,
+        )
         local = LocalBackendConfig(
             guard=guard,
             batcher=batcher,
