@@ -57,11 +57,6 @@ class ServerConfig:
     max_batch_tokens: int = _opt(16384, "padded guard tokens per forward (rows x longest row)")
     max_row_tokens: int = _opt(4096, "tokens in one row; longer responses are split into several parts")
     max_wait_ms: float = _opt(5.0, "longest time the batcher holds work while waiting to fill a forward")
-    max_plan_wait_ms: float = _opt(
-        20.0,
-        "how much longer an under-full forward may wait for requests that have arrived and are still "
-        "being tokenised (fills a burst's first forward)",
-    )
     max_queue: int = _opt(1024, "requests queued or running before new ones get RESOURCE_EXHAUSTED")
     max_conversation_tokens: int = _opt(8192, "longest guard prompt (whole conversation) accepted")
     max_cuts: int = _opt(512, "most cuts one request may produce")
@@ -136,8 +131,8 @@ class ServerConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.omp_wait_policy.lower() not in ("passive", "active"):
             raise ValueError(f"--omp-wait-policy must be passive or active, not {self.omp_wait_policy!r}")
-        if self.max_wait_ms < 0 or self.max_plan_wait_ms < 0 or self.grace_s < 0:
-            raise ValueError("--max-wait-ms, --max-plan-wait-ms and --grace-s must be >= 0")
+        if self.max_wait_ms < 0 or self.grace_s < 0:
+            raise ValueError("--max-wait-ms and --grace-s must be >= 0")
 
 
 def _fields() -> list[dataclasses.Field[Any]]:

@@ -61,12 +61,7 @@ def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBacken
     if config.backend == "local":
         from scorer_server.local_backend import LocalBackend, LocalBackendConfig
 
-        batcher = BatcherConfig(
-            config.max_batch_tokens,
-            config.max_wait_ms / 1000.0,
-            config.max_queue,
-            config.max_plan_wait_ms / 1000.0,
-        )
+        batcher = BatcherConfig(config.max_batch_tokens, config.max_wait_ms / 1000.0, config.max_queue)
         local = LocalBackendConfig(
             guard=guard,
             batcher=batcher,
