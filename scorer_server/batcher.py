@@ -197,6 +197,7 @@ class Batcher(Generic[I, R]):
             self._forward_s = 0.8 * self._forward_s + 0.2 * seconds
             if self._observer is not None:
                 self._observer.on_batch(len(batch), tokens, seconds)
+            log.debug("forward", extra={"rows": len(batch), "tokens": tokens, "seconds": round(seconds, 3)})
             for e, r in zip(batch, results, strict=True):
                 if not e.future.done():
                     e.future.set_result(r)
