@@ -16,7 +16,7 @@ from typing import Any
 from scorer_server import __version__
 from scorer_server.batcher import Batcher, BatcherConfig, BatchObserver
 from scorer_server.errors import InvalidRequest, NotReady
-from scorer_server.guards.loader import GuardConfig
+from scorer_server.guards.loader import GuardConfig, describe_guard
 from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
 log = logging.getLogger("star.backend")
@@ -81,18 +81,12 @@ class LocalBackend:
                 pass
             await self.judge([WARMUP])
         g = self._engine.guard
-        self._info = GuardInfo(
-            name=g.name,
-            preset=g.preset.name,
-            safe_word=g.preset.safe_word,
-            unsafe_word=g.preset.unsafe_word,
-            safe_token_id=g.safe_id,
-            unsafe_token_id=g.unsafe_id,
-            fingerprint=g.fingerprint,
+        self._info = describe_guard(
+            g,
+            "local",
             max_conversation_tokens=self.config.max_conversation_tokens,
             max_cuts=self.config.max_cuts,
             server_version=__version__,
-            backend="local",
         )
 
     def _load(self) -> Any:

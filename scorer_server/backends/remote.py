@@ -21,6 +21,7 @@ from scorer_server.backends.prompts import PromptGuard
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.engine.engine import p_safe
 from scorer_server.errors import InvalidRequest, NotReady
+from scorer_server.guards.loader import describe_guard
 from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
 
@@ -79,18 +80,11 @@ class RemoteBackend(ABC):
 
     # -- ScoringBackend --
     def info(self) -> GuardInfo:
-        g = self.guard
-        return GuardInfo(
-            name=g.name,
-            preset=g.preset.name,
-            safe_word=g.preset.safe_word,
-            unsafe_word=g.preset.unsafe_word,
-            safe_token_id=g.safe_id,
-            unsafe_token_id=g.unsafe_id,
-            fingerprint=g.fingerprint,
+        return describe_guard(
+            self.guard,
+            self.kind,
             max_conversation_tokens=self.config.max_conversation_tokens,
             max_cuts=self.config.max_cuts,
-            backend=self.kind,
         )
 
     async def start(self) -> None:

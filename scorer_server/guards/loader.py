@@ -12,7 +12,7 @@ import torch
 
 from scorer_server.guards.presets import GuardPreset, get_preset
 from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
-from scorer_server.types import Conversation
+from scorer_server.types import Conversation, GuardInfo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROBE = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast.")
@@ -193,3 +193,18 @@ def _fingerprint(
         for p in list(model.parameters())[:4]:
             h.update(p.detach().float().flatten()[:4096].numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def describe_guard(guard: Any, backend: str, **limits: Any) -> GuardInfo:
+    """GuardInfo for a loaded guard (or a tokenizer-only remote guard with the same fields)."""
+    return GuardInfo(
+        name=guard.name,
+        preset=guard.preset.name,
+        safe_word=guard.preset.safe_word,
+        unsafe_word=guard.preset.unsafe_word,
+        safe_token_id=guard.safe_id,
+        unsafe_token_id=guard.unsafe_id,
+        fingerprint=guard.fingerprint,
+        backend=backend,
+        **limits,
+    )

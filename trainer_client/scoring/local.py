@@ -8,6 +8,7 @@ import threading
 from collections.abc import Sequence
 
 from scorer_server.engine.engine import StarEngine
+from scorer_server.guards.loader import describe_guard
 from scorer_server.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
 
 
@@ -28,17 +29,7 @@ class LocalScorer:
         return LocalScorer(StarEngine(load_guard(GuardConfig(path=path, preset=preset))))
 
     async def info(self) -> GuardInfo:
-        g = self.engine.guard
-        return GuardInfo(
-            name=g.name,
-            preset=g.preset.name,
-            safe_word=g.preset.safe_word,
-            unsafe_word=g.preset.unsafe_word,
-            safe_token_id=g.safe_id,
-            unsafe_token_id=g.unsafe_id,
-            fingerprint=g.fingerprint,
-            backend="in-process",
-        )
+        return describe_guard(self.engine.guard, "in-process")
 
     def _score(self, requests: list[ScoreRequest]) -> list[StarScores]:
         with self._lock:
