@@ -19,3 +19,15 @@ class Overloaded(StarError):
 
 class NotReady(StarError):
     """The guard is not loaded yet, or the server is shutting down."""
+
+
+class ConfigError(StarError, ValueError):
+    """A start-up setting cannot work (guard directory, template, verdict words, ports, TLS files).
+
+    The message names what to change, usually the flag; the command-line tools print it as their one
+    `PROG: error: ...` line and exit 2.
+    """
+
+
+class TemplateRenderError(InvalidRequest):
+    """The guard's chat template refuses one request's conversation (e.g. roles that do not alternate)."""

@@ -57,7 +57,7 @@ def test_guard_token_cuts(tmp_path: Path) -> None:
 def test_unknown_preset_lists_known_ones() -> None:
     with pytest.raises(ValueError, match="llama-guard-3"):
         get_preset("nope")
-    with pytest.raises(ValueError, match="safe_word"):
+    with pytest.raises(ValueError, match="--safe-word"):
         GuardConfig(path=".", preset="custom").resolved_preset()
 
 
@@ -88,11 +88,11 @@ def test_policy_template_kwargs_change_prompt_and_fingerprint(tmp_path: Path) ->
 def test_template_file_overrides_tokenizer_template(tmp_path: Path) -> None:
     path = str(save_tiny_guard(tmp_path / "g"))
     tpl = tmp_path / "t.jinja"
-    tpl.write_text("Judge: {% for m in messages %}{{ m['role'] }}={{ m['content'] }};{% endfor %} Verdict:")
+    tpl.write_text("Judge: {% for m in messages %}{{ m['role'] }}={{ m['content'] }};{% endfor %} 'safe'/'unsafe':")
     g = load_guard(GuardConfig(path=path, template_file=str(tpl)))
-    assert g.template.render(Conversation.from_pair("q", "a")) == "Judge: user=q;assistant=a; Verdict:"
+    assert g.template.render(Conversation.from_pair("q", "a")) == "Judge: user=q;assistant=a; 'safe'/'unsafe':"
     split = g.template.split(Conversation.from_pair("q", "a"))
-    assert split.head == "Judge: user=q;assistant=" and split.suffix == "; Verdict:"
+    assert split.head == "Judge: user=q;assistant=" and split.suffix == "; 'safe'/'unsafe':"
 
 
 def test_custom_preset_and_bad_directory(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_defaults_keep_the_preset() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--preset", "custom"], "safe_word"),
+        (["--preset", "custom"], "--safe-word"),
         (["--preset", "nope"], "known presets"),
         (["--template-kwargs", "[1"], "not valid JSON"),
         (["--template-kwargs", "[1]"], "JSON object"),

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scorer_server.guards.loader import PROBE, GuardConfig, prompt_side
+from scorer_server.guards.loader import (
+    PROBE,
+    GuardConfig,
+    load_tokenizer,
+    prompt_side,
+    read_template_file,
+)
 from scorer_server.guards.presets import GuardPreset
 from scorer_server.guards.template import GuardTemplate
 
@@ -46,14 +52,10 @@ def load_prompt_guard(config: GuardConfig, engine: str) -> PromptGuard:
     `engine` names where the forwards run; it is part of the fingerprint, because a remote engine's
     numerics (kernels, dtype) are not the local engine's and cached scores must not be mixed.
     """
-    from transformers import AutoTokenizer
-
     path = Path(config.path)
-    if not path.is_dir():
-        raise ValueError(f"guard directory {path} does not exist")
     preset = config.resolved_preset()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    template_text = Path(config.template_file).read_text() if config.template_file else None
+    tokenizer = load_tokenizer(config.path)
+    template_text = read_template_file(config.template_file)
     template, safe_id, unsafe_id = prompt_side(tokenizer, preset, template_text)
     h = hashlib.sha256(f"remote:{engine}\0".encode())
     config_file = path / "config.json"

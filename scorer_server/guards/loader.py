@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from scorer_server.errors import ConfigError, TemplateRenderError
 from scorer_server.guards.presets import GuardPreset, get_preset
 from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
 from scorer_server.types import Conversation, GuardInfo
@@ -44,7 +45,7 @@ class GuardConfig:
     def resolved_preset(self) -> GuardPreset:
         if self.preset == "custom":
             if not (self.safe_word and self.unsafe_word):
-                raise ValueError("preset 'custom' needs safe_word and unsafe_word")
+                raise ConfigError("preset 'custom' needs --safe-word and --unsafe-word")
             base = GuardPreset(name="custom", safe_word=self.safe_word, unsafe_word=self.unsafe_word)
         else:
             base = get_preset(self.preset)
@@ -86,23 +87,64 @@ class Guard:
 
 
 def load_guard(config: GuardConfig) -> Guard:
-    """Load a guard directory; raises ValueError with an actionable message on a bad directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a guard directory. Every way it can fail is a ConfigError that says what to change.
 
-    path = Path(config.path)
-    if not path.is_dir():
-        raise ValueError(f"guard directory {path} does not exist")
+    The cheap checks (directory, tokenizer, template, verdict words) run before the weights load, so a
+    mistake in the template or the preset is reported in seconds, not after minutes of loading.
+    """
+    from transformers import AutoModelForCausalLM
+
     if config.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {config.dtype!r}")
+        raise ConfigError(f"--dtype must be one of {', '.join(sorted(DTYPES))}, not {config.dtype!r}")
     preset = config.resolved_preset()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = load_tokenizer(config.path)
+    template_text = read_template_file(config.template_file)
+    side = prompt_side(tokenizer, preset, template_text)
     attn = config.attn_implementation or ("eager" if preset.eager_attention else "sdpa")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=DTYPES[config.dtype], attn_implementation=attn, **config.extra
-    )
-    model = model.to(config.device).eval()  # type: ignore[arg-type]
-    template_text = Path(config.template_file).read_text() if config.template_file else None
-    return build_guard(model, tokenizer, preset, template_text, name=path.name, config=config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            config.path, dtype=DTYPES[config.dtype], attn_implementation=attn, **config.extra
+        )
+        model = model.to(config.device).eval()  # type: ignore[arg-type]
+    except Exception as exc:  # transformers, safetensors and torch raise many kinds for bad weights
+        raise ConfigError(
+            f"cannot load the guard weights from {config.path} ({_one_line(exc)}); check that the "
+            "directory holds a complete causal-LM checkpoint (config.json and *.safetensors), and "
+            "--device / --dtype / --attn-implementation"
+        ) from None
+    name = Path(config.path).name
+    return build_guard(model, tokenizer, preset, template_text, name=name, config=config, side=side)
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of a guard directory, or a ConfigError naming the directory."""
+    from transformers import AutoTokenizer
+
+    where = Path(path)
+    if not where.is_dir():
+        raise ConfigError(f"guard directory {path} does not exist (--guard)")
+    if not (where / "config.json").is_file():
+        raise ConfigError(
+            f"{path} is not a Hugging Face model directory: it has no config.json (--guard names the "
+            "directory that holds config.json, the weights and the tokenizer files)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(where))
+    except Exception as exc:  # missing or corrupt tokenizer files raise OSError, ValueError, ...
+        raise ConfigError(
+            f"cannot load the guard tokenizer from {path} ({_one_line(exc)}); it needs tokenizer.json "
+            "or the files of a slow tokenizer with tokenizer_config.json"
+        ) from None
+
+
+def read_template_file(path: str | None) -> str | None:
+    """The text of --template-file, or None when no file is given."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read --template-file {path} ({_one_line(exc)})") from None
 
 
 def build_guard(
@@ -113,9 +155,10 @@ def build_guard(
     *,
     name: str = "guard",
     config: GuardConfig | None = None,
+    side: PromptSide | None = None,
 ) -> Guard:
     """Derive the template split, verdict prefix and verdict ids for an already-loaded model."""
-    template, safe_id, unsafe_id = prompt_side(tokenizer, preset, template_text)
+    template, safe_id, unsafe_id = side or prompt_side(tokenizer, preset, template_text)
     prompt = template.render(PROBE)
     fingerprint = _fingerprint(model, template, preset, safe_id, unsafe_id, config)
     guard = Guard(model, tokenizer, template, preset, safe_id, unsafe_id, fingerprint, name, config)
@@ -124,46 +167,90 @@ def build_guard(
     gap = check_head(guard, guard.encode([prompt])[0])
     tol = 1e-3 if guard.dtype == torch.float32 else 0.25
     if not gap <= tol:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__}'s output head post-processes logits in a way the scorer does not "
             f"reproduce (verdict logit gap {gap:.3g}); this architecture is not supported yet"
         )
     return guard
 
 
-def prompt_side(
-    tokenizer: Any, preset: GuardPreset, template_text: str | None
-) -> tuple[GuardTemplate, int, int]:
-    """The guard's prompt side: its template (with the verdict prefix decided) and verdict token ids.
+PromptSide = tuple[GuardTemplate, int, int]
+
+
+def prompt_side(tokenizer: Any, preset: GuardPreset, template_text: str | None) -> PromptSide:
+    """The guard's prompt side: its template (content form and verdict prefix decided) and the
+    verdict token ids. Raises ConfigError naming the setting to change.
 
     Shared by the local engine and the tokenizer-only remote backends, so both build identical prompts.
     """
     if template_text is None and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the guard tokenizer has no chat template; pass template_file")
+        raise ConfigError("the guard tokenizer has no chat template; pass one with --template-file")
     probe = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix="")
-    rendered = probe.render(PROBE)
+    rendered = _render_probe(probe)
     prefix = preset.verdict_prefix if preset.verdict_prefix is not None else auto_verdict_prefix(rendered)
-    template = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix=prefix)
-    prompt = template.render(PROBE)
+    template = GuardTemplate(
+        tokenizer, template_text, preset.template_kwargs, prefix, content_form=probe.content_form
+    )
+    prompt = rendered + prefix
+    check_verdict_words(rendered, preset)
     safe_id = first_token_after(tokenizer, prompt, preset.safe_word)
     unsafe_id = first_token_after(tokenizer, prompt, preset.unsafe_word)
     if safe_id == unsafe_id:
-        raise ValueError(
+        raise ConfigError(
             f"verdict words {preset.safe_word!r} and {preset.unsafe_word!r} start with the same token; "
-            "choose verdict words whose first tokens differ"
+            "choose verdict words whose first tokens differ (--safe-word / --unsafe-word)"
         )
     return template, safe_id, unsafe_id
+
+
+def _render_probe(template: GuardTemplate) -> str:
+    try:
+        return template.render(PROBE)
+    except TemplateRenderError as exc:
+        raise ConfigError(f"{exc} (on a plain one-turn conversation)") from None
+
+
+def check_verdict_words(rendered: str, preset: GuardPreset) -> None:
+    """A preset's verdict words must be the ones the guard's own instructions ask for.
+
+    Every published guard prompt names its answers ('safe' or 'unsafe'; 'Yes' or 'No'); a preset whose
+    words the prompt never mentions is the wrong preset, and its scores would be noise. `custom`
+    guards are not checked.
+    """
+    if preset.name == "custom":
+        return
+    missing = [w for w in (preset.safe_word, preset.unsafe_word) if w not in rendered]
+    if not missing:
+        return
+    hint = ""
+    for name, words in (("llama-guard-3", ("safe", "unsafe")), ("granite-guardian-3", ("Yes", "No"))):
+        if name != preset.name and all(f"'{w}'" in rendered for w in words):
+            hint = f" It asks for {words[0]!r} or {words[1]!r}: try --preset {name}"
+            hint += " (or shieldgemma)." if name == "granite-guardian-3" else "."
+    raise ConfigError(
+        f"the guard's prompt never mentions the verdict word(s) {', '.join(map(repr, missing))} of "
+        f"preset {preset.name!r}, so this is probably the wrong preset for this guard.{hint} For a guard "
+        "with other answers use --preset custom with --safe-word and --unsafe-word"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def first_token_after(tokenizer: Any, prompt: str, word: str) -> int:
     """The id of the first token the guard writes when its verdict is `word`, tokenised in context."""
     base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if not word.strip():
+        raise ConfigError(f"verdict word {word!r} is empty; give a word (--safe-word / --unsafe-word)")
     full = tokenizer(prompt + word, add_special_tokens=False)["input_ids"]
     if full[: len(base)] != base or len(full) == len(base):
         # The word merges with the end of the prompt; fall back to the word alone.
         alone = tokenizer(word, add_special_tokens=False)["input_ids"]
         if not alone:
-            raise ValueError(f"verdict word {word!r} tokenises to nothing")
+            raise ConfigError(f"verdict word {word!r} tokenises to nothing")
         return int(alone[0])
     return int(full[len(base)])
 

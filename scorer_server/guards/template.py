@@ -5,9 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from scorer_server.errors import TemplateRenderError
+from scorer_server.guards.content import (
+    SENTINEL,
+    ContentForm,
+    describe_template_error,
+    detect_content_form,
+    shape_messages,
+)
 from scorer_server.types import Conversation
 
-SENTINEL = "\u2063STAR\u2063RESPONSE\u2063"
+__all__ = ["SENTINEL", "GuardTemplate", "TemplateSplit", "auto_verdict_prefix"]
 
 
 @dataclass(frozen=True)
@@ -24,18 +32,25 @@ class GuardTemplate:
     """Renders the guard prompt for a conversation whose last assistant message is cut at `c`.
 
     `render(conv, c)` is the definition the STAR score is taken against: the guard's template applied
-    to [..., assistant: response[:c]], followed by the text the guard writes before its verdict.
+    to [..., assistant: response[:c]] (content in the form the template reads), followed by the text
+    the guard writes before its verdict.
     """
 
     def __init__(
-        self, tokenizer: Any, template: str | None, kwargs: dict[str, Any], verdict_prefix: str
+        self,
+        tokenizer: Any,
+        template: str | None,
+        kwargs: dict[str, Any],
+        verdict_prefix: str,
+        content_form: ContentForm | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._template = template
         self._kwargs = dict(kwargs)
         self.verdict_prefix = verdict_prefix
+        self.content_form = content_form or detect_content_form(self._apply, _probe_messages())
 
-    def render_messages(self, messages: list[dict[str, str]]) -> str:
+    def _apply(self, messages: list[dict[str, Any]]) -> str:
         text = self._tokenizer.apply_chat_template(
             messages,
             chat_template=self._template,
@@ -45,6 +60,17 @@ class GuardTemplate:
         )
         if not isinstance(text, str):
             raise TypeError("chat template did not render to text")
+        return text
+
+    def render_messages(self, messages: list[dict[str, str]]) -> str:
+        """The guard prompt for plain {role, content} messages; a template that refuses them raises
+        TemplateRenderError (the request's fault, INVALID_ARGUMENT to a caller)."""
+        try:
+            text = self._apply(shape_messages(messages, self.content_form))
+        except Exception as exc:  # templates raise TemplateError, UndefinedError, TypeError, ...
+            raise TemplateRenderError(
+                "the guard's " + describe_template_error(exc).removeprefix("the ")
+            ) from None
         return text + self.verdict_prefix
 
     def render(self, conv: Conversation, cut: int | None = None) -> str:
@@ -59,12 +85,19 @@ class GuardTemplate:
         msgs[-1] = {"role": msgs[-1]["role"], "content": SENTINEL}
         text = self.render_messages(msgs)
         if text.count(SENTINEL) != 1:
-            raise ValueError(
+            raise TemplateRenderError(
                 "the guard's chat template must contain the last assistant message exactly once; "
                 f"found it {text.count(SENTINEL)} times"
             )
         head, suffix = text.split(SENTINEL)
         return TemplateSplit(head=head, suffix=suffix)
+
+
+def _probe_messages() -> list[dict[str, str]]:
+    return [
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": SENTINEL},
+    ]
 
 
 def auto_verdict_prefix(rendered: str) -> str:
