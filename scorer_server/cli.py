@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scorer_server.errors import StarError
+from scorer_server.cli_errors import USER_ERRORS, fail
 
 SCORE_HELP = """\
 Input: one JSON object per line, either {"messages": [{"role": ..., "content": ...}, ...]} (the last
@@ -166,9 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score":
             return asyncio.run(_score(args))
         return asyncio.run(_info(args))
-    except (ValueError, OSError, StarError) as exc:
-        print(f"star-scorer {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return fail(f"star-scorer {args.command}", exc)
     except KeyboardInterrupt:
         return 130
 

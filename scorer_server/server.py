@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +21,9 @@ from scorer_server.api.validation import Limits
 from scorer_server.batcher import BatcherConfig
 from scorer_server.config import ServerConfig
 from scorer_server.engine.backend import ScoringBackend
+from scorer_server.errors import ConfigError
 from scorer_server.metrics import ServerMetrics
+from scorer_server.startup import as_start_error, check_port_free, read_tls
 from star_proto import scorer_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScorerService"].full_name
@@ -85,17 +86,6 @@ def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBacken
     return backend
 
 
-def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
-    if not config.tls:
-        return None
-    key = Path(config.tls_key).read_bytes()
-    cert = Path(config.tls_cert).read_bytes()
-    ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-    )
-
-
 class ScorerServer:
     """One scorer process: `await run()` serves until SIGTERM/SIGINT, then drains."""
 
@@ -107,6 +97,16 @@ class ScorerServer:
         self.servicer = ScorerServicer(self.backend, limits, self.metrics, config.max_message_bytes)
         self.health = health_aio.HealthServicer()
         self._stop = asyncio.Event()
+        self.server: grpc.aio.Server | None = None
+        self.port = config.port
+
+    async def _open(self) -> None:
+        """Check the ports and TLS files, then bind and start the gRPC server (NOT_SERVING)."""
+        config = self.config
+        creds = read_tls(config.tls_cert, config.tls_key, config.tls_client_ca)
+        check_port_free(config.host, config.port, "--port")
+        if config.metrics_port:
+            check_port_free("0.0.0.0", config.metrics_port, "--metrics-port")
         interceptors: list[Any] = [ErrorInterceptor(self.metrics)]
         if config.auth_tokens:
             interceptors.append(AuthInterceptor(config.auth_tokens))
@@ -128,10 +128,24 @@ class ScorerServer:
             (SERVICE_NAME, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.server
         )
         address = f"{config.host}:{config.port}"
-        creds = _credentials(config)
-        self.port = (
-            self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
-        )
+        try:
+            self.port = (
+                self.server.add_secure_port(address, creds)
+                if creds
+                else self.server.add_insecure_port(address)
+            )
+        except RuntimeError:
+            raise ConfigError(f"cannot listen on {address}; change --port or --host") from None
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        if config.metrics_port:
+            try:
+                self.metrics.serve(config.metrics_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on port {config.metrics_port} ({exc.strerror}); choose a free "
+                    "one with --metrics-port (0 turns metrics off)"
+                ) from None
 
     async def _set_health(self, status: Any) -> None:
         for name in ("", SERVICE_NAME):
@@ -141,39 +155,57 @@ class ScorerServer:
         self._stop.set()
 
     async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT, then drain. A start-up failure stops everything it started and
+        raises a StarError whose message says what to change."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
-        if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port)
-        log.info(
-            "listening",
-            extra={"port": self.port, "tls": self.config.tls, "auth": bool(self.config.auth_tokens)},
-        )
+        try:
+            await self._open()
+            log.info(
+                "listening",
+                extra={"port": self.port, "tls": self.config.tls, "auth": bool(self.config.auth_tokens)},
+            )
+            started = await self._start_backend()
+        except BaseException as exc:
+            await self._abort()
+            if isinstance(exc, Exception):
+                raise as_start_error(exc, self.config.guard) from None
+            raise
+        if started:
+            await self._stop.wait()
+        await self.shutdown()
+        return 0
+
+    async def _start_backend(self) -> bool:
+        """Load the guard (health answers NOT_SERVING meanwhile); False if a stop came first."""
         t0 = time.monotonic()
         start = asyncio.create_task(self.backend.start())
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if start.done():
-            start.result()  # a load failure ends the process with its message
-            self.servicer.ready = True
-            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-            info = self.backend.info()
-            log.info(
-                "serving",
-                extra={
-                    "guard": info.name,
-                    "fingerprint": info.fingerprint,
-                    "load_s": round(time.monotonic() - t0, 2),
-                },
-            )
-            await stop
-        else:
+        if not start.done():
             start.cancel()
-        await self.shutdown()
-        return 0
+            return False
+        stop.cancel()
+        start.result()  # a load failure ends the process with its message
+        self.servicer.ready = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        info = self.backend.info()
+        log.info(
+            "serving",
+            extra={
+                "guard": info.name,
+                "fingerprint": info.fingerprint,
+                "load_s": round(time.monotonic() - t0, 2),
+            },
+        )
+        return True
+
+    async def _abort(self) -> None:
+        """Release what a failed start opened, so the process exits without gRPC's shutdown noise."""
+        await self.backend.stop(0.0)
+        if self.server is not None:
+            await self.server.stop(None)
 
     async def shutdown(self) -> None:
         """NOT_SERVING at once, refuse new work, finish in-flight work within the grace period."""
@@ -185,7 +217,8 @@ class ScorerServer:
         idle = await self.servicer.wait_idle(grace)
         left = max(0.0, grace - (time.monotonic() - t0))
         await self.backend.stop(left)
-        await self.server.stop(min(left, 1.0))
+        if self.server is not None:
+            await self.server.stop(min(left, 1.0))
         log.info("stopped", extra={"drained": idle, "seconds": round(time.monotonic() - t0, 2)})
 
 

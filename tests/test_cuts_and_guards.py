@@ -88,9 +88,13 @@ def test_policy_template_kwargs_change_prompt_and_fingerprint(tmp_path: Path) ->
 def test_template_file_overrides_tokenizer_template(tmp_path: Path) -> None:
     path = str(save_tiny_guard(tmp_path / "g"))
     tpl = tmp_path / "t.jinja"
-    tpl.write_text("Judge: {% for m in messages %}{{ m['role'] }}={{ m['content'] }};{% endfor %} 'safe'/'unsafe':")
+    tpl.write_text(
+        "Judge: {% for m in messages %}{{ m['role'] }}={{ m['content'] }};{% endfor %} 'safe'/'unsafe':"
+    )
     g = load_guard(GuardConfig(path=path, template_file=str(tpl)))
-    assert g.template.render(Conversation.from_pair("q", "a")) == "Judge: user=q;assistant=a; 'safe'/'unsafe':"
+    assert (
+        g.template.render(Conversation.from_pair("q", "a")) == "Judge: user=q;assistant=a; 'safe'/'unsafe':"
+    )
     split = g.template.split(Conversation.from_pair("q", "a"))
     assert split.head == "Judge: user=q;assistant=" and split.suffix == "; 'safe'/'unsafe':"
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from scorer_server.cli_errors import RUN_ERRORS, USER_ERRORS, fail
 from trainer_client.evaluation.loaders import (
     BenignItem,
     HarmfulPrompt,
@@ -140,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"model directory not found: {args.model}")
         if args.max_new_tokens < 1 or args.batch_size < 1:
             raise ValueError("--max-new-tokens and --batch-size must be >= 1")
-    except ValueError as exc:
-        print(f"star-eval: error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return fail("star-eval", exc)
 
     close: Callable[[], None] = lambda: None  # noqa: E731
     judge: JudgeFn | None = None
@@ -159,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModelForCausalLM.from_pretrained(args.model).to(args.device).eval()
         cfg = EvalConfig(GenerationConfig(args.max_new_tokens, args.batch_size, args.system_prompt))
         result = evaluate(model, tok, harmful, benign, judge, cfg)
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"star-eval: error: {exc}", file=sys.stderr)
-        return 1
+    except RUN_ERRORS as exc:
+        return fail("star-eval", exc)
     finally:
         close()
     print(format_table(result))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scorer_server.cli_errors import RUN_ERRORS, fail
 from trainer_client.evaluation.loaders import load_harmful_prompts
 from trainer_client.generation import GenerationConfig
 from trainer_client.landscape.grid import linspace
@@ -153,6 +154,9 @@ def make_judge(args: argparse.Namespace, device: str) -> Judge:
     return KeywordJudge()
 
 
+_ERRORS: tuple[type[BaseException], ...] = (*RUN_ERRORS, RunMismatch)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -200,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             plot=not args.no_plot,
         )
-    except (FileNotFoundError, ValueError, RunMismatch, RuntimeError, OSError) as exc:
-        print(f"star-landscape: error: {exc}", file=sys.stderr)
-        return 2
+    except _ERRORS as exc:
+        return fail("star-landscape", exc)
     summary: dict[str, Any] = {
         k: results[k]
         for k in ("mode", "visage", "origin_safety", "safety_aligned", "safety_finetuned")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
 
+from scorer_server.cli_errors import USER_ERRORS, fail
 from trainer_client.data import build_examples, conversation_hash, load_conversations
 from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.prefetch import ScoreFetcher, cut_key
@@ -99,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
-    except ValueError as e:
-        print(f"star-score-dataset: error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return fail("star-score-dataset", e)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scorer_server.cli_errors import RUN_ERRORS, fail
 from trainer_client.toy import world
 from trainer_client.toy.build import shipped_models
 
@@ -379,9 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         run(
             cfg, "star-demo " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         )
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"star-demo: error: {exc}", file=sys.stderr)
-        return 1
+    except RUN_ERRORS as exc:
+        return fail("star-demo", exc)
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from scorer_server.cli_errors import USER_ERRORS, fail
 from trainer_client.train.config import load_config
 
 EPILOG = """examples:
@@ -51,16 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("progress=false")
     try:
         cfg = load_config(args.config, overrides)
-    except ValueError as e:
-        print(f"star-train: error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return fail("star-train", e)
     from trainer_client.train.loop import run_training
 
     try:
         result = run_training(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"star-train: error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return fail("star-train", e)
     except KeyboardInterrupt:
         print("star-train: interrupted; continue with --resume from the last checkpoint", file=sys.stderr)
         return 130

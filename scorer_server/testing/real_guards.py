@@ -1,0 +1,113 @@
+"""Guard directories with the real chat templates of published guards and random tiny weights.
+
+The templates are read, byte-exact, from a folder of real guard artefacts (the project's tests use
+`../shared/guard-templates/`, see its SOURCES.md); nothing is copied into the repository and nothing
+is downloaded. Each directory pairs a template with a model of its family's architecture:
+
+- Llama Guard 3 (1B and 8B templates): the real Llama 3 tokenizer, converted from Meta's tiktoken
+  `tokenizer.model` with transformers' own converter, and a tiny Llama with the full 128,256-token vocab.
+- Granite Guardian 3.0 / 3.2: a tiny Granite (embedding, residual and attention multipliers, logit
+  scaling) with a small BPE tokenizer holding Granite's role tokens.
+- ShieldGemma: a tiny Gemma 2 (attention and final logit soft-capping, a sliding window far shorter
+  than the prompt) with a SentencePiece-style (metaspace) tokenizer holding Gemma's turn tokens.
+
+No real Granite or Gemma tokenizer is available here (see SOURCES.md), so those two use stand-ins
+with the families' special tokens; the templates are the real ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scorer_server.testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
+
+LLAMA3_SPECIALS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|image|>",
+)
+"""Llama 3's named special tokens, in id order from 128000 (models/llama3/tokenizer.py)."""
+LLAMA3_SPECIAL_COUNT = 256
+
+
+@dataclass(frozen=True)
+class RealGuard:
+    """One published guard's template and how it is driven."""
+
+    name: str
+    template_file: str
+    family: str
+    """'llama' (real Llama 3 tokenizer), 'granite' or 'gemma'."""
+    preset: str
+    content_form: str
+    """How the template reads message content: 'text' or 'parts' (typed parts)."""
+    verdict_prefix: str
+    """What the guard writes before its verdict word (Llama templates end at the header)."""
+    accepts_system: bool
+    """Whether the template renders a conversation that starts with a system message."""
+
+
+REAL_GUARDS: tuple[RealGuard, ...] = (
+    RealGuard("llama-guard-3-1b", "llama-guard-3-1b.chat_template.jinja", "llama", "llama-guard-3",
+              "parts", "\n\n", accepts_system=False),
+    RealGuard("llama-guard-3-8b", "llama-guard-3-8b.chat_template.jinja", "llama", "llama-guard-3",
+              "text", "\n\n", accepts_system=False),
+    RealGuard("granite-guardian-3.0-2b", "granite-guardian-3.0-2b.chat_template.jinja", "granite",
+              "granite-guardian-3", "text", "", accepts_system=True),
+    RealGuard("granite-guardian-3.2-5b", "granite-guardian-3.2-5b.chat_template.jinja", "granite",
+              "granite-guardian-3", "text", "", accepts_system=True),
+    RealGuard("shieldgemma", "shieldgemma.chat_template.jinja", "gemma", "shieldgemma",
+              "text", "", accepts_system=True),
+)  # fmt: skip
+
+
+def llama3_tokenizer(tiktoken_file: str | Path) -> Any:
+    """The real Llama 3 fast tokenizer, converted from Meta's tiktoken BPE ranks."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    reserved = [
+        f"<|reserved_special_token_{2 + i}|>" for i in range(LLAMA3_SPECIAL_COUNT - len(LLAMA3_SPECIALS))
+    ]
+    converted = TikTokenConverter(
+        vocab_file=str(tiktoken_file), extra_special_tokens=[*LLAMA3_SPECIALS, *reserved]
+    ).converted()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=converted,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+    )
+
+
+def save_real_guard(
+    out: str | Path, guard: RealGuard, artefacts: str | Path, llama_tokenizer: Any = None
+) -> Path:
+    """Write a guard directory: `guard`'s real template (read from `artefacts`), its family's
+    tokenizer and random tiny weights of its family's architecture. Pass `llama_tokenizer` to reuse
+    one conversion of the Llama 3 tokenizer across directories."""
+    folder = Path(artefacts)
+    template = (folder / guard.template_file).read_text(encoding="utf-8")
+    spec = TinyGuardSpec(family=guard.family, tokenizer="metaspace" if guard.family == "gemma" else "bytelevel")
+    if guard.family == "llama":
+        tok = llama_tokenizer or llama3_tokenizer(folder / "llama3.tokenizer.model")
+    else:
+        tok = build_tokenizer(spec, corpus=[template])
+    tok.chat_template = template
+    model = build_model(spec, len(tok))
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target))
+    tok.save_pretrained(str(target))
+    return target
