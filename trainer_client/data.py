@@ -15,6 +15,7 @@ import torch
 
 from scorer_server.types import Conversation, Message, ScoreRequest, StarScores
 from trainer_client.alignment import aligned_cuts, cut_spec, token_weights
+from trainer_client.chat_template import TraineeTemplate
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,6 @@ def load_conversations(path: str, split: str = "train", limit: int | None = None
     return [_to_conversation(r, f"{path} record {i}") for i, r in enumerate(records)]
 
 
-def _render(tokenizer: Any, msgs: list[dict[str, str]], gen: bool) -> str:
-    return str(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen))
-
-
 def guard_view(conv: Conversation) -> Conversation:
     """The conversation as the guard judges it: user and assistant turns (system prompts left out)."""
     return Conversation(tuple(m for m in conv.messages if m.role in ("user", "assistant")))
@@ -115,6 +112,10 @@ def tokenize_conversation(
 ) -> Example | None:
     """Tokenise with the chat template; label the last assistant turn (or all of them).
 
+    `tokenizer` is the trainee's tokenizer, or a TraineeTemplate over it (reused across conversations
+    by build_examples). Label offsets and cuts are located in the content as the template renders it
+    (trimmed by Llama 3.x templates); that rendered content is what the guard is asked to score.
+
     Returns None when truncation leaves no label token. Raises ValueError when the chat template does
     not render earlier turns as a prefix of the whole (then labels cannot be located).
     """
@@ -124,31 +125,32 @@ def tokenize_conversation(
         raise ValueError(f"conversation {index} has no assistant message")
     if not all_turns:
         turn_ids = turn_ids[-1:]
-    full = _render(tokenizer, msgs, gen=False)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    template = tokenizer if isinstance(tokenizer, TraineeTemplate) else TraineeTemplate(tokenizer)
+    full = template.render(msgs, gen=False)
+    enc = template.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     offs: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
     mask = [0] * len(ids)
     turns: list[ScoredTurn] = []
     for i in turn_ids:
-        prefix = _render(tokenizer, msgs[:i], gen=True)
-        upto = _render(tokenizer, msgs[: i + 1], gen=False)
-        content = msgs[i]["content"]
-        start = upto.find(content, len(prefix)) if content else len(prefix)
-        if not (full.startswith(upto) and upto.startswith(prefix)) or start < 0:
+        turn = template.locate(msgs, i)
+        if not full.startswith(turn.upto):
             raise ValueError(
                 "the trainee's chat template does not render earlier turns as a prefix of the whole "
                 "conversation, so assistant tokens cannot be located"
             )
-        lo, hi = len(prefix), len(upto)
+        content, start = turn.content, turn.content_start
+        lo, hi = turn.prefix_len, len(turn.upto)
         all_pos = [t for t, (s, e) in enumerate(offs) if e > lo and s < hi and t > 0]
         ends_all = [min(max(offs[t][1] - start, 0), len(content)) for t in all_pos]
         cuts = aligned_cuts(content, ends_all, words_per_chunk)
         keep = [(t, e) for t, e in zip(all_pos, ends_all, strict=True) if t < max_length]
         for t, _ in keep:
             mask[t] = 1
+        # The guard scores the text the trainee learns: the content as the template rendered it.
+        scored = [*msgs[:i], {"role": msgs[i]["role"], "content": content}]
         request = ScoreRequest(
-            guard_view(Conversation.from_dicts(msgs[: i + 1])), cut_spec(cuts), temperature=temperature
+            guard_view(Conversation.from_dicts(scored)), cut_spec(cuts), temperature=temperature
         )
         turns.append(ScoredTurn(request, tuple(t for t, _ in keep), tuple(e for _, e in keep)))
     ids, mask = ids[:max_length], mask[:max_length]
@@ -167,10 +169,9 @@ def build_examples(
 ) -> list[Example]:
     """Tokenise every conversation, dropping those that truncation leaves without labels."""
     out: list[Example] = []
+    template = TraineeTemplate(tokenizer)
     for c in conversations:
-        ex = tokenize_conversation(
-            tokenizer, c, len(out), max_length, all_turns, words_per_chunk, temperature
-        )
+        ex = tokenize_conversation(template, c, len(out), max_length, all_turns, words_per_chunk, temperature)
         if ex is not None:
             out.append(ex)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,7 @@ def check_verdict_words(rendered: str, preset: GuardPreset) -> None:
     """
     if preset.name == "custom":
         return
-    missing = [w for w in (preset.safe_word, preset.unsafe_word) if w not in rendered]
+    missing = [w for w in (preset.safe_word, preset.unsafe_word) if not _mentions(rendered, w)]
     if not missing:
         return
     hint = ""
@@ -232,6 +233,11 @@ def check_verdict_words(rendered: str, preset: GuardPreset) -> None:
         f"preset {preset.name!r}, so this is probably the wrong preset for this guard.{hint} For a guard "
         "with other answers use --preset custom with --safe-word and --unsafe-word"
     )
+
+
+def _mentions(text: str, word: str) -> bool:
+    """Whether `word` occurs in `text` as a word of its own ('safe' is not in 'unsafe', 'No' not in 'Non')."""
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text) is not None
 
 
 def _one_line(exc: BaseException) -> str:

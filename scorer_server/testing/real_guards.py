@@ -99,7 +99,8 @@ def save_real_guard(
     one conversion of the Llama 3 tokenizer across directories."""
     folder = Path(artefacts)
     template = (folder / guard.template_file).read_text(encoding="utf-8")
-    spec = TinyGuardSpec(family=guard.family, tokenizer="metaspace" if guard.family == "gemma" else "bytelevel")
+    kind = "metaspace" if guard.family == "gemma" else "bytelevel"
+    spec = TinyGuardSpec(family=guard.family, tokenizer=kind)
     if guard.family == "llama":
         tok = llama_tokenizer or llama3_tokenizer(folder / "llama3.tokenizer.model")
     else:
