@@ -114,7 +114,7 @@ def test_cli_bad_input_is_an_error_not_a_traceback(
     assert cli.main(["--model", str(tmp_path)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
     assert cli.main(["--model", str(tmp_path / "nope"), "--toy"]) == 2
-    assert "model directory not found" in capsys.readouterr().err
+    assert "--model " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err
     assert cli.main(["--model", str(tmp_path), "--harmful", str(tmp_path / "missing.csv")]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -14,6 +14,7 @@ import torch
 from scorer_server.errors import ConfigError, TemplateRenderError
 from scorer_server.guards.presets import GuardPreset, get_preset
 from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
+from scorer_server.model_dir import require_model_dir
 from scorer_server.types import Conversation, GuardInfo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -121,14 +122,7 @@ def load_tokenizer(path: str) -> Any:
     """The tokenizer of a guard directory, or a ConfigError naming the directory."""
     from transformers import AutoTokenizer
 
-    where = Path(path)
-    if not where.is_dir():
-        raise ConfigError(f"guard directory {path} does not exist (--guard)")
-    if not (where / "config.json").is_file():
-        raise ConfigError(
-            f"{path} is not a Hugging Face model directory: it has no config.json (--guard names the "
-            "directory that holds config.json, the weights and the tokenizer files)"
-        )
+    where = require_model_dir(path, "--guard")
     try:
         return AutoTokenizer.from_pretrained(str(where))
     except Exception as exc:  # missing or corrupt tokenizer files raise OSError, ValueError, ...

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scorer_server.cli_errors import RUN_ERRORS, USER_ERRORS, fail
+from scorer_server.model_dir import require_model_dir
 from trainer_client.evaluation.loaders import (
     BenignItem,
     HarmfulPrompt,
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             harmful, benign = harmful[: args.limit], per_task(benign, args.limit)
         if not harmful and not benign:
             raise ValueError("nothing to evaluate: give --harmful and/or --benign (or --toy)")
-        if not Path(args.model).is_dir():
-            raise ValueError(f"model directory not found: {args.model}")
+        require_model_dir(args.model, "--model")
         if args.max_new_tokens < 1 or args.batch_size < 1:
             raise ValueError("--max-new-tokens and --batch-size must be >= 1")
     except USER_ERRORS as exc:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from scorer_server.model_dir import require_model_dir
 from trainer_client.generation import GenerationConfig
 from trainer_client.landscape.directions import (
     DeltaDirection,
@@ -81,9 +82,7 @@ def load_policy(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
     model: Any
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"model directory not found: {path}")
+    p = require_model_dir(path, "model", adapter_ok=True)
     if is_adapter_dir(p):
         from peft import PeftModel
 

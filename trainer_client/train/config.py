@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,11 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown config key(s): {', '.join(unknown)} (see examples/*.yaml for the keys)")
+    required = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+    absent = [n for n in required if n not in values]
+    if absent:
+        keys = ", ".join(absent)
+        raise ValueError(f"missing config key(s): {keys} (set them in --config or with --set KEY=VALUE)")
     return TrainConfig(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
 
 

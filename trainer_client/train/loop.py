@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scorer_server.model_dir import require_model_dir
 from trainer_client.data import Batch, Example, build_examples, collate, example_weights, load_conversations
 from trainer_client.loss import KLEstimator, LossOutput, compute_loss, shift_for_causal_lm, target_logprobs
 from trainer_client.scoring.cache import ScoreCache, tokens_hash
@@ -146,8 +147,7 @@ class Trainer:
         set_seed(cfg.seed)
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        if not Path(cfg.model).is_dir():
-            raise ValueError(f"model directory {cfg.model} does not exist")
+        require_model_dir(cfg.model, "model")
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"the tokenizer in {cfg.model} has no chat template")
