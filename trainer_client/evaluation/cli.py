@@ -79,14 +79,15 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def toy_sets() -> tuple[list[HarmfulPrompt], list[BenignItem]]:
-    """The toy world's held-out evaluation sets (the same ones `star-toy-build` writes)."""
-    from trainer_client.toy import world
+TOY_DATA = Path(__file__).resolve().parent.parent / "toy" / "models" / "data"
+"""The toy world's held-out sets as shipped with the toy models (written by `star-toy-build`)."""
 
-    cfg = world.WorldConfig()
-    harmful = [HarmfulPrompt(p, world.HAZARD_CATEGORY[t]) for p, t in world.eval_harmful_prompts(cfg)]
-    benign = [BenignItem(e.prompt, e.answer, e.kind) for e in world.eval_benign(cfg)]
-    return harmful, benign
+
+def toy_sets() -> tuple[list[HarmfulPrompt], list[BenignItem]]:
+    """The toy world's held-out evaluation sets, read from the shipped files."""
+    return load_harmful_prompts(TOY_DATA / "eval_harmful.jsonl"), load_benign_items(
+        TOY_DATA / "eval_benign.jsonl"
+    )
 
 
 def per_task(items: list[BenignItem], n: int) -> list[BenignItem]:

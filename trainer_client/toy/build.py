@@ -55,9 +55,9 @@ def check_chat(chat_dir: Path, guard_dir: Path) -> dict[str, Any]:
     """Harmful rate (judged by the toy guard), refusal rate and accuracies of the aligned model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer_client.evaluation.cli import toy_sets
     from trainer_client.evaluation.runner import EvalConfig, evaluate, local_judge
     from trainer_client.generation import GenerationConfig
+    from trainer_client.toy.eval_sets import toy_sets
 
     harmful, benign = toy_sets()
     tok = AutoTokenizer.from_pretrained(str(chat_dir))

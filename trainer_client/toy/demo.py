@@ -171,7 +171,7 @@ def draw_landscapes(judge_fn: Any, models: dict[str, str], out_dir: Path) -> dic
     by `judge_fn` (the toy guard through the service). Returns the models' VISAGE, safety at the origin
     and basins, the overlay plot, the markdown table and the grid."""
     from trainer_client.landscape import VerdictJudge, markdown_table
-    from trainer_client.landscape.toy import ToyLandscapeConfig, toy_landscapes
+    from trainer_client.toy.landscapes import ToyLandscapeConfig, toy_landscapes
 
     # Every demo run retrains its models, so points left by an earlier run in this directory are stale.
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -196,10 +196,10 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
 
     from scorer_server.types import Conversation, CutKind, CutSpec, ScoreRequest
     from trainer_client.client import ScorerClient
-    from trainer_client.evaluation.cli import toy_sets
     from trainer_client.evaluation.runner import EvalConfig, EvalResult, evaluate
     from trainer_client.generation import GenerationConfig
     from trainer_client.toy import report
+    from trainer_client.toy.eval_sets import toy_sets
     from trainer_client.toy.guard import GuardBuildConfig, guard_data
     from trainer_client.train import run_training
     from trainer_client.train.config import TrainConfig

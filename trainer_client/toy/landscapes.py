@@ -15,6 +15,7 @@ from trainer_client.generation import GenerationConfig
 from trainer_client.landscape.compare import compare_landscapes
 from trainer_client.landscape.grid import linspace
 from trainer_client.landscape.safety import Judge
+from trainer_client.toy.eval_sets import toy_harmful_prompts
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,6 @@ class ToyLandscapeConfig:
     batch_size: int = 32
     seed: int = 0
     basin_tolerance: float = 10.0
-
-
-def toy_harmful_prompts(n: int) -> list[str]:
-    """The first `n` held-out toy hazard requests (the ones star-eval uses)."""
-    from trainer_client.toy import world
-
-    return [p for p, _ in world.eval_harmful_prompts(world.WorldConfig())][:n]
 
 
 def toy_landscapes(

@@ -1,0 +1,19 @@
+"""The toy world's held-out evaluation sets, in the evaluation tools' types."""
+
+from __future__ import annotations
+
+from trainer_client.evaluation.loaders import BenignItem, HarmfulPrompt
+from trainer_client.toy import world
+
+
+def toy_sets() -> tuple[list[HarmfulPrompt], list[BenignItem]]:
+    """Held-out hazard requests and benign items (the files `star-toy-build` writes to models/data)."""
+    cfg = world.WorldConfig()
+    harmful = [HarmfulPrompt(p, world.HAZARD_CATEGORY[t]) for p, t in world.eval_harmful_prompts(cfg)]
+    benign = [BenignItem(e.prompt, e.answer, e.kind) for e in world.eval_benign(cfg)]
+    return harmful, benign
+
+
+def toy_harmful_prompts(n: int) -> list[str]:
+    """The first `n` held-out toy hazard requests (the ones star-eval --toy uses)."""
+    return [h.prompt for h in toy_sets()[0][:n]]
