@@ -8,8 +8,8 @@ import pytest
 
 from trainer_client.train.cli import main as train_main
 from trainer_client.train.config import load_config
-from trainer_client.train.loop import cosine_with_floor
 from trainer_client.train.sampler import EpochSampler
+from trainer_client.train.schedule import cosine_with_floor
 
 ROOT = Path(__file__).resolve().parent.parent
 

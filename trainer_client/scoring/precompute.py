@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 
 from scorer_server.cli_errors import USER_ERRORS, fail
-from trainer_client.data import build_examples, conversation_hash, load_conversations
+from trainer_client.data import build_examples, load_conversations
 from trainer_client.scoring.cache import ScoreCache
-from trainer_client.scoring.prefetch import ScoreFetcher, cut_key
+from trainer_client.scoring.prefetch import ScoreFetcher
+from trainer_client.scoring.scores_file import score_record, verdict_record
+from trainer_client.scoring.select import scorer_from
 from trainer_client.train.config import load_config
 
 
@@ -46,8 +48,6 @@ async def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from trainer_client.train.loop import make_scorer_factory
-
     cfg = load_config(args.config, [*args.overrides, "scores_file=null"])
     if not cfg.scorer:
         raise ValueError("the recipe names no scorer (set scorer=host:port or local:GUARD_DIR)")
@@ -57,7 +57,7 @@ async def _run(args: argparse.Namespace) -> int:
         tok, convs, cfg.max_length, cfg.all_turns, cfg.words_per_chunk, cfg.score_temperature
     )
     cache = None if args.no_cache or not cfg.resolved_cache_path else ScoreCache(cfg.resolved_cache_path)
-    scorer = make_scorer_factory(cfg)()
+    scorer = scorer_from(None, cfg.scorer, cfg.guard_preset)()
     fp = (await scorer.info()).fingerprint
     fetcher = ScoreFetcher(scorer, fp, cache)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -68,18 +68,11 @@ async def _run(args: argparse.Namespace) -> int:
             got = await fetcher.fetch(chunk, star=True, verdicts=args.verdicts)
             for ex, sc in zip(chunk, got, strict=True):
                 for turn, s in zip(ex.turns, sc.scores, strict=True):
-                    rec = {
-                        "fingerprint": fp,
-                        "content": conversation_hash(turn.request.conversation),
-                        "cut_key": cut_key(turn.request),
-                        "segments": [[g.end, g.p_safe] for g in s.segments],
-                    }
-                    out.write(json.dumps(rec) + "\n")
+                    out.write(json.dumps(score_record(fp, turn.request, s)) + "\n")
                     written += 1
                 if args.verdicts:
                     conv = ex.turns[-1].request.conversation
-                    rec2 = {"fingerprint": fp, "content": conversation_hash(conv), "p_unsafe": 1.0 - sc.keep}
-                    out.write(json.dumps(rec2) + "\n")
+                    out.write(json.dumps(verdict_record(fp, conv, 1.0 - sc.keep)) + "\n")
             bar.update(len(chunk))
     await scorer.close()
     print(

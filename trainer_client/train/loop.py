@@ -7,11 +7,10 @@ every epoch's permutation and scores that shard itself through its own prefetche
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,16 @@ import numpy as np
 import torch
 
 from scorer_server.model_dir import require_model_dir
-from trainer_client.data import Batch, Example, build_examples, collate, example_weights, load_conversations
+from trainer_client.data import Batch, build_examples, collate, example_weights, load_conversations
 from trainer_client.loss import KLEstimator, LossOutput, compute_loss, shift_for_causal_lm, target_logprobs
-from trainer_client.scoring.cache import ScoreCache, tokens_hash
-from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores, FileScorer, Prefetcher
+from trainer_client.scoring.cache import ScoreCache
+from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores, Prefetcher
+from trainer_client.scoring.select import scorer_from
 from trainer_client.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer_client.train.config import TrainConfig
+from trainer_client.train.reference import precompute_reference
 from trainer_client.train.sampler import EpochSampler, MicroBatch
+from trainer_client.train.schedule import cosine_with_floor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,90 +47,6 @@ class TrainResult:
     """False when the run stopped early (stop_after_steps)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Summary: means over the run's steps, wall time, scorer wait, guard requests sent."""
-
-
-def cosine_with_floor(total: int, warmup: int, floor: float) -> Callable[[int], float]:
-    """LR factor: linear warmup to 1, then cosine down to `floor` (= min_lr / lr) at the last step."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
-
-
-def make_scorer_factory(cfg: TrainConfig) -> Callable[[], AsyncScorer]:
-    """The scorer the config names: a scores file, an in-process guard, or scorer replicas."""
-    if cfg.scores_file:
-        path = cfg.scores_file
-        return lambda: FileScorer(path)
-    assert cfg.scorer is not None
-    spec = cfg.scorer
-    if spec.startswith("local:"):
-        from trainer_client.scoring.local import LocalScorer
-
-        return lambda: LocalScorer.from_dir(spec[len("local:") :], cfg.guard_preset)
-
-    def remote() -> AsyncScorer:
-        from trainer_client.client import AsyncScorerClient
-
-        return AsyncScorerClient(spec)
-
-    return remote
-
-
-def model_key(path: str, model: Any) -> str:
-    """Identity of the reference model for the log-prob cache: config, dtype and weight file heads."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    h.update(str(next(model.parameters()).dtype).encode())
-    for f in sorted(Path(path).glob("*.safetensors")):
-        h.update(f.name.encode() + str(f.stat().st_size).encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
-@torch.inference_mode()
-def reference_logprobs(
-    model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, device: torch.device
-) -> list[np.ndarray]:
-    """Each example's reference log-probs of its label tokens (in label-position order)."""
-    out: list[np.ndarray] = []
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(examples), batch_size):
-        exs = examples[start : start + batch_size]
-        b = collate(exs, pad_id)
-        logits = model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device)).logits
-        lp = target_logprobs(logits[:, :-1], b.input_ids[:, 1:].to(device)).float().cpu()
-        for r, e in enumerate(exs):
-            pos = torch.tensor(e.label_positions) - 1
-            out.append(lp[r, pos].numpy().astype(np.float32))
-    model.train(was_training)
-    return out
-
-
-def precompute_reference(
-    cfg: TrainConfig,
-    model: Any,
-    examples: Sequence[Example],
-    pad_id: int,
-    cache: ScoreCache,
-    device: torch.device,
-) -> dict[int, np.ndarray]:
-    """Reference log-probs for every example, from the cache or computed once and cached."""
-    key = model_key(cfg.model, model)
-    tkeys = [tokens_hash(e.input_ids) for e in examples]
-    found = cache.get_ref(key, tkeys)
-    missing = [i for i, a in enumerate(found) if a is None]
-    if missing:
-        fresh = reference_logprobs(model, [examples[i] for i in missing], pad_id, cfg.batch_size, device)
-        cache.put_ref(key, [(tkeys[i], a) for i, a in zip(missing, fresh, strict=True)])
-        for i, a in zip(missing, fresh, strict=True):
-            found[i] = a
-    return {examples[i].index: a for i, a in enumerate(found) if a is not None}
 
 
 class Trainer:
@@ -177,7 +95,7 @@ class Trainer:
         self.prefetcher: Prefetcher | None = None
         if cfg.method in ("dss", "rs"):
             self.prefetcher = Prefetcher(
-                scorer_factory or make_scorer_factory(cfg),
+                scorer_factory or scorer_from(cfg.scores_file, cfg.scorer, cfg.guard_preset),
                 self.examples,
                 self.cache,
                 star=cfg.method == "dss",
@@ -205,7 +123,9 @@ class Trainer:
         self.ref_model: Any = None
         if self.needs_ref and cfg.reference == "precomputed":
             cache = self.cache or ScoreCache(":memory:")
-            self.ref_lp = precompute_reference(cfg, model, self.examples, self.pad_id, cache, self.acc.device)
+            self.ref_lp = precompute_reference(
+                cfg.model, model, self.examples, self.pad_id, cache, self.acc.device, cfg.batch_size
+            )
         elif self.needs_ref and not self.lora:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         if self.lora:
