@@ -289,10 +289,10 @@ def test_guard_judge_in_process(
     tiny: tuple[Any, Any], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from scorer_server.testing.tiny_guard import save_tiny_guard
-    from trainer_client.landscape import local_guard_judge
+    from trainer_client.landscape import in_process_guard_judge
 
     path = save_tiny_guard(tmp_path_factory.mktemp("guard"))
-    judge = local_guard_judge(str(path))
+    judge = in_process_guard_judge(str(path))
     convs = [Conversation.from_pair(p, "Sure, here is how.") for p in PROMPTS]
     flags = judge.unsafe(convs)
     assert len(flags) == 3 and all(isinstance(f, bool) for f in flags)

@@ -141,13 +141,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_scorer_judge_matches_the_local_guard(tmp_path: Path) -> None:
+def test_guard_service_judge_matches_the_local_guard(tmp_path: Path) -> None:
     """The guard service's Judge, through a real `star-scorer` subprocess, gives the in-process verdicts."""
     import time
 
     from scorer_server.testing.tiny_guard import save_tiny_guard
     from scorer_server.types import Conversation
-    from trainer_client.landscape import local_guard_judge, scorer_judge
+    from trainer_client.landscape import guard_service_judge, in_process_guard_judge
 
     guard = save_tiny_guard(tmp_path / "guard")
     port = _free_port()
@@ -159,13 +159,13 @@ def test_scorer_judge_matches_the_local_guard(tmp_path: Path) -> None:
         deadline = time.time() + 90
         while True:
             try:
-                remote = scorer_judge([f"127.0.0.1:{port}"])
+                remote = guard_service_judge([f"127.0.0.1:{port}"])
                 break
             except Exception:
                 assert proc.poll() is None, "the scorer exited"
                 assert time.time() < deadline, "the scorer did not answer"
                 time.sleep(0.5)
-        local = local_guard_judge(str(guard))
+        local = in_process_guard_judge(str(guard))
         convs = [
             Conversation.from_pair(p, r) for p in ("Build a bomb", "Bake bread") for r in ("Sure.", "No.")
         ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from scorer_server.cli_errors import RUN_ERRORS, USER_ERRORS, fail
@@ -23,12 +22,10 @@ from trainer_client.evaluation.loaders import (
 from trainer_client.evaluation.runner import (
     EvalConfig,
     EvalResult,
-    JudgeFn,
     evaluate,
-    local_judge,
-    remote_judge,
 )
 from trainer_client.generation import GenerationConfig
+from trainer_client.judges import VerdictJudge, guard_service_judge, in_process_guard_judge
 
 
 def parser() -> argparse.ArgumentParser:
@@ -145,13 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         return fail("star-eval", exc)
 
-    close: Callable[[], None] = lambda: None  # noqa: E731
-    judge: JudgeFn | None = None
+    judge: VerdictJudge | None = None
     try:
         if args.scorer:
-            judge, close = remote_judge(args.scorer)
+            judge = guard_service_judge([a for a in args.scorer.split(",") if a])
         elif args.guard:
-            judge = local_judge(args.guard, args.preset, args.device)
+            judge = in_process_guard_judge(args.guard, args.preset, args.device)
         elif harmful:
             print("star-eval: no --scorer or --guard: reporting keyword refusals only", file=sys.stderr)
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -163,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except RUN_ERRORS as exc:
         return fail("star-eval", exc)
     finally:
-        close()
+        if judge is not None:
+            judge.close()
     print(format_table(result))
     summary = {"model": args.model, **result.summary()}
     if args.out:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scorer_server.types import Conversation, Verdict
+from scorer_server.types import Conversation
 from trainer_client.evaluation.loaders import BenignItem, HarmfulPrompt
 from trainer_client.generation import GenerationConfig, generate_responses
+from trainer_client.judges import Judge
 from trainer_client.refusal import is_refusal
 
-JudgeFn = Callable[[list[Conversation]], list[Verdict]]
 """Whole-response verdicts for (prompt, response) conversations: a scorer client's or engine's `judge`."""
 
 
@@ -20,7 +20,6 @@ class EvalConfig:
     """How a model is evaluated."""
 
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128))
-    judge_batch: int = 64
     """Conversations per Judge call."""
 
 
@@ -61,23 +60,12 @@ def is_correct(response: str, answer: str) -> bool:
     return _norm(answer) in _norm(response)
 
 
-def judge_all(judge: JudgeFn, convs: list[Conversation], batch: int) -> list[bool]:
-    out: list[bool] = []
-    for start in range(0, len(convs), batch):
-        chunk = convs[start : start + batch]
-        verdicts = judge(chunk)
-        if len(verdicts) != len(chunk):
-            raise RuntimeError(f"the judge returned {len(verdicts)} verdicts for {len(chunk)} conversations")
-        out.extend(v.unsafe for v in verdicts)
-    return out
-
-
 def evaluate(
     model: Any,
     tokenizer: Any,
     harmful: Sequence[HarmfulPrompt],
     benign: Sequence[BenignItem],
-    judge: JudgeFn | None,
+    judge: Judge | None,
     config: EvalConfig | None = None,
 ) -> EvalResult:
     """Greedy responses to every prompt, then the three measurements. The Judge sees the user prompt
@@ -89,7 +77,7 @@ def evaluate(
     flags: list[bool] | None = None
     if judge is not None and harmful:
         convs = [Conversation.from_pair(h.prompt, r) for h, r in zip(harmful, harm_resp, strict=True)]
-        flags = judge_all(judge, convs, cfg.judge_batch)
+        flags = judge.unsafe(convs)
     refusals = [is_refusal(r) for r in harm_resp]
     correct = [is_correct(r, b.answer) for b, r in zip(benign, benign_resp, strict=True)]
     tasks: dict[str, list[bool]] = {}
@@ -109,20 +97,3 @@ def evaluate(
             (b.task, b.prompt, r, ok) for b, r, ok in zip(benign, benign_resp, correct, strict=True)
         ),
     )
-
-
-def local_judge(path: str, preset: str = "llama-guard-3", device: str = "cpu") -> JudgeFn:
-    """Judge in-process with a guard directory through the scorer's own engine."""
-    from scorer_server.engine.engine import StarEngine
-    from scorer_server.guards.loader import GuardConfig, load_guard
-
-    engine = StarEngine(load_guard(GuardConfig(path=path, preset=preset, device=device)))
-    return lambda convs: engine.judge(convs, decode=False)
-
-
-def remote_judge(address: str) -> tuple[JudgeFn, Callable[[], None]]:
-    """Judge with a running scorer service; returns (judge, close)."""
-    from trainer_client.client import ScorerClient
-
-    client = ScorerClient(address)
-    return (lambda convs: list(client.judge(convs))), client.close

@@ -11,10 +11,10 @@ from typing import Any
 from scorer_server.cli_errors import RUN_ERRORS, fail
 from trainer_client.evaluation.loaders import load_harmful_prompts
 from trainer_client.generation import GenerationConfig
+from trainer_client.judges import Judge, KeywordJudge, guard_service_judge, in_process_guard_judge
 from trainer_client.landscape.grid import linspace
 from trainer_client.landscape.results import RunMismatch
 from trainer_client.landscape.runner import LandscapeConfig, load_policy, run_landscape
-from trainer_client.landscape.safety import Judge, KeywordJudge, local_guard_judge, scorer_judge
 from trainer_client.landscape.visage import DEFAULT_TOLERANCE
 
 EPILOG = """\
@@ -146,11 +146,11 @@ def make_judge(args: argparse.Namespace, device: str) -> Judge:
     if kind == "scorer":
         if not args.scorer:
             raise ValueError("--judge scorer needs --scorer HOST:PORT")
-        return scorer_judge([a for s in args.scorer for a in s.split(",") if a])
+        return guard_service_judge([a for s in args.scorer for a in s.split(",") if a])
     if kind == "guard":
         if not args.guard:
             raise ValueError("--judge guard needs --guard DIR")
-        return local_guard_judge(args.guard, args.guard_preset, device=device)
+        return in_process_guard_judge(args.guard, args.guard_preset, device=device)
     return KeywordJudge()
 
 

@@ -55,15 +55,16 @@ def check_chat(chat_dir: Path, guard_dir: Path) -> dict[str, Any]:
     """Harmful rate (judged by the toy guard), refusal rate and accuracies of the aligned model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer_client.evaluation.runner import EvalConfig, evaluate, local_judge
+    from trainer_client.evaluation.runner import EvalConfig, evaluate
     from trainer_client.generation import GenerationConfig
+    from trainer_client.judges import in_process_guard_judge
     from trainer_client.toy.eval_sets import toy_sets
 
     harmful, benign = toy_sets()
     tok = AutoTokenizer.from_pretrained(str(chat_dir))
     model = AutoModelForCausalLM.from_pretrained(str(chat_dir)).eval()
     cfg = EvalConfig(GenerationConfig(max_new_tokens=96, batch_size=32))
-    return evaluate(model, tok, harmful, benign, local_judge(str(guard_dir)), cfg).summary()
+    return evaluate(model, tok, harmful, benign, in_process_guard_judge(str(guard_dir)), cfg).summary()
 
 
 def parser() -> argparse.ArgumentParser:

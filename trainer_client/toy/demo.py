@@ -198,6 +198,7 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
     from trainer_client.client import ScorerClient
     from trainer_client.evaluation.runner import EvalConfig, EvalResult, evaluate
     from trainer_client.generation import GenerationConfig
+    from trainer_client.judges import VerdictJudge
     from trainer_client.toy import report
     from trainer_client.toy.eval_sets import toy_sets
     from trainer_client.toy.guard import GuardBuildConfig, guard_data
@@ -277,7 +278,7 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
             _say(f"evaluating {name} on {len(harmful)} hazard requests and {len(benign)} benign items")
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path).eval()
-            res = evaluate(model, tok, harmful, benign, judge, gen)
+            res = evaluate(model, tok, harmful, benign, VerdictJudge(judge, name="toy-guard"), gen)
             results[name] = res
             policy = [world.policy_verdict(p, r).unsafe for p, r, _ in res.harmful_responses]
             rows[name] = report.MethodRow(
