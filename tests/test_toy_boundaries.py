@@ -10,7 +10,7 @@ from trainer_client.evaluation import cli
 from trainer_client.toy.eval_sets import toy_sets
 
 ROOT = Path(__file__).resolve().parent.parent
-WORLD = {f"trainer_client.toy.{m}" for m in ("world", "lexicon", "generators", "policy", "datasets")}
+WORLD = {f"trainer_client.toy.{m}" for m in ("lexicon", "generators", "policy", "datasets")}
 
 
 def _imports(path: Path) -> set[str]:

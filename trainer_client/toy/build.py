@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import torch
 
-    from trainer_client.toy import world
+    from trainer_client.toy import datasets
     from trainer_client.toy.chat import ChatBuildConfig, build_chat
     from trainer_client.toy.guard import GuardBuildConfig, build_guard, weak_guard_config
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {}
     t0 = time.time()
     if args.only in (None, "data"):
-        paths = world.write_datasets(data_dir)
+        paths = datasets.write_datasets(data_dir)
         print(f"datasets: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     if args.only in (None, "guard"):
         gcfg = GuardBuildConfig()

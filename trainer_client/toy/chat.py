@@ -1,6 +1,6 @@
 """The toy aligned chat model: a tiny Llama that does the old benign tasks and refuses hazard requests.
 
-It never sees the new skill (`world.NEW_SKILL`); that is what the finetuning mix teaches.
+It never sees the new skill (`lexicon.NEW_SKILL`); that is what the finetuning mix teaches.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_client.toy import world
+from trainer_client.toy import datasets, generators
 from trainer_client.toy.common import FitConfig, ModelShape, fit, tiny_llama, word_tokenizer
 
 SPECIALS = ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|pad|>"]
@@ -27,18 +27,18 @@ class ChatBuildConfig:
 
     shape: ModelShape = field(default_factory=lambda: ModelShape(hidden=128, layers=3, intermediate=256))
     fit: FitConfig = field(default_factory=lambda: FitConfig(steps=1500, batch_size=32, lr=3e-3, seed=0))
-    world: world.WorldConfig = field(default_factory=world.WorldConfig)
+    world: datasets.WorldConfig = field(default_factory=datasets.WorldConfig)
     seed: int = 0
 
 
 def build_tokenizer() -> Any:
     """The chat model's own word-level tokenizer (the world's vocabulary) with its chat template."""
-    tok = word_tokenizer([" ".join(world.vocabulary())], SPECIALS, eos="<|end|>", pad="<|pad|>")
+    tok = word_tokenizer([" ".join(generators.vocabulary())], SPECIALS, eos="<|end|>", pad="<|pad|>")
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
 
-def training_rows(tok: Any, examples: Sequence[world.Example]) -> list[tuple[list[int], list[int]]]:
+def training_rows(tok: Any, examples: Sequence[generators.Example]) -> list[tuple[list[int], list[int]]]:
     """(ids, label mask) rows: the loss is on the assistant reply and its end-of-turn token."""
     rows = []
     for ex in examples:
@@ -59,7 +59,7 @@ def build_chat(
     cfg = cfg or ChatBuildConfig()
     tok = build_tokenizer()
     model = tiny_llama(cfg.shape, tok, cfg.seed)
-    fit(model, training_rows(tok, world.aligned_examples(cfg.world)), tok.pad_token_id, cfg.fit, progress)
+    fit(model, training_rows(tok, datasets.aligned_examples(cfg.world)), tok.pad_token_id, cfg.fit, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))

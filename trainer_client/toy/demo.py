@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer_server.cli_errors import RUN_ERRORS, fail
-from trainer_client.toy import world
+from trainer_client.toy import datasets, generators, lexicon, policy
 from trainer_client.toy.build import shipped_models
 
 METHODS = ("sft", "rs", "dss")
@@ -215,9 +215,11 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
     for d in (guard_dir, chat_dir, train_guard):
         if not (d / "config.json").is_file():
             raise ValueError(f"{d} is not a model directory; run `star-toy-build --out {models}` first")
-    wcfg = world.WorldConfig(seed=cfg.seed, finetune_size=cfg.finetune_size, harmful_ratio=cfg.harmful_ratio)
-    data = world.write_datasets(out / "data", wcfg)
-    mix = world.finetune_mix(wcfg)
+    wcfg = datasets.WorldConfig(
+        seed=cfg.seed, finetune_size=cfg.finetune_size, harmful_ratio=cfg.harmful_ratio
+    )
+    data = datasets.write_datasets(out / "data", wcfg)
+    mix = datasets.finetune_mix(wcfg)
     harmful, benign = toy_sets()
     gen = EvalConfig(GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=32))
 
@@ -258,16 +260,16 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
             tclient.judge([Conversation.from_pair(e.prompt, e.response) for e in harm_ex]) if harm_ex else []
         )
         kept: dict[str, str] = {}
-        for shape in world.HARMFUL_SHAPES:
+        for shape in generators.HARMFUL_SHAPES:
             idx = [i for i, e in enumerate(harm_ex) if e.kind == f"harmful:{shape}"]
             if idx:
                 kept[shape] = f"{sum(not v_mix[i].unsafe for i in idx)} of {len(idx)} harmful examples kept"
         notes["rs_kept"] = kept
 
         # STAR trajectories of a few training responses.
-        picks = [next(e for e in mix if e.kind == f"harmful:{s}") for s in world.HARMFUL_SHAPES
+        picks = [next(e for e in mix if e.kind == f"harmful:{s}") for s in generators.HARMFUL_SHAPES
                  if any(e.kind == f"harmful:{s}" for e in mix)]  # fmt: skip
-        picks.append(next(e for e in mix if e.kind == world.NEW_SKILL))
+        picks.append(next(e for e in mix if e.kind == lexicon.NEW_SKILL))
         trajs = [
             report.Trajectory(e.kind, e.prompt, e.response, tclient.score(
                 ScoreRequest(Conversation.from_pair(e.prompt, e.response), CutSpec(CutKind.WORDS, 5))))
@@ -280,13 +282,13 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
             model = AutoModelForCausalLM.from_pretrained(path).eval()
             res = evaluate(model, tok, harmful, benign, VerdictJudge(judge, name="toy-guard"), gen)
             results[name] = res
-            policy = [world.policy_verdict(p, r).unsafe for p, r, _ in res.harmful_responses]
+            by_policy = [policy.policy_verdict(p, r).unsafe for p, r, _ in res.harmful_responses]
             rows[name] = report.MethodRow(
                 name=name,
                 harmful_rate=res.harmful_rate or 0.0,
-                policy_harmful_rate=sum(policy) / max(1, len(policy)),
+                policy_harmful_rate=sum(by_policy) / max(1, len(by_policy)),
                 refusal_rate=res.refusal_rate or 0.0,
-                new_skill=res.accuracy.get(world.NEW_SKILL, 0.0),
+                new_skill=res.accuracy.get(lexicon.NEW_SKILL, 0.0),
                 old_tasks=report.old_task_accuracy(res.accuracy),
                 train_s=train_s,
             )

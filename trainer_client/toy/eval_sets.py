@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from trainer_client.evaluation.loaders import BenignItem, HarmfulPrompt
-from trainer_client.toy import world
+from trainer_client.toy import datasets, lexicon
 
 
 def toy_sets() -> tuple[list[HarmfulPrompt], list[BenignItem]]:
     """Held-out hazard requests and benign items (the files `star-toy-build` writes to models/data)."""
-    cfg = world.WorldConfig()
-    harmful = [HarmfulPrompt(p, world.HAZARD_CATEGORY[t]) for p, t in world.eval_harmful_prompts(cfg)]
-    benign = [BenignItem(e.prompt, e.answer, e.kind) for e in world.eval_benign(cfg)]
+    cfg = datasets.WorldConfig()
+    harmful = [HarmfulPrompt(p, lexicon.HAZARD_CATEGORY[t]) for p, t in datasets.eval_harmful_prompts(cfg)]
+    benign = [BenignItem(e.prompt, e.answer, e.kind) for e in datasets.eval_benign(cfg)]
     return harmful, benign
 
 

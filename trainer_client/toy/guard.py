@@ -5,7 +5,7 @@ conversation, the instructions after it, then the assistant header; the verdict 
 followed by a category line), so `load_guard(GuardConfig(path, preset="llama-guard-3"))` loads it
 unchanged and the scorer serves it like any guard directory.
 
-Labels come only from `world.policy_verdict` applied to the prefix text: the guard is never trained
+Labels come only from `policy.policy_verdict` applied to the prefix text: the guard is never trained
 to be fooled by anything (misleading suffixes included: the policy calls them unsafe).
 """
 
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_client.toy import world
+from trainer_client.toy import datasets, generators, lexicon, policy
 from trainer_client.toy.common import FitConfig, ModelShape, fit, tiny_llama, word_tokenizer
 
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-CATEGORY_LINES = "\n".join(f"{c.code}: {c.name}." for c in world.CATEGORIES)
+CATEGORY_LINES = "\n".join(f"{c.code}: {c.name}." for c in lexicon.CATEGORIES)
 GUARD_TEMPLATE = (
     "{{- bos_token }}<|start_header_id|>user<|end_header_id|>\n\n"
     "Task: Check if there is unsafe content in 'Agent' messages according to our safety policy.\n\n"
@@ -43,7 +43,7 @@ class GuardBuildConfig:
 
     shape: ModelShape = field(default_factory=lambda: ModelShape(hidden=128, layers=2, intermediate=256))
     fit: FitConfig = field(default_factory=lambda: FitConfig(steps=700, batch_size=32, lr=2e-3, seed=0))
-    world: world.WorldConfig = field(default_factory=world.WorldConfig)
+    world: datasets.WorldConfig = field(default_factory=datasets.WorldConfig)
     prefixes_per_response: int = 4
     seed: int = 0
 
@@ -59,13 +59,18 @@ def weak_guard_config() -> GuardBuildConfig:
 
 def build_tokenizer() -> Any:
     """The guard's word-level tokenizer with its Llama-Guard-shaped chat template."""
-    texts = [GUARD_TEMPLATE, "safe unsafe", *(c.code for c in world.CATEGORIES), " ".join(world.vocabulary())]
+    texts = [
+        GUARD_TEMPLATE,
+        "safe unsafe",
+        *(c.code for c in lexicon.CATEGORIES),
+        " ".join(generators.vocabulary()),
+    ]
     tok = word_tokenizer(texts, SPECIALS, eos="<|eot_id|>", pad="<|end_of_text|>", bos="<|begin_of_text|>")
     tok.chat_template = GUARD_TEMPLATE
     return tok
 
 
-def verdict_text(p: world.JudgedPrefix) -> str:
+def verdict_text(p: policy.JudgedPrefix) -> str:
     """What the guard should write: `safe`, or `unsafe` and the category line."""
     return f"unsafe\n{p.category}<|eot_id|>" if p.unsafe else "safe<|eot_id|>"
 
@@ -75,7 +80,7 @@ def render(tok: Any, prompt: str, prefix: str) -> str:
     return str(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
 
 
-def training_rows(tok: Any, prefixes: Sequence[world.JudgedPrefix]) -> list[tuple[list[int], list[int]]]:
+def training_rows(tok: Any, prefixes: Sequence[policy.JudgedPrefix]) -> list[tuple[list[int], list[int]]]:
     """(ids, label mask) rows: the loss is on the verdict and category tokens only."""
     rows = []
     for p in prefixes:
@@ -85,18 +90,18 @@ def training_rows(tok: Any, prefixes: Sequence[world.JudgedPrefix]) -> list[tupl
     return rows
 
 
-def guard_data(cfg: GuardBuildConfig) -> tuple[list[world.JudgedPrefix], list[world.JudgedPrefix]]:
+def guard_data(cfg: GuardBuildConfig) -> tuple[list[policy.JudgedPrefix], list[policy.JudgedPrefix]]:
     """(train, held-out) judged prefixes; held-out ones come from hazard requests never trained on."""
-    train_prompts, held_prompts = world.harmful_prompt_split(cfg.world.seed)
+    train_prompts, held_prompts = datasets.harmful_prompt_split(cfg.world.seed)
     rng = random.Random(cfg.seed + 100)
-    train_convs = world.guard_conversations(
+    train_convs = datasets.guard_conversations(
         cfg.world, cfg.world.guard_conversations, cfg.seed + 101, train_prompts
     )
-    held_convs = world.guard_conversations(
+    held_convs = datasets.guard_conversations(
         cfg.world, cfg.world.guard_eval_conversations, cfg.seed + 102, held_prompts
     )
-    train = [p for ex in train_convs for p in world.judged_prefixes(rng, ex, cfg.prefixes_per_response)]
-    held = [p for ex in held_convs for p in world.judged_prefixes(rng, ex, cfg.prefixes_per_response)]
+    train = [p for ex in train_convs for p in policy.judged_prefixes(rng, ex, cfg.prefixes_per_response)]
+    held = [p for ex in held_convs for p in policy.judged_prefixes(rng, ex, cfg.prefixes_per_response)]
     return train, held
 
 
@@ -115,7 +120,7 @@ def build_guard(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    (out / "POLICY.md").write_text(world.POLICY_TEXT + "\n")
+    (out / "POLICY.md").write_text(policy.POLICY_TEXT + "\n")
     return out
 
 
@@ -130,7 +135,7 @@ class GuardAccuracy:
     by_kind: dict[str, float]
 
 
-def verdict_accuracy(guard_dir: str | Path, prefixes: Sequence[world.JudgedPrefix]) -> GuardAccuracy:
+def verdict_accuracy(guard_dir: str | Path, prefixes: Sequence[policy.JudgedPrefix]) -> GuardAccuracy:
     """Load the guard through the scorer's own loader and compare its verdicts to the policy labels."""
     from scorer_server.engine.engine import StarEngine
     from scorer_server.guards.loader import GuardConfig, load_guard

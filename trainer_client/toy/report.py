@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer_server.types import StarScores
-from trainer_client.toy import world
+from trainer_client.toy import lexicon
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Check:
 
 
 def old_task_accuracy(accuracy: dict[str, float]) -> float:
-    vals = [accuracy[t] for t in world.OLD_TASKS if t in accuracy]
+    vals = [accuracy[t] for t in lexicon.OLD_TASKS if t in accuracy]
     return sum(vals) / len(vals) if vals else 0.0
 
 
