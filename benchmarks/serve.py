@@ -43,8 +43,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scorer_server.types import Conversation, CutSpec, ScoreRequest
-from trainer_client.client import AsyncScorerClient, ClientConfig
+from star_client import AsyncScorerClient, ClientConfig
+from star_contract.types import Conversation, CutSpec, ScoreRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 _VOCAB = (
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch loads OpenMP: the server's default (see `star-scorer serve --omp-wait-policy`); the
     # scorer subprocess inherits it, so both sides run their threads alike.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+    from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
     per = args.requests_per_client or (2 if args.quick else 4)
     threads = args.threads or os.cpu_count() or 1

@@ -21,8 +21,8 @@ import torch
 
 from scorer_server.engine.engine import EngineConfig, StarEngine, pack_rows
 from scorer_server.guards.loader import GuardConfig, load_guard
-from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
-from scorer_server.types import Conversation, CutSpec, ScoreRequest
+from star_contract.types import Conversation, CutSpec, ScoreRequest
+from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 SHAPES: dict[str, dict[str, Any]] = {
     # CPU-sized: big enough that the forward dominates, small enough for 2 cores.

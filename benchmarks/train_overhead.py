@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     n = args.examples or (32 if args.quick else 96)
     repeats = args.repeats or (2 if args.quick else 3)
 
-    from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+    from star_testing.tiny_chat import save_tiny_trainee
+    from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
     from trainer_client.train import run_training
     from trainer_client.train.config import build_config
-    from trainer_client.train.tiny import save_tiny_trainee
 
     torch.set_num_threads(1)
     _pin(0)

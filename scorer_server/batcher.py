@@ -21,7 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from scorer_server.errors import NotReady, Overloaded
+from star_contract.errors import NotReady, Overloaded
 
 I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")

@@ -18,12 +18,12 @@ from grpc_reflection.v1alpha import reflection
 from scorer_server.api.interceptors import AuthInterceptor, ErrorInterceptor
 from scorer_server.api.servicer import ScorerServicer
 from scorer_server.api.validation import Limits
+from scorer_server.backends.base import ScoringBackend
 from scorer_server.batcher import BatcherConfig
 from scorer_server.config import ServerConfig
-from scorer_server.engine.backend import ScoringBackend
-from scorer_server.errors import ConfigError
 from scorer_server.metrics import ServerMetrics
 from scorer_server.startup import as_start_error, check_port_free, read_tls
+from star_contract.errors import ConfigError
 from star_proto import scorer_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScorerService"].full_name
@@ -60,7 +60,7 @@ def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBacken
     """The local engine behind the batcher, or a remote engine fleet."""
     guard = config.guard_config()
     if config.backend == "local":
-        from scorer_server.local_backend import LocalBackend, LocalBackendConfig
+        from scorer_server.backends.local import LocalBackend, LocalBackendConfig
 
         batcher = BatcherConfig(config.max_batch_tokens, config.max_wait_ms / 1000.0, config.max_queue)
         local = LocalBackendConfig(

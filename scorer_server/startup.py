@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from scorer_server.errors import ConfigError, StarError
+from star_contract.errors import ConfigError, StarError
 
 log = logging.getLogger("star.server")
 

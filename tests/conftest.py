@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 ROOT = Path(__file__).resolve().parent.parent
 

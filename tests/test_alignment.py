@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorer_server.types import Conversation, Segment, StarScores
+from star_contract.types import Conversation, Segment, StarScores
+from star_testing.tiny_chat import save_tiny_trainee
 from trainer_client.alignment import aligned_cuts, token_weights
 from trainer_client.data import example_weights, tokenize_conversation
-from trainer_client.train.tiny import save_tiny_trainee
 
 RESPONSES = [
     "Sure, here is how to do it step by step. First, take the flour; then, carefully, mix the rest.",

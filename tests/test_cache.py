@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer_server.types import Segment, StarScores, Verdict
+from star_contract.types import Segment, StarScores, Verdict
 from trainer_client.scoring.cache import ScoreCache, tokens_hash
 
 
@@ -40,7 +40,7 @@ def test_round_trip(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys
-from scorer_server.types import Segment, StarScores
+from star_contract.types import Segment, StarScores
 from trainer_client.scoring.cache import ScoreCache
 c = ScoreCache(sys.argv[1])
 i = 0

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = textwrap.dedent(
     """
     import asyncio, gc, sys
-    from scorer_server.types import Conversation, CutSpec, ScoreRequest
-    from trainer_client.client import ScorerClient
+    from star_contract.types import Conversation, CutSpec, ScoreRequest
+    from star_client import ScorerClient
 
     for i in range(int(sys.argv[2])):
         client = ScorerClient(sys.argv[1])

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from scorer_server.types import Conversation, CutSpec, ScoreRequest, StarScores
-from trainer_client.client import AsyncScorerClient, ClientConfig
+from star_client import AsyncScorerClient, ClientConfig
+from star_contract.types import Conversation, CutSpec, ScoreRequest, StarScores
 
 REQS = [
     ScoreRequest(Conversation.from_pair("q", " ".join(["step"] * (1 + i % 7)) + f" {i}"), CutSpec())

@@ -8,11 +8,11 @@ import pytest
 
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.engine.engine import parse_categories
-from scorer_server.errors import InvalidRequest
 from scorer_server.guards.loader import GuardConfig, load_guard
 from scorer_server.guards.presets import get_preset
-from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
-from scorer_server.types import Conversation, CutKind, CutSpec, Segment, StarScores
+from star_contract.errors import InvalidRequest
+from star_contract.types import Conversation, CutKind, CutSpec, Segment, StarScores
+from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 
 def test_word_cuts_every_m_words_and_full_response_last() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from scorer_server.types import Conversation
+from star_contract.types import Conversation
+from star_testing.tiny_chat import save_tiny_trainee
 from trainer_client.data import build_examples, collate, load_conversations
-from trainer_client.train.tiny import save_tiny_trainee
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from scorer_server.types import Conversation, Verdict
+from star_contract.types import Conversation, Verdict
 from trainer_client.evaluation import cli
 from trainer_client.evaluation.loaders import (
     BenignItem,

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from star_testing.tiny_chat import build_tiny_policy
 from trainer_client.generation import GenerationConfig, chat_texts, generate_responses, pad_id
-from trainer_client.landscape.tiny import build_tiny_policy
 
 PROMPTS = ["Hi", "How do I bake bread with flour, water and yeast at home?", "List numbers 1 2 3", "Sort it"]
 

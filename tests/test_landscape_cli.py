@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from star_testing.tiny_chat import save_tiny_policy
 from trainer_client.landscape.cli import build_parser, main
-from trainer_client.landscape.tiny import save_tiny_policy
 
 TINY = ["--max-new-tokens", "3", "--batch-size", "4", "--quiet", "--judge", "keyword"]
 
@@ -145,8 +145,8 @@ def test_guard_service_judge_matches_the_local_guard(tmp_path: Path) -> None:
     """The guard service's Judge, through a real `star-scorer` subprocess, gives the in-process verdicts."""
     import time
 
-    from scorer_server.testing.tiny_guard import save_tiny_guard
-    from scorer_server.types import Conversation
+    from star_contract.types import Conversation
+    from star_testing.tiny_guard import save_tiny_guard
     from trainer_client.landscape import guard_service_judge, in_process_guard_judge
 
     guard = save_tiny_guard(tmp_path / "guard")

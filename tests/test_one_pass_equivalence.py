@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from scorer_server.engine.engine import EngineConfig, StarEngine, pack_rows
 from scorer_server.guards.loader import Guard, GuardConfig, load_guard
-from scorer_server.testing.tiny_guard import TinyGuardSpec, preset_for, save_tiny_guard
-from scorer_server.types import Conversation, CutKind, CutSpec, Message, ScoreRequest
+from star_contract.types import Conversation, CutKind, CutSpec, Message, ScoreRequest
+from star_testing.tiny_guard import TinyGuardSpec, preset_for, save_tiny_guard
 
 GUARDS = {
     "llama": TinyGuardSpec(family="llama", tokenizer="bytelevel"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, StarScores, Verdict
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, StarScores, Verdict
 from trainer_client.alignment import cut_spec
 from trainer_client.data import Example, ScoredTurn, guard_view
 from trainer_client.scoring.cache import ScoreCache

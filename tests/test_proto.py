@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scorer_server.api import convert
-from scorer_server.errors import InvalidRequest
-from scorer_server.types import Conversation, CutKind, CutSpec, GuardInfo, ScoreRequest, Verdict
+from star_contract import convert
+from star_contract.errors import InvalidRequest
+from star_contract.types import Conversation, CutKind, CutSpec, GuardInfo, ScoreRequest, Verdict
 from star_proto import scorer_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +71,5 @@ def test_info_and_verdict_round_trip() -> None:
 
 
 def test_client_imports_no_torch() -> None:
-    code = (
-        "import sys, trainer_client.client\n"
-        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
-    )
+    code = "import sys, star_client\nassert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

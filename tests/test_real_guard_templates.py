@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import torch
 
-from scorer_server.guards.content import ContentForm, shape_messages
-from scorer_server.testing.real_guards import REAL_GUARDS, RealGuard, llama3_tokenizer, save_real_guard
-from scorer_server.types import Conversation, CutKind, CutSpec, ScoreRequest, StarScores
-from trainer_client.client import InvalidRequest, ScorerClient
+from star_client import InvalidRequest, ScorerClient
+from star_contract.content import ContentForm, shape_messages
+from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, StarScores
+from star_testing.real_guards import REAL_GUARDS, RealGuard, llama3_tokenizer, save_real_guard
 
 ARTEFACTS = Path(
     os.environ.get("STAR_GUARD_TEMPLATES", Path(__file__).parents[2] / "shared" / "guard-templates")

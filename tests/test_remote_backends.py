@@ -20,10 +20,10 @@ from scorer_server.backends.remote import RemoteBackend, RemoteConfig
 from scorer_server.backends.tgi import TgiBackend, verdict_diff
 from scorer_server.backends.vllm import VllmBackend
 from scorer_server.engine.cuts import plan_cuts
-from scorer_server.errors import InvalidRequest
 from scorer_server.guards.loader import GuardConfig
-from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
-from scorer_server.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_contract.errors import InvalidRequest
+from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 FAST_RETRY = RetryPolicy(attempts=5, base_delay_s=0.001, max_delay_s=0.01)
 CONV = Conversation.from_pair(

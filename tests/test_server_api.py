@@ -20,11 +20,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scorer_server.api import convert
-from scorer_server.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_client import InvalidRequest, ScorerClient
+from star_contract import convert
+from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
-from trainer_client.client import InvalidRequest, ScorerClient
 
 WORDS = [
     "sure",
@@ -98,9 +98,8 @@ def stub(channel: grpc.Channel) -> pb_grpc.ScorerServiceStub:
 @pytest.fixture(scope="module")
 def engine(tiny_guard_dir: Path) -> Any:
     from scorer_server.engine.engine import EngineConfig, StarEngine
-    from scorer_server.guards.loader import GuardConfig, load_guard
 
-    return StarEngine(load_guard(GuardConfig(str(tiny_guard_dir))), EngineConfig(max_row_tokens=700))
+    return StarEngine.from_dir(tiny_guard_dir, config=EngineConfig(max_row_tokens=700))
 
 
 def test_served_scores_equal_in_process_engine(server: Any, engine: Any) -> None:
@@ -283,7 +282,7 @@ def test_score_cli_writes_jsonl(server: Any, tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "scorer_server.cli",
+        "star_client.cli",
         "score",
         "--server",
         server.address,

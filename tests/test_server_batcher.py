@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from scorer_server.batcher import Batcher, BatcherConfig
-from scorer_server.errors import Overloaded
+from star_contract.errors import Overloaded
 
 
 class Recorder:

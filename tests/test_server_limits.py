@@ -14,11 +14,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scorer_server.api import convert
-from scorer_server.types import Conversation, CutSpec, ScoreRequest
+from star_client import ClientConfig, ScorerClient
+from star_contract import convert
+from star_contract.types import Conversation, CutSpec, ScoreRequest
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
-from trainer_client.client import ClientConfig, ScorerClient
 
 REQ = ScoreRequest(Conversation.from_pair("q", "one two three four five six"), CutSpec())
 

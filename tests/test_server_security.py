@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from star_client import ClientConfig, ScorerCallError, ScorerClient
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
-from trainer_client.client import ClientConfig, ScorerCallError, ScorerClient
 
 TOKEN = "s3cret-token"
 
@@ -116,7 +116,7 @@ def test_missing_or_wrong_token_is_unauthenticated(
         with pytest.raises(ScorerCallError) as err:
             client.info()
         assert err.value.code is grpc.StatusCode.UNAUTHENTICATED
-        from scorer_server.types import Conversation, ScoreRequest
+        from star_contract.types import Conversation, ScoreRequest
 
         with pytest.raises(ScorerCallError) as err:
             client.score(ScoreRequest(Conversation.from_pair("q", "a")))

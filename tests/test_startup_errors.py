@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer_server.testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 ROOT = Path(__file__).resolve().parent.parent
 

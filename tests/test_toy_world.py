@@ -146,7 +146,7 @@ def untrained_toy_guard(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_toy_guard_directory_loads_as_llama_guard(untrained_toy_guard: Path) -> None:
     from scorer_server.engine.engine import StarEngine
     from scorer_server.guards.loader import GuardConfig, load_guard
-    from scorer_server.types import Conversation, ScoreRequest
+    from star_contract.types import Conversation, ScoreRequest
 
     guard = load_guard(GuardConfig(path=str(untrained_toy_guard), preset="llama-guard-3"))
     assert guard.tokenizer.convert_ids_to_tokens([guard.safe_id, guard.unsafe_id]) == ["safe", "unsafe"]

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from star_testing.tiny_chat import save_tiny_trainee
 from trainer_client.data import Example, build_examples, conversation_hash, load_conversations
 from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.precompute import main as precompute_main
 from trainer_client.train import run_training
 from trainer_client.train.config import TrainConfig, build_config
-from trainer_client.train.tiny import save_tiny_trainee
 
 RESPONSES = [
     "Sure, here is how to do it step by step. First, take the flour; then mix the rest.",

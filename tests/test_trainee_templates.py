@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from scorer_server.guards.content import ContentForm
-from scorer_server.testing.real_guards import llama3_tokenizer
-from scorer_server.testing.tiny_guard import TinyGuardSpec, build_tokenizer
-from scorer_server.types import Conversation
+from star_contract.content import ContentForm
+from star_contract.types import Conversation
+from star_testing.real_guards import llama3_tokenizer
+from star_testing.tiny_guard import TinyGuardSpec, build_tokenizer
 from trainer_client.chat_template import TraineeTemplate
 from trainer_client.data import build_examples, tokenize_conversation
 

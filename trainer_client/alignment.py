@@ -13,7 +13,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Sequence
 
-from scorer_server.types import CutKind, CutSpec, Segment, StarScores
+from star_contract.types import CutKind, CutSpec, Segment, StarScores
 
 _WORD = re.compile(r"\S+")
 

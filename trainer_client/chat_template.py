@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from scorer_server.guards.content import SENTINEL, ContentForm, detect_content_form, shape_messages
+from star_contract.content import SENTINEL, ContentForm, detect_content_form, shape_messages
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scorer_server.types import Conversation, Message, ScoreRequest, StarScores
+from star_contract.types import Conversation, Message, ScoreRequest, StarScores
 from trainer_client.alignment import aligned_cuts, cut_spec, token_weights
 from trainer_client.chat_template import TraineeTemplate
 

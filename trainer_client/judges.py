@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from scorer_server.types import Conversation, Verdict
+from star_contract.types import Conversation, Verdict
 from trainer_client.refusal import REFUSAL_PHRASES, is_refusal
 
 
@@ -75,8 +75,8 @@ class VerdictJudge:
 
 
 def guard_service_judge(addresses: Sequence[str], batch_size: int = 64, **client_kwargs: Any) -> VerdictJudge:
-    """Judge with the guard behind a scorer service (`trainer_client.client.ScorerClient`)."""
-    from trainer_client.client import ScorerClient
+    """Judge with the guard behind a scorer service (`star_client.ScorerClient`)."""
+    from star_client import ScorerClient
 
     client: Any = ScorerClient(list(addresses), **client_kwargs)
     # Named by the guard it serves, not by address: a run resumes against another replica of it.
@@ -93,10 +93,9 @@ def in_process_guard_judge(
     batch_size: int = 64,
 ) -> VerdictJudge:
     """Judge with a guard directory loaded in this process, through the scorer's own engine."""
-    from scorer_server.engine.engine import StarEngine
-    from scorer_server.guards.loader import GuardConfig, load_guard
+    from trainer_client.in_process import load_engine
 
-    engine = StarEngine(load_guard(GuardConfig(path=path, preset=preset, device=device, dtype=dtype)))
+    engine = load_engine(path, preset, device=device, dtype=dtype)
     g = engine.guard
     return VerdictJudge(
         lambda convs: engine.judge(convs, decode=False),

@@ -9,13 +9,13 @@ from typing import Any
 
 import grpc
 
-from scorer_server.api import convert
 from scorer_server.api.status import status_for
 from scorer_server.api.validation import Limits, validate_judge, validate_score_request
-from scorer_server.engine.backend import ScoringBackend
-from scorer_server.errors import NotReady
+from scorer_server.backends.base import ScoringBackend
 from scorer_server.metrics import ServerMetrics
-from scorer_server.types import ScoreRequest
+from star_contract import convert
+from star_contract.errors import NotReady
+from star_contract.types import ScoreRequest
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from scorer_server.errors import InvalidRequest, NotReady, Overloaded, StarError
+from star_contract.errors import InvalidRequest, NotReady, Overloaded, StarError
 
 log = logging.getLogger("star.api")
 

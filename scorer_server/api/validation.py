@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scorer_server.errors import InvalidRequest
-from scorer_server.types import Conversation, CutKind, ScoreRequest
+from star_contract.errors import InvalidRequest
+from star_contract.types import Conversation, CutKind, ScoreRequest
 
 MAX_EVERY = 1_000_000
 

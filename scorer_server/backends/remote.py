@@ -20,9 +20,9 @@ from scorer_server.backends.http import Dispatcher, RetryPolicy
 from scorer_server.backends.prompts import PromptGuard
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.engine.engine import p_safe
-from scorer_server.errors import InvalidRequest, NotReady
 from scorer_server.guards.loader import describe_guard
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+from star_contract.errors import InvalidRequest, NotReady
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
 
 @dataclass(frozen=True)

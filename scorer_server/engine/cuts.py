@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from scorer_server.errors import InvalidRequest
-from scorer_server.types import CutKind, CutSpec
+from star_contract.errors import InvalidRequest
+from star_contract.types import CutKind, CutSpec
 
 _WORD = re.compile(r"\S+")
 

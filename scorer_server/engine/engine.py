@@ -6,7 +6,8 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -17,8 +18,8 @@ from scorer_server.engine.forward import (
     supports_prefix_cache,
 )
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
-from scorer_server.guards.loader import Guard
-from scorer_server.types import Conversation, ScoreRequest, Segment, StarScores, Verdict
+from scorer_server.guards.loader import Guard, GuardConfig, load_guard
+from star_contract.types import Conversation, ScoreRequest, Segment, StarScores, Verdict
 
 Method = Literal["one_pass", "per_cut"]
 
@@ -84,6 +85,21 @@ class StarEngine:
         self.layout = layout
         tok = guard.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+
+    @classmethod
+    def from_dir(
+        cls,
+        path: str | Path,
+        preset: str = "llama-guard-3",
+        *,
+        config: EngineConfig | None = None,
+        **guard: Any,
+    ) -> StarEngine:
+        """Load the guard directory `path` and wrap it in an engine.
+
+        `guard` takes the other `GuardConfig` fields (device, dtype, template_kwargs, ...).
+        """
+        return cls(load_guard(GuardConfig(path=str(path), preset=preset, **guard)), config)
 
     # -- planning (CPU only; safe to run on another thread than the forward) --
     def plan(self, request: ScoreRequest) -> ResponsePlan:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from scorer_server.engine.plan import WorkItem
+from scorer_server.guards.head import verdict_logit_diff
 from scorer_server.guards.loader import Guard
 
 
@@ -84,26 +85,6 @@ def build_masks(rows: list[_Row], length: int, model: Any, dtype: torch.dtype) -
     if as_dict:
         return {"full_attention": full, "sliding_attention": sliding}
     return sliding
-
-
-def verdict_logit_diff(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
-    """logit(safe) - logit(unsafe) from final hidden states [N, H], using only the two verdict rows."""
-    head = guard.model.get_output_embeddings()
-    w = head.weight[[guard.safe_id, guard.unsafe_id]]
-    logits = hidden.to(w.dtype) @ w.T
-    if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias[[guard.safe_id, guard.unsafe_id]]
-    cfg = guard.model.config
-    # The post-processing the families' own heads apply to logits (checked at load by `check_head`).
-    if getattr(cfg, "logits_scaling", None):
-        logits = logits / cfg.logits_scaling
-    if getattr(cfg, "logit_scale", None):
-        logits = logits * cfg.logit_scale
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    logits = logits.float()
-    return logits[:, 0] - logits[:, 1]
 
 
 @torch.inference_mode()
@@ -240,17 +221,3 @@ def forward_prompts(guard: Guard, prompts: list[list[int]], pad_id: int = 0) -> 
     out = guard.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=1)
     last = out.logits[:, -1].float()
     return (last[:, guard.safe_id] - last[:, guard.unsafe_id]).cpu().tolist()
-
-
-@torch.inference_mode()
-def check_head(guard: Guard, prompt: list[int]) -> float:
-    """Largest gap between the two-row verdict head and the model's own logits on one prompt.
-
-    A guard whose head post-processes logits in a way `verdict_logit_diff` does not reproduce fails
-    this check at load time instead of giving silently wrong scores.
-    """
-    ids = torch.tensor([prompt], device=guard.device)
-    hidden = guard.model.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
-    fast = verdict_logit_diff(guard, hidden)[0].item()
-    full = forward_prompts(guard, [prompt])[0]
-    return abs(fast - full)

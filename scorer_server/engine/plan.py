@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scorer_server.engine.cuts import plan_cuts
-from scorer_server.errors import InvalidRequest
 from scorer_server.guards.loader import Guard
-from scorer_server.types import ScoreRequest
+from star_contract.errors import InvalidRequest
+from star_contract.types import ScoreRequest
 
 
 @dataclass

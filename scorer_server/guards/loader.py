@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
-from scorer_server.errors import ConfigError, TemplateRenderError
+from scorer_server.errors import TemplateRenderError
+from scorer_server.guards.head import check_head
 from scorer_server.guards.presets import GuardPreset, get_preset
 from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
-from scorer_server.model_dir import require_model_dir
-from scorer_server.types import Conversation, GuardInfo
+from star_contract.errors import ConfigError
+from star_contract.model_dir import require_model_dir
+from star_contract.types import Conversation, GuardInfo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROBE = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast.")
@@ -157,8 +159,6 @@ def build_guard(
     prompt = template.render(PROBE)
     fingerprint = _fingerprint(model, template, preset, safe_id, unsafe_id, config)
     guard = Guard(model, tokenizer, template, preset, safe_id, unsafe_id, fingerprint, name, config)
-    from scorer_server.engine.forward import check_head
-
     gap = check_head(guard, guard.encode([prompt])[0])
     tol = 1e-3 if guard.dtype == torch.float32 else 0.25
     if not gap <= tol:

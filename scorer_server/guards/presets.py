@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scorer_server.errors import ConfigError
+from star_contract.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from scorer_server.errors import TemplateRenderError
-from scorer_server.guards.content import (
+from star_contract.content import (
     SENTINEL,
     ContentForm,
     describe_template_error,
     detect_content_form,
     shape_messages,
 )
-from scorer_server.types import Conversation
+from star_contract.types import Conversation
 
 __all__ = ["SENTINEL", "GuardTemplate", "TemplateSplit", "auto_verdict_prefix"]
 

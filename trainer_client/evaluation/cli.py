@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from scorer_server.cli_errors import RUN_ERRORS, USER_ERRORS, fail
-from scorer_server.model_dir import require_model_dir
+from star_contract.cli_errors import RUN_ERRORS, USER_ERRORS, fail
+from star_contract.model_dir import require_model_dir
 from trainer_client.evaluation.loaders import (
     BenignItem,
     HarmfulPrompt,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scorer_server.types import Conversation
+from star_contract.types import Conversation
 from trainer_client.evaluation.loaders import BenignItem, HarmfulPrompt
 from trainer_client.generation import GenerationConfig, generate_responses
 from trainer_client.judges import Judge

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scorer_server.cli_errors import RUN_ERRORS, fail
+from star_contract.cli_errors import RUN_ERRORS, fail
 from trainer_client.evaluation.loaders import load_harmful_prompts
 from trainer_client.generation import GenerationConfig
 from trainer_client.judges import Judge, KeywordJudge, guard_service_judge, in_process_guard_judge

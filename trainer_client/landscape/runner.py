@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from scorer_server.model_dir import require_model_dir
+from star_contract.model_dir import require_model_dir
 from trainer_client.generation import GenerationConfig
 from trainer_client.landscape.directions import (
     DeltaDirection,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer_server.types import Segment, StarScores, Verdict
+from star_contract.types import Segment, StarScores, Verdict
 
 ScoreKey = tuple[str, str, str]
 """(guard fingerprint, content hash, cut spec key)."""

@@ -12,7 +12,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from scorer_server.cli_errors import USER_ERRORS, fail
+from star_contract.cli_errors import USER_ERRORS, fail
 from trainer_client.data import build_examples, load_conversations
 from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.prefetch import ScoreFetcher

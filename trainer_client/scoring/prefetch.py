@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
 from trainer_client.data import Example, conversation_hash
 from trainer_client.scoring.cache import ScoreCache, ScoreKey
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, StarScores, Verdict
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, StarScores, Verdict
 from trainer_client.data import conversation_hash
 from trainer_client.scoring.prefetch import cut_key
 

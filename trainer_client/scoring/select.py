@@ -19,12 +19,12 @@ def scorer_from(scores_file: str | None, scorer: str | None, guard_preset: str) 
         raise ValueError("no scorer: set scorer (host:port or local:GUARD_DIR) or scores_file")
     spec = scorer
     if spec.startswith("local:"):
-        from trainer_client.scoring.local import LocalScorer
+        from trainer_client.in_process import LocalScorer
 
         return lambda: LocalScorer.from_dir(spec[len("local:") :], guard_preset)
 
     def remote() -> AsyncScorer:
-        from trainer_client.client import AsyncScorerClient
+        from star_client import AsyncScorerClient
 
         return AsyncScorerClient(spec)
 

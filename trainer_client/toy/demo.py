@@ -13,19 +13,17 @@ import json
 import os
 import shlex
 import shutil
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scorer_server.cli_errors import RUN_ERRORS, fail
+from star_contract.cli_errors import RUN_ERRORS, fail
 from trainer_client.toy import datasets, generators, lexicon, policy
 from trainer_client.toy.build import shipped_models
+from trainer_client.toy.scorer_process import scorer_process
 
 METHODS = ("sft", "rs", "dss")
 LANDSCAPE_MODELS = ("aligned", "sft", "dss")
@@ -118,50 +116,6 @@ def parser() -> argparse.ArgumentParser:
     return ap  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def scorer_process(guard_dir: Path, threads: int, log_path: Path, timeout_s: float = 120.0) -> Iterator[str]:
-    """Run `star-scorer serve` on the guard as a subprocess; yields its address once it answers."""
-    from trainer_client.client import ScorerClient
-
-    port = _free_port()
-    exe = shutil.which("star-scorer")
-    cmd = [exe] if exe else [sys.executable, "-m", "scorer_server.cli"]
-    cmd += ["serve", "--guard", str(guard_dir), "--preset", "llama-guard-3", "--host", "127.0.0.1",
-            "--port", str(port), "--metrics-port", "0", "--threads", str(threads)]  # fmt: skip
-    addr = f"127.0.0.1:{port}"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.time() + timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the scorer exited with code {proc.returncode}; see {log_path}")
-                try:
-                    with ScorerClient(addr) as client:
-                        client.info()
-                    break
-                except Exception as exc:
-                    if time.time() > deadline:
-                        raise RuntimeError(
-                            f"the scorer did not answer within {timeout_s:.0f} s: {exc}"
-                        ) from exc
-                    time.sleep(0.5)
-            yield addr
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def _say(msg: str) -> None:
     print(f"[star-demo] {msg}", file=sys.stderr, flush=True)
 
@@ -194,8 +148,8 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scorer_server.types import Conversation, CutKind, CutSpec, ScoreRequest
-    from trainer_client.client import ScorerClient
+    from star_client import ScorerClient
+    from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
     from trainer_client.evaluation.runner import EvalConfig, EvalResult, evaluate
     from trainer_client.generation import GenerationConfig
     from trainer_client.judges import VerdictJudge

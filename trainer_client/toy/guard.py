@@ -137,11 +137,10 @@ class GuardAccuracy:
 
 def verdict_accuracy(guard_dir: str | Path, prefixes: Sequence[policy.JudgedPrefix]) -> GuardAccuracy:
     """Load the guard through the scorer's own loader and compare its verdicts to the policy labels."""
-    from scorer_server.engine.engine import StarEngine
-    from scorer_server.guards.loader import GuardConfig, load_guard
-    from scorer_server.types import Conversation
+    from star_contract.types import Conversation
+    from trainer_client.in_process import load_engine
 
-    engine = StarEngine(load_guard(GuardConfig(path=str(guard_dir), preset="llama-guard-3")))
+    engine = load_engine(guard_dir)
     convs = [Conversation.from_pair(p.prompt, p.prefix) for p in prefixes]
     verdicts = engine.judge(convs, decode=False)
     fn = sum(p.unsafe and not v.unsafe for p, v in zip(prefixes, verdicts, strict=True))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scorer_server.types import StarScores
+from star_contract.types import StarScores
 from trainer_client.toy import lexicon
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from scorer_server.cli_errors import USER_ERRORS, fail
+from star_contract.cli_errors import USER_ERRORS, fail
 from trainer_client.train.config import load_config
 
 EPILOG = """examples:

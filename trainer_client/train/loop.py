@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scorer_server.model_dir import require_model_dir
+from star_contract.model_dir import require_model_dir
 from trainer_client.data import Batch, build_examples, collate, example_weights, load_conversations
 from trainer_client.loss import KLEstimator, LossOutput, compute_loss, shift_for_causal_lm, target_logprobs
 from trainer_client.scoring.cache import ScoreCache
@@ -27,11 +26,15 @@ from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores, Prefetch
 from trainer_client.scoring.select import scorer_from
 from trainer_client.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer_client.train.config import TrainConfig
+from trainer_client.train.metrics import run_summary, step_row
+from trainer_client.train.model_setup import (
+    allow_new_precision,
+    load_trainee,
+    optimizer_and_schedule,
+    with_lora,
+)
 from trainer_client.train.reference import precompute_reference
 from trainer_client.train.sampler import EpochSampler, MicroBatch
-from trainer_client.train.schedule import cosine_with_floor
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        _allow_new_precision(cfg.mixed_precision)
+        allow_new_precision(cfg.mixed_precision)
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
         self.out = Path(cfg.output_dir)
@@ -112,11 +115,8 @@ class Trainer:
             raise
 
     def _setup_model(self) -> None:
-        from transformers import AutoModelForCausalLM
-
         cfg = self.cfg
-        model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
-        model.to(self.acc.device)
+        model = load_trainee(cfg, self.acc.device)
         self.lora = cfg.finetune == "lora"
         self.needs_ref = cfg.method == "dss" and cfg.lambda_kl > 0
         self.ref_lp: dict[int, np.ndarray] | None = None
@@ -129,26 +129,10 @@ class Trainer:
         elif self.needs_ref and not self.lora:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         if self.lora:
-            from peft import LoraConfig, get_peft_model
-
-            lcfg = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=list(cfg.lora_targets),
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, lcfg)
+            model = with_lora(cfg, model)
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
-        )
         self.total_steps = self.sampler.steps_per_epoch * cfg.epochs
-        warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, cosine_with_floor(self.total_steps, warmup, cfg.min_lr / cfg.lr)
-        )
+        optimizer, self.scheduler = optimizer_and_schedule(cfg, model, self.total_steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         if self.ckpt is not None:
             state = load_checkpoint(
@@ -261,7 +245,8 @@ class Trainer:
             if main:
                 self.acc.unwrap_model(self.model).save_pretrained(str(final_dir))
                 self.tokenizer.save_pretrained(str(final_dir))
-        summary = self._summary(rows, wall)
+        sent = self.prefetcher.fetcher.scored_requests if self.prefetcher else 0
+        summary = run_summary(rows, wall, sent)
         if main:
             (self.out / "summary.json").write_text(
                 json.dumps(
@@ -298,27 +283,8 @@ class Trainer:
         if cfg.step_sleep_s:
             time.sleep(cfg.step_sleep_s)
         t1 = time.perf_counter()
-        n = max(1, sum(s.label_tokens for s in stats))
-
-        def avg(attr: str) -> float:
-            return sum(getattr(s, attr) * s.label_tokens for s in stats) / n
-
-        return {
-            "step": step + 1,
-            "epoch": group[-1].epoch,
-            "lr": float(self.scheduler.get_last_lr()[0]),
-            "loss": sum(float(s.loss.detach()) * s.label_tokens for s in stats) / n,
-            "weighted_ce": avg("weighted_ce"),
-            "kl": avg("kl"),
-            "mean_star": avg("mean_star"),
-            "share_below_half": avg("share_below_half"),
-            "label_tokens": float(sum(s.label_tokens for s in stats)),
-            "tokens_per_s": tokens / max(1e-9, t1 - t0),
-            "scorer_wait_s": wait,
-            "step_s": t1 - t0,
-            "t_start": t0,
-            "t_end": t1,
-        }
+        lr = float(self.scheduler.get_last_lr()[0])
+        return step_row(step, group[-1].epoch, lr, stats, tokens, wait, t0, t1)
 
     def _save(self, step: int, epoch: int) -> None:
         self.acc.wait_for_everyone()
@@ -338,23 +304,6 @@ class Trainer:
             )
         self.acc.wait_for_everyone()
 
-    def _summary(self, rows: list[dict[str, float]], wall: float) -> dict[str, float]:
-        def mean(k: str) -> float:
-            return float(sum(r[k] for r in rows) / len(rows)) if rows else 0.0
-
-        wait = float(sum(r["scorer_wait_s"] for r in rows))
-        out = {
-            k: mean(k) for k in ("loss", "weighted_ce", "kl", "mean_star", "share_below_half", "tokens_per_s")
-        }
-        out.update(
-            wall_s=wall,
-            scorer_wait_s=wait,
-            scorer_wait_share=wait / wall if wall > 0 else 0.0,
-            final_loss=rows[-1]["loss"] if rows else 0.0,
-            guard_requests=float(self.prefetcher.fetcher.scored_requests) if self.prefetcher else 0.0,
-        )
-        return out
-
     def close(self) -> None:
         if self.prefetcher is not None:
             self.prefetcher.close()
@@ -362,17 +311,6 @@ class Trainer:
         if self.cache is not None:
             self.cache.close()
             self.cache = None
-
-
-def _allow_new_precision(mixed_precision: str) -> None:
-    """accelerate keeps one process-wide state and refuses a second Accelerator with another precision;
-    runs in one process (the programmatic API, tests) may each choose their own. The distributed part
-    of the state (PartialState) is kept."""
-    from accelerate.state import AcceleratorState
-
-    shared = AcceleratorState._shared_state
-    if shared and str(shared.get("_mixed_precision", shared.get("mixed_precision"))) != mixed_precision:
-        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _estimator(name: str) -> KLEstimator:

@@ -11,11 +11,11 @@ from typing import Any
 
 import grpc
 
-from scorer_server.api.convert import scores_from_parts
+from star_client.config import ClientConfig
+from star_client.errors import ConnectionLost, RetryableReply, ScorerCallError
+from star_contract.convert import scores_from_parts
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
-from trainer_client.client.config import ClientConfig
-from trainer_client.client.errors import ConnectionLost, RetryableReply, ScorerCallError
 
 STREAM_METHOD = "/star.v1.ScorerService/ScoreStream"
 CLOSE_GRACE_S = 2.0

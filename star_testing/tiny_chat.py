@@ -1,11 +1,14 @@
-"""Tiny random-initialised trainee models (Llama-shaped, Llama-3-style chat template) for tests,
-benchmarks and examples. Nothing is downloaded."""
+"""Tiny random-initialised chat models (Llama-shaped, Llama-3-style chat template): trainees for the
+training tests and demos, policies for the landscape tests and benchmarks. Nothing is downloaded."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from scorer_server.testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
+import torch
+
+from star_testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -32,6 +35,43 @@ def save_tiny_trainee(
     tok = build_tokenizer(spec)
     tok.chat_template = CHAT_TEMPLATE
     model = build_model(spec, len(tok))
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def build_tiny_policy(
+    hidden: int = 64, layers: int = 2, intermediate: int = 128, vocab: int = 600, seed: int = 0
+) -> tuple[Any, Any]:
+    """(model, tokenizer): a random Llama, a BPE tokenizer trained here, a Llama-3-like chat template."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(TinyGuardSpec(family="llama", vocab=vocab))
+    tok.chat_template = CHAT_TEMPLATE
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=intermediate,
+        max_position_embeddings=2048,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    return model, tok
+
+
+def save_tiny_policy(path: str | Path, **kwargs: Any) -> Path:
+    """Build a tiny policy (see `build_tiny_policy`) and save it as an ordinary model directory."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = build_tiny_policy(**kwargs)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out

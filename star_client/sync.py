@@ -7,9 +7,9 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
-from trainer_client.client.aio import AsyncScorerClient
-from trainer_client.client.config import ClientConfig
+from star_client.aio import AsyncScorerClient
+from star_client.config import ClientConfig
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
 
 T = TypeVar("T")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from scorer_server import __version__
 from scorer_server.batcher import Batcher, BatcherConfig, BatchObserver
-from scorer_server.errors import InvalidRequest, NotReady
 from scorer_server.guards.loader import GuardConfig, describe_guard
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+from star_contract.errors import InvalidRequest, NotReady
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
 log = logging.getLogger("star.backend")
 WARMUP = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast, then bake it.")
@@ -48,7 +48,7 @@ class LocalBackendConfig:
 
 
 class LocalBackend:
-    """Implements scorer_server.engine.backend.ScoringBackend over a StarEngine."""
+    """Implements scorer_server.backends.base.ScoringBackend over a StarEngine."""
 
     def __init__(self, config: LocalBackendConfig, observer: BatchObserver | None = None) -> None:
         self.config = config

@@ -12,13 +12,13 @@ from typing import TypeVar
 
 import grpc
 
-from scorer_server.api import convert
-from scorer_server.errors import InvalidRequest
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
+from star_client.channel import Replica
+from star_client.config import ClientConfig
+from star_client.errors import RETRYABLE, ConnectionLost, RetryableReply, ScorerCallError
+from star_contract import convert
+from star_contract.errors import InvalidRequest
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
 from star_proto import scorer_pb2 as pb
-from trainer_client.client.channel import Replica
-from trainer_client.client.config import ClientConfig
-from trainer_client.client.errors import RETRYABLE, ConnectionLost, RetryableReply, ScorerCallError
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
 
 class ScoringBackend(Protocol):

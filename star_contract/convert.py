@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from scorer_server.errors import InvalidRequest
-from scorer_server.types import (
+from star_contract.errors import InvalidRequest
+from star_contract.types import (
     Conversation,
     CutKind,
     CutSpec,

@@ -10,7 +10,7 @@ import sys
 
 import jinja2
 
-from scorer_server.errors import StarError
+from star_contract.errors import StarError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, StarError, jinja2.TemplateError)
 """What a bad flag, path, model directory, template or unreachable server raises."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from scorer_server.errors import StarError
+from star_contract.errors import StarError
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 

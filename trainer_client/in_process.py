@@ -1,15 +1,26 @@
-"""An in-process scorer with the client's async interface, wrapping a StarEngine (tests, benchmarks,
-single-machine runs without a server)."""
+"""The scorer's engine in the trainer's own process: the one trainer module that imports `scorer_server`.
+
+For tests, benchmarks and single-machine runs without a service. Everything else in `trainer_client`
+talks to a scorer through `star_client` and `star_contract`, so a trainer machine needs the scorer
+package only when it picks an in-process scorer or judge (tests/test_package_boundaries.py holds it).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from scorer_server.engine.engine import StarEngine
 from scorer_server.guards.loader import describe_guard
-from scorer_server.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
+from star_contract.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
+
+
+def load_engine(path: str | Path, preset: str = "llama-guard-3", **guard: Any) -> StarEngine:
+    """The STAR engine on the guard directory `path` (`guard`: device, dtype, template_kwargs, ...)."""
+    return StarEngine.from_dir(path, preset, **guard)
 
 
 class LocalScorer:
@@ -24,9 +35,8 @@ class LocalScorer:
     @staticmethod
     def from_dir(path: str, preset: str = "llama-guard-3") -> LocalScorer:
         """Load a guard directory in this process."""
-        from scorer_server.guards.loader import GuardConfig, load_guard
 
-        return LocalScorer(StarEngine(load_guard(GuardConfig(path=path, preset=preset))))
+        return LocalScorer(StarEngine.from_dir(path, preset))
 
     async def info(self) -> GuardInfo:
         return describe_guard(self.engine.guard, "in-process")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from scorer_server.errors import ConfigError
+from star_contract.errors import ConfigError
 
 SENTINEL = "\u2063STAR\u2063RESPONSE\u2063"
 """Stands in for the response when a template is probed; no real text contains it."""

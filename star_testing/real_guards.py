@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scorer_server.testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
+from star_testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
 
 LLAMA3_SPECIALS = (
     "<|begin_of_text|>",

@@ -7,10 +7,10 @@ with ScorerClient("localhost:50051") as client:
     print(client.info().fingerprint)
 """
 
-from scorer_server.errors import InvalidRequest
-from trainer_client.client.aio import AsyncScorerClient
-from trainer_client.client.config import ClientConfig
-from trainer_client.client.errors import ScorerCallError
-from trainer_client.client.sync import ScorerClient
+from star_client.aio import AsyncScorerClient
+from star_client.config import ClientConfig
+from star_client.errors import ScorerCallError
+from star_client.sync import ScorerClient
+from star_contract.errors import InvalidRequest
 
 __all__ = ["AsyncScorerClient", "ClientConfig", "InvalidRequest", "ScorerCallError", "ScorerClient"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scorer_server.errors import ConfigError
+from star_contract.errors import ConfigError
 
 
 def require_model_dir(path: str | Path, flag: str, adapter_ok: bool = False) -> Path:

@@ -1,0 +1,49 @@
+"""The guard's verdict head: logit(safe) - logit(unsafe) from two rows of the output embedding.
+
+The engine reads only these two rows instead of the whole vocabulary; `check_head` proves at load time
+that this reproduces the model's own logits for the guard's architecture.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from scorer_server.guards.loader import Guard
+
+
+def verdict_logit_diff(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
+    """logit(safe) - logit(unsafe) from final hidden states [N, H], using only the two verdict rows."""
+    head = guard.model.get_output_embeddings()
+    w = head.weight[[guard.safe_id, guard.unsafe_id]]
+    logits = hidden.to(w.dtype) @ w.T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[[guard.safe_id, guard.unsafe_id]]
+    cfg = guard.model.config
+    # The post-processing the families' own heads apply to logits (checked at load by `check_head`).
+    if getattr(cfg, "logits_scaling", None):
+        logits = logits / cfg.logits_scaling
+    if getattr(cfg, "logit_scale", None):
+        logits = logits * cfg.logit_scale
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    logits = logits.float()
+    return logits[:, 0] - logits[:, 1]
+
+
+@torch.inference_mode()
+def check_head(guard: Guard, prompt: list[int]) -> float:
+    """Gap between the two-row verdict head and the model's full logits at the end of `prompt`.
+
+    A guard whose head post-processes logits in a way `verdict_logit_diff` does not reproduce fails
+    this check at load time instead of giving silently wrong scores.
+    """
+    ids = torch.tensor([prompt], device=guard.device)
+    hidden = guard.model.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
+    fast = verdict_logit_diff(guard, hidden)[0].item()
+    logits = guard.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+    full = (logits[guard.safe_id] - logits[guard.unsafe_id]).item()
+    return abs(fast - full)

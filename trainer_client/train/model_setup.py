@@ -1,0 +1,59 @@
+"""The trainee's pieces before the loop runs: weights, LoRA adapters, optimizer and LR schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from trainer_client.train.config import TrainConfig
+from trainer_client.train.schedule import cosine_with_floor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_trainee(cfg: TrainConfig, device: Any) -> Any:
+    """The model to finetune, in `cfg.dtype`, on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
+    return model.to(device)
+
+
+def with_lora(cfg: TrainConfig, model: Any) -> Any:
+    """`model` wrapped with the LoRA adapters `cfg` asks for (only they train)."""
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lcfg)
+
+
+def optimizer_and_schedule(cfg: TrainConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters and the warmup + cosine-to-floor schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+    )
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_floor(total_steps, warmup, cfg.min_lr / cfg.lr)
+    )
+    return optimizer, schedule
+
+
+def allow_new_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another precision;
+    runs in one process (the programmatic API, tests) may each choose their own. The distributed part
+    of the state (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision", shared.get("mixed_precision"))) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
