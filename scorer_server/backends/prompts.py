@@ -8,14 +8,13 @@ engine that holds the weights.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scorer_server.guards.loader import (
-    PROBE,
     GuardConfig,
+    hash_prompt_side,
     load_tokenizer,
     prompt_side,
     read_template_file,
@@ -61,7 +60,5 @@ def load_prompt_guard(config: GuardConfig, engine: str) -> PromptGuard:
     config_file = path / "config.json"
     if config_file.is_file():
         h.update(config_file.read_bytes())
-    split = template.split(PROBE)
-    h.update(split.head.encode() + b"\0" + split.suffix.encode())
-    h.update(json.dumps([preset.safe_word, preset.unsafe_word, safe_id, unsafe_id]).encode())
+    hash_prompt_side(h, template, preset, safe_id, unsafe_id)
     return PromptGuard(tokenizer, template, preset, safe_id, unsafe_id, h.hexdigest()[:16], path.name)

@@ -255,6 +255,18 @@ def first_token_after(tokenizer: Any, prompt: str, word: str) -> int:
     return int(full[len(base)])
 
 
+def hash_prompt_side(
+    h: Any, template: GuardTemplate, preset: GuardPreset, safe_id: int, unsafe_id: int
+) -> None:
+    """Feed what the guard sees around the conversation (template split, verdict words and ids) to `h`.
+
+    Part of every fingerprint, local (`load_guard`) and remote (`load_prompt_guard`).
+    """
+    split = template.split(PROBE)
+    h.update(split.head.encode() + b"\0" + split.suffix.encode())
+    h.update(json.dumps([preset.safe_word, preset.unsafe_word, safe_id, unsafe_id]).encode())
+
+
 def _fingerprint(
     model: Any,
     template: GuardTemplate,
@@ -266,9 +278,7 @@ def _fingerprint(
     """Hash of everything the guard sees apart from the conversation: weights, template, policy."""
     h = hashlib.sha256()
     h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    split = template.split(PROBE)
-    h.update(split.head.encode() + b"\0" + split.suffix.encode())
-    h.update(json.dumps([preset.safe_word, preset.unsafe_word, safe_id, unsafe_id]).encode())
+    hash_prompt_side(h, template, preset, safe_id, unsafe_id)
     h.update(str(next(model.parameters()).dtype).encode())
     if config is not None:
         for f in sorted(Path(config.path).glob("*.safetensors")) + sorted(Path(config.path).glob("*.bin")):

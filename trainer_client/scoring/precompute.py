@@ -18,7 +18,7 @@ from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.prefetch import ScoreFetcher
 from trainer_client.scoring.scores_file import score_record, verdict_record
 from trainer_client.scoring.select import scorer_from
-from trainer_client.train.config import load_config
+from trainer_client.train.config import add_recipe_arguments, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,15 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "example of a training recipe's dataset and write them to a JSONL usable as the recipe's "
         "scores_file.",
     )
-    ap.add_argument("--config", required=True, help="the star-train YAML recipe (model, data, scorer, ...)")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key (repeatable)",
-    )
+    add_recipe_arguments(ap, config_required=True)
     ap.add_argument("--out", required=True, help="JSONL file to write")
     ap.add_argument("--verdicts", action="store_true", help="also store Judge verdicts (for method rs)")
     ap.add_argument("--batch", type=int, default=64, help="requests per scorer call (default 64)")

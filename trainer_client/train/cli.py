@@ -7,7 +7,7 @@ import json
 import sys
 
 from star_contract.cli_errors import USER_ERRORS, fail
-from trainer_client.train.config import load_config
+from trainer_client.train.config import add_recipe_arguments, load_config
 
 EPILOG = """examples:
   star-train --config examples/published.yaml --set model=/models/llama-3.2-1b-instruct \\
@@ -29,15 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--config", help="YAML recipe (a mapping of TrainConfig keys)")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one recipe key (repeatable); VALUE is parsed as YAML, lists as a,b,c",
-    )
+    add_recipe_arguments(ap, config_required=False)
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     return ap

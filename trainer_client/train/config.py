@@ -222,3 +222,17 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
             raise ValueError(f"--set expects key=value, got {item!r}")
         values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
     return build_config(values)
+
+
+def add_recipe_arguments(ap: Any, config_required: bool) -> None:
+    """`--config` (a YAML recipe) and repeatable `--set KEY=VALUE`, as star-train and
+    star-score-dataset read them (`load_config(args.config, args.overrides)`)."""
+    ap.add_argument("--config", required=config_required, help="YAML recipe (a mapping of TrainConfig keys)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one recipe key (repeatable); VALUE is parsed as YAML, lists as a,b,c",
+    )
