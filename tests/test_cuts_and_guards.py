@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from scorer_server.engine.cuts import plan_cuts
-from scorer_server.engine.engine import parse_categories
 from scorer_server.guards.loader import GuardConfig, load_guard
 from scorer_server.guards.presets import get_preset
+from scorer_server.guards.verdict import parse_categories
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, Segment, StarScores
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from dataclasses import dataclass, field
 from scorer_server.backends.http import Dispatcher, RetryPolicy
 from scorer_server.backends.prompts import PromptGuard
 from scorer_server.engine.cuts import plan_cuts
-from scorer_server.engine.engine import p_safe
 from scorer_server.guards.loader import describe_guard
+from scorer_server.guards.verdict import p_safe, read_verdict
 from star_contract.errors import InvalidRequest, NotReady
 from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
@@ -149,10 +148,4 @@ class RemoteBackend(ABC):
                 for p in prompts
             )
         )
-        pattern = re.compile(preset.category_pattern) if preset.category_pattern else None
-        verdicts = []
-        for out in outs:
-            p_unsafe = 1.0 - p_safe(out.diff)
-            cats = tuple(dict.fromkeys(pattern.findall(out.text))) if pattern and p_unsafe >= 0.5 else ()
-            verdicts.append(Verdict(p_unsafe=p_unsafe, categories=cats, text=out.text.strip()))
-        return verdicts
+        return [read_verdict(out.diff, out.text, preset) for out in outs]

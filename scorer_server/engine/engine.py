@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from scorer_server.engine.forward import (
 )
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
 from scorer_server.guards.loader import Guard, GuardConfig, load_guard
+from scorer_server.guards.verdict import p_safe, read_verdict
 from star_contract.types import Conversation, ScoreRequest, Segment, StarScores, Verdict
 
 Method = Literal["one_pass", "per_cut"]
@@ -42,15 +41,6 @@ class EngineConfig:
     tail_rows_per_item: int = 8
     """prefix_cache: rows the tails of one item are spread over (more rows: less attention, more copies
     of the trunk cache)."""
-
-
-def p_safe(diff: float, temperature: float = 1.0) -> float:
-    """sigmoid((logit_safe - logit_unsafe) / T), computed without overflow."""
-    z = diff / temperature
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 def pack_rows(items: list[WorkItem], max_batch_tokens: int) -> Iterator[list[WorkItem]]:
@@ -179,13 +169,7 @@ class StarEngine:
         for start in range(0, len(prompts), 32):
             diffs.extend(forward_prompts(g, prompts[start : start + 32], self.pad_id))
         texts = self._decode(prompts) if decode and g.preset.judge_max_new_tokens > 0 else [""] * len(prompts)
-        pattern = re.compile(g.preset.category_pattern) if g.preset.category_pattern else None
-        verdicts = []
-        for d, text in zip(diffs, texts, strict=True):
-            p_unsafe = 1.0 - p_safe(d)
-            cats = parse_categories(text, pattern) if p_unsafe >= 0.5 else ()
-            verdicts.append(Verdict(p_unsafe=p_unsafe, categories=cats, text=text.strip()))
-        return verdicts
+        return [read_verdict(d, text, g.preset) for d, text in zip(diffs, texts, strict=True)]
 
     def _decode(self, prompts: list[list[int]]) -> list[str]:
         g = self.guard
@@ -204,17 +188,6 @@ class StarEngine:
             )
             out_texts.extend(g.tokenizer.batch_decode(gen[:, length:], skip_special_tokens=True))
         return out_texts
-
-
-def parse_categories(text: str, pattern: re.Pattern[str] | None) -> tuple[str, ...]:
-    """Violated categories named in a decoded verdict, in order of first mention, without repeats.
-
-    Only the text after the verdict line is searched, so a category-like token in the verdict word
-    itself never counts."""
-    if pattern is None:
-        return ()
-    rest = text.strip().split("\n", 1)
-    return tuple(dict.fromkeys(pattern.findall(rest[1]))) if len(rest) == 2 else ()
 
 
 def _scores(plan: ResponsePlan, found: dict[int, float]) -> StarScores:

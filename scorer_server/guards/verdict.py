@@ -1,0 +1,48 @@
+"""Reading a guard's answer: STAR probability from the verdict logit gap, categories from its text.
+
+One reader for every backend, so the local engine and a remote engine name the same categories for
+the same verdict.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+
+from scorer_server.guards.presets import GuardPreset
+from star_contract.types import Verdict
+
+
+def p_safe(diff: float, temperature: float = 1.0) -> float:
+    """sigmoid((logit_safe - logit_unsafe) / T), computed without overflow."""
+    z = diff / temperature
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def parse_categories(text: str, pattern: re.Pattern[str] | None) -> tuple[str, ...]:
+    """Violated categories named in a decoded verdict, in order of first mention, without repeats.
+
+    Only the text after the verdict line is searched, so a category-like token in the verdict word
+    itself never counts."""
+    if pattern is None:
+        return ()
+    rest = text.strip().split("\n", 1)
+    return tuple(dict.fromkeys(pattern.findall(rest[1]))) if len(rest) == 2 else ()
+
+
+def read_verdict(diff: float, text: str, preset: GuardPreset) -> Verdict:
+    """The Verdict for logit(safe) - logit(unsafe) = `diff` and the guard's decoded answer `text`
+    (categories only for an unsafe verdict, read as `parse_categories` says)."""
+    p_unsafe = 1.0 - p_safe(diff)
+    pattern = _compiled(preset.category_pattern) if preset.category_pattern else None
+    cats = parse_categories(text, pattern) if p_unsafe >= 0.5 else ()
+    return Verdict(p_unsafe=p_unsafe, categories=cats, text=text.strip())

@@ -1,0 +1,30 @@
+"""One verdict reader for the local engine and the remote backends (they used to disagree: the remote
+path searched the whole answer for categories, the local one only the lines after the verdict)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scorer_server.backends import remote
+from scorer_server.engine import engine
+from scorer_server.guards.presets import get_preset
+from scorer_server.guards.verdict import read_verdict
+
+
+def test_categories_are_read_after_the_verdict_line_only() -> None:
+    preset = get_preset("llama-guard-3")
+    v = read_verdict(-3.0, "unsafe S3\nS1,S10,S1", preset)
+    assert v.unsafe and v.categories == ("S1", "S10") and v.text == "unsafe S3\nS1,S10,S1"
+    assert v.p_unsafe == pytest.approx(1.0 / (1.0 + math.exp(-3.0)))
+    assert read_verdict(-3.0, "unsafe S3", preset).categories == ()
+
+
+def test_a_safe_verdict_names_no_category() -> None:
+    v = read_verdict(2.0, "safe\nS1", get_preset("llama-guard-3"))
+    assert not v.unsafe and v.categories == ()
+
+
+def test_both_judge_paths_use_the_one_reader() -> None:
+    assert engine.read_verdict is read_verdict and remote.read_verdict is read_verdict
