@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scorer_server.guards.loader import GuardConfig
+from scorer_server.limits import Limits
 
 BACKENDS = ("local", "vllm", "tgi")
 
@@ -87,6 +88,11 @@ class ServerConfig:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def limits(self) -> Limits:
+        """The request limits every RPC and every backend enforces."""
+        return Limits(self.max_conversation_tokens, self.max_cuts, self.max_judge_conversations)
 
     def guard_config(self) -> GuardConfig:
         """The guard settings, parsed (raises ValueError on a bad --template-kwargs)."""

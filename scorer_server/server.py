@@ -17,7 +17,6 @@ from grpc_reflection.v1alpha import reflection
 
 from scorer_server.api.interceptors import AuthInterceptor, ErrorInterceptor
 from scorer_server.api.servicer import ScorerServicer
-from scorer_server.api.validation import Limits
 from scorer_server.backends.base import ScoringBackend
 from scorer_server.batcher import BatcherConfig
 from scorer_server.config import ServerConfig
@@ -67,8 +66,7 @@ def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBacken
             guard=guard,
             batcher=batcher,
             max_row_tokens=config.max_row_tokens,
-            max_conversation_tokens=config.max_conversation_tokens,
-            max_cuts=config.max_cuts,
+            limits=config.limits,
             threads=config.threads,
             warmup=config.warmup,
         )
@@ -81,7 +79,7 @@ def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBacken
             f"available in this installation ({exc})"
         ) from None
     backend: ScoringBackend = build_remote_backend(
-        config.backend, list(config.remote_url), guard, config.remote_max_concurrency
+        config.backend, list(config.remote_url), guard, config.remote_max_concurrency, config.limits
     )
     return backend
 
@@ -93,8 +91,7 @@ class ScorerServer:
         self.config = config
         self.metrics = ServerMetrics()
         self.backend = build_backend(config, self.metrics)
-        limits = Limits(config.max_conversation_tokens, config.max_cuts, config.max_judge_conversations)
-        self.servicer = ScorerServicer(self.backend, limits, self.metrics, config.max_message_bytes)
+        self.servicer = ScorerServicer(self.backend, config.limits, self.metrics, config.max_message_bytes)
         self.health = health_aio.HealthServicer()
         self._stop = asyncio.Event()
         self.server: grpc.aio.Server | None = None

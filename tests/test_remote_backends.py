@@ -21,6 +21,7 @@ from scorer_server.backends.tgi import TgiBackend, verdict_diff
 from scorer_server.backends.vllm import VllmBackend
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.guards.loader import GuardConfig
+from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
@@ -372,16 +373,16 @@ def test_retry_delays_grow_and_are_capped() -> None:
 
 def test_factory_and_its_errors(guard_dir: Path) -> None:
     cfg = GuardConfig(path=str(guard_dir))
-    b = build_remote_backend("vllm", ["http://vllm-0:8000"], cfg, 8)
+    b = build_remote_backend("vllm", ["http://vllm-0:8000"], cfg, 8, Limits())
     assert isinstance(b, VllmBackend) and b.info().backend == "vllm"
-    t = build_remote_backend("tgi", ["http://tgi-0:80", "http://tgi-1:80"], cfg, 8)
+    t = build_remote_backend("tgi", ["http://tgi-0:80", "http://tgi-1:80"], cfg, 8, Limits())
     assert isinstance(t, TgiBackend) and t.info().fingerprint != b.info().fingerprint
     with pytest.raises(ValueError, match="vllm, tgi"):
-        build_remote_backend("triton", ["http://x"], cfg, 8)
+        build_remote_backend("triton", ["http://x"], cfg, 8, Limits())
     with pytest.raises(ValueError, match="http"):
-        build_remote_backend("vllm", ["vllm-0:8000"], cfg, 8)
+        build_remote_backend("vllm", ["vllm-0:8000"], cfg, 8, Limits())
     with pytest.raises(ValueError, match="does not exist"):
-        build_remote_backend("vllm", ["http://x"], GuardConfig(path=str(guard_dir / "nope")), 8)
+        build_remote_backend("vllm", ["http://x"], GuardConfig(path=str(guard_dir / "nope")), 8, Limits())
 
 
 def test_remote_prompts_match_the_local_guard(guard_dir: Path, guard: PromptGuard) -> None:
@@ -391,6 +392,6 @@ def test_remote_prompts_match_the_local_guard(guard_dir: Path, guard: PromptGuar
     local = load_guard(GuardConfig(path=str(guard_dir)))
     assert (guard.safe_id, guard.unsafe_id) == (local.safe_id, local.unsafe_id)
     assert guard.template.render(CONV, 10) == local.template.render(CONV, 10)
-    backend = VllmBackend(guard, RemoteConfig(urls=("http://x",), max_cuts=3))
+    backend = VllmBackend(guard, RemoteConfig(urls=("http://x",), limits=Limits(max_cuts=3)))
     with pytest.raises(InvalidRequest, match="limit of 3"):
         backend.prompts(ScoreRequest(CONV, CutSpec(CutKind.WORDS, every=1)))

@@ -10,8 +10,9 @@ from typing import Any
 import grpc
 
 from scorer_server.api.status import status_for
-from scorer_server.api.validation import Limits, validate_judge, validate_score_request
+from scorer_server.api.validation import validate_judge, validate_score_request
 from scorer_server.backends.base import ScoringBackend
+from scorer_server.limits import Limits
 from scorer_server.metrics import ServerMetrics
 from star_contract import convert
 from star_contract.errors import NotReady

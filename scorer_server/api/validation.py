@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, ScoreRequest
 
 MAX_EVERY = 1_000_000
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request limits enforced before any work is queued."""
-
-    max_conversation_tokens: int = 8192
-    max_cuts: int = 512
-    max_judge_conversations: int = 64
-
-    @property
-    def max_conversation_chars(self) -> int:
-        # A cheap bound before tokenising: no tokenizer packs more than ~32 characters into a token.
-        return self.max_conversation_tokens * 32
 
 
 def validate_conversation(conv: Conversation, limits: Limits, field: str = "conversation") -> None:

@@ -7,12 +7,13 @@ from scorer_server.backends.http import RetryPolicy
 from scorer_server.backends.prompts import PromptGuard, load_prompt_guard
 from scorer_server.backends.remote import RemoteBackend, RemoteConfig
 from scorer_server.guards.loader import GuardConfig
+from scorer_server.limits import Limits
 
 REMOTE_KINDS = ("vllm", "tgi")
 
 
 def build_remote_backend(
-    kind: str, urls: list[str], guard_config: GuardConfig, max_concurrency: int
+    kind: str, urls: list[str], guard_config: GuardConfig, max_concurrency: int, limits: Limits
 ) -> ScoringBackend:
     """A backend that renders prompts here (tokenizer only) and runs forwards on `urls`.
 
@@ -25,7 +26,7 @@ def build_remote_backend(
     if not urls or bad:
         raise ValueError(f"--remote-url needs http(s):// base URLs of the {kind} servers, got {urls}")
     guard = load_prompt_guard(guard_config, kind)
-    config = RemoteConfig(urls=tuple(urls), max_concurrency=max_concurrency)
+    config = RemoteConfig(urls=tuple(urls), max_concurrency=max_concurrency, limits=limits)
     backend: RemoteBackend
     if kind == "vllm":
         from scorer_server.backends.vllm import VllmBackend

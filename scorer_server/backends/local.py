@@ -10,13 +10,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from scorer_server import __version__
 from scorer_server.batcher import Batcher, BatcherConfig, BatchObserver
 from scorer_server.guards.loader import GuardConfig, describe_guard
-from star_contract.errors import InvalidRequest, NotReady
+from scorer_server.limits import Limits
+from star_contract.errors import NotReady
 from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
 log = logging.getLogger("star.backend")
@@ -40,8 +41,7 @@ class LocalBackendConfig:
     guard: GuardConfig
     batcher: BatcherConfig
     max_row_tokens: int = 4096
-    max_conversation_tokens: int = 8192
-    max_cuts: int = 512
+    limits: Limits = field(default_factory=Limits)
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
     warmup: bool = True
@@ -84,8 +84,8 @@ class LocalBackend:
         self._info = describe_guard(
             g,
             "local",
-            max_conversation_tokens=self.config.max_conversation_tokens,
-            max_cuts=self.config.max_cuts,
+            max_conversation_tokens=self.config.limits.max_conversation_tokens,
+            max_cuts=self.config.limits.max_cuts,
             server_version=__version__,
         )
 
@@ -101,7 +101,7 @@ class LocalBackend:
         engine_config = EngineConfig(
             max_batch_tokens=self.config.batcher.max_batch_tokens,
             max_row_tokens=self.config.max_row_tokens,
-            max_conversation_tokens=self.config.max_conversation_tokens,
+            limits=self.config.limits,
         )
         log.info("guard loaded", extra={"guard": guard.name, "fingerprint": guard.fingerprint})
         return StarEngine(guard, engine_config)
@@ -115,11 +115,6 @@ class LocalBackend:
 
     def _plan(self, request: ScoreRequest) -> list[Any]:
         plan = self._engine.plan(request)
-        if len(plan.cuts) > self.config.max_cuts:
-            raise InvalidRequest(
-                f"the request makes {len(plan.cuts)} cuts, over the limit of {self.config.max_cuts}; "
-                "cut less often (a larger `every`) or split the response"
-            )
         return list(self._engine.work_items(plan))
 
     async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[list[Segment]]:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 from scorer_server.backends.http import Dispatcher, RetryPolicy
 from scorer_server.backends.prompts import PromptGuard
-from scorer_server.engine.cuts import plan_cuts
+from scorer_server.engine.prepare import prepare
 from scorer_server.guards.loader import describe_guard
 from scorer_server.guards.verdict import p_safe, read_verdict
-from star_contract.errors import InvalidRequest, NotReady
+from scorer_server.limits import Limits
+from star_contract.errors import NotReady
 from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
 
@@ -37,8 +38,7 @@ class RemoteConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     model: str | None = None
     """The served model name (vLLM's --served-model-name); None lets the engine use its only model."""
-    max_conversation_tokens: int = 8192
-    max_cuts: int = 512
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,8 @@ class RemoteBackend(ABC):
         return describe_guard(
             self.guard,
             self.kind,
-            max_conversation_tokens=self.config.max_conversation_tokens,
-            max_cuts=self.config.max_cuts,
+            max_conversation_tokens=self.config.limits.max_conversation_tokens,
+            max_cuts=self.config.limits.max_cuts,
         )
 
     async def start(self) -> None:
@@ -96,21 +96,9 @@ class RemoteBackend(ABC):
 
     def prompts(self, request: ScoreRequest) -> tuple[list[int], list[str]]:
         """The cuts of a request and the rendered guard prompt of each."""
-        conv = request.conversation
-        if not conv.messages or conv.messages[-1].role != "assistant":
-            raise InvalidRequest("the last message must be the assistant response to score")
-        cuts = plan_cuts(conv.response, request.cuts, self.guard.tokenizer)
-        if len(cuts) > self.config.max_cuts:
-            limit = self.config.max_cuts
-            raise InvalidRequest(f"the request makes {len(cuts)} cuts, over the limit of {limit}")
-        texts = [self.guard.template.render(conv, c) for c in cuts]
-        n, limit = len(self.guard.encode(texts[-1])), self.config.max_conversation_tokens
-        if n > limit:
-            raise InvalidRequest(
-                f"the conversation is {n} guard tokens, over the limit of {limit}; "
-                "shorten it or raise the server's max conversation tokens"
-            )
-        return cuts, texts
+        g = self.guard
+        prep = prepare(request, g.template, g.tokenizer, g.encode, self.config.limits)
+        return prep.cuts, prep.texts
 
     async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[list[Segment]]:
         """Yield segments as their requests finish (each part sorted by offset)."""
@@ -142,6 +130,8 @@ class RemoteBackend(ABC):
         preset = self.guard.preset
         steps = max(1, preset.judge_max_new_tokens)
         prompts = [self.guard.template.render(c) for c in conversations]
+        for i, p in enumerate(prompts):
+            self.config.limits.check_tokens(len(self.guard.encode(p)), f"conversations[{i}]")
         outs = await asyncio.gather(
             *(
                 self.dispatcher.call(functools.partial(self._readout, prompt=p, max_new_tokens=steps))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from scorer_server.engine.forward import (
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
 from scorer_server.guards.loader import Guard, GuardConfig, load_guard
 from scorer_server.guards.verdict import p_safe, read_verdict
+from scorer_server.limits import Limits
 from star_contract.types import Conversation, ScoreRequest, Segment, StarScores, Verdict
 
 Method = Literal["one_pass", "per_cut"]
@@ -31,8 +32,8 @@ class EngineConfig:
     """Padded tokens in one forward (rows x longest row). Bounds activations and mask memory."""
     max_row_tokens: int = 4096
     """Tokens in one row; a response whose trunk + tails exceed it is split over several rows."""
-    max_conversation_tokens: int = 8192
-    """Longest full-response guard prompt accepted."""
+    limits: Limits = field(default_factory=Limits)
+    """What one request may ask for (cuts, guard tokens), checked before the work."""
     layout: Literal["auto", "prefix_cache", "tree"] = "auto"
     """How a forward computes the cuts. `tree`: one forward per batch, every row holding its trunk and
     tails under a 4-D mask. `prefix_cache`: the trunks first, then the tails against copies of their
@@ -93,7 +94,7 @@ class StarEngine:
 
     # -- planning (CPU only; safe to run on another thread than the forward) --
     def plan(self, request: ScoreRequest) -> ResponsePlan:
-        return plan_response(self.guard, request, self.config.max_conversation_tokens)
+        return plan_response(self.guard, request, self.config.limits)
 
     def work_items(self, plan: ResponsePlan) -> list[WorkItem]:
         return split_plan(plan, self.config.max_row_tokens)
@@ -165,6 +166,8 @@ class StarEngine:
         """P(unsafe) of each full response and, when `decode`, the guard's verdict text and categories."""
         g = self.guard
         prompts = g.encode([g.template.render(c) for c in conversations])
+        for i, p in enumerate(prompts):
+            self.config.limits.check_tokens(len(p), f"conversations[{i}]")
         diffs = []
         for start in range(0, len(prompts), 32):
             diffs.extend(forward_prompts(g, prompts[start : start + 32], self.pad_id))

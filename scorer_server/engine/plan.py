@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scorer_server.engine.cuts import plan_cuts
+from scorer_server.engine.prepare import prepare
 from scorer_server.guards.loader import Guard
-from star_contract.errors import InvalidRequest
+from scorer_server.limits import Limits
 from star_contract.types import ScoreRequest
 
 
@@ -70,27 +70,21 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def plan_response(guard: Guard, request: ScoreRequest, max_tokens: int | None = None) -> ResponsePlan:
-    """Render and tokenise every cut of one response and lay it out as trunk + tails."""
-    conv = request.conversation
-    if not conv.messages or conv.messages[-1].role != "assistant":
-        raise InvalidRequest("the last message must be the assistant response to score")
-    cuts = plan_cuts(conv.response, request.cuts, guard.tokenizer)
-    texts = [guard.template.render(conv, c) for c in cuts]
-    ids = guard.encode(texts)
-    trunk = ids[-1]
-    if max_tokens is not None and len(trunk) > max_tokens:
-        raise InvalidRequest(
-            f"the conversation is {len(trunk)} guard tokens, over the limit of {max_tokens}; "
-            "shorten it or raise the server's max conversation tokens"
-        )
+def plan_response(guard: Guard, request: ScoreRequest, limits: Limits | None = None) -> ResponsePlan:
+    """Render and tokenise every cut of one response (limits checked first, see `prepare`) and lay it
+    out as trunk + tails."""
+    prep = prepare(
+        request, guard.template, guard.tokenizer, lambda t: guard.encode([t])[0], limits or Limits()
+    )
+    ids = [*guard.encode(prep.texts[:-1]), prep.trunk] if len(prep.texts) > 1 else [prep.trunk]
+    trunk = prep.trunk
     shared: list[int] = []
     tails: list[list[int]] = []
     for x in ids:
         lcp = _common_prefix(x, trunk)
         shared.append(lcp)
         tails.append(x[lcp:])  # empty when the input is a prefix of the trunk: read off the trunk
-    return ResponsePlan(request, cuts, trunk, shared, tails, [len(x) for x in ids])
+    return ResponsePlan(request, prep.cuts, trunk, shared, tails, [len(x) for x in ids])
 
 
 def split_plan(plan: ResponsePlan, max_row_tokens: int) -> list[WorkItem]:
