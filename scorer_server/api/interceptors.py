@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from scorer_server.api.decoding import check_request, tolerant
 from scorer_server.api.status import Unauthenticated, status_for
 from scorer_server.metrics import ServerMetrics
 
@@ -24,7 +25,9 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 """Methods that need no token: Kubernetes probes carry none."""
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler | None, method: str, wrap: Wrapper) -> Any:
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler | None, method: str, wrap: Wrapper, tolerate_bad_bytes: bool = False
+) -> Any:
     if handler is None:
         return None
     kinds = (
@@ -38,7 +41,11 @@ def _wrap_handler(handler: grpc.RpcMethodHandler | None, method: str, wrap: Wrap
         if fn is not None:
             return factory(
                 wrap(fn, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=(
+                    tolerant(handler.request_deserializer)
+                    if tolerate_bad_bytes
+                    else handler.request_deserializer
+                ),
                 response_serializer=handler.response_serializer,
             )
     return handler
@@ -87,10 +94,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        return _wrap_handler(handler, details.method, self._wrap)
+        return _wrap_handler(handler, details.method, self._wrap, tolerate_bad_bytes=True)
 
     def _wrap(self, fn: Behavior, method: str) -> Behavior:
         name = method.rsplit("/", 1)[-1]
+
+        def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return fn(check_request(request), context)
+
+        if inspect.isasyncgenfunction(fn):
+
+            async def checked_gen(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for item in fn(check_request(request), context):
+                    yield item
+
+            inner: Behavior = checked_gen
+        else:
+            inner = checked
 
         async def before(context: grpc.aio.ServicerContext) -> None:
             return None
@@ -112,7 +132,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             context.set_trailing_metadata(status.trailing_metadata())
             await context.abort(status.code, status.message)
 
-        return _around(fn, before, after)
+        return _around(inner, before, after)
 
     def _count(self, method: str, code: str) -> None:
         if self._metrics is not None:

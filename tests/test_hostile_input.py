@@ -1,0 +1,101 @@
+"""Hostile input against a real `star-scorer serve`: raw stubs and hand-built bytes on loopback.
+
+Each test stands for a defect found by driving the server with generated stubs: a huge response that
+starved planning, malformed bytes answered UNKNOWN / INTERNAL with protobuf internals, and a Judge
+that skipped the conversation-token limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from star_proto import scorer_pb2 as pb
+from star_proto import scorer_pb2_grpc as pb_grpc
+
+IDENTITY = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+SCORE = "/star.v1.ScorerService/Score"
+JUDGE = "/star.v1.ScorerService/Judge"
+STREAM = "/star.v1.ScorerService/ScoreStream"
+
+
+@pytest.fixture(scope="module")
+def server(start_server: Any) -> Iterator[Any]:
+    srv = start_server()
+    yield srv
+    srv.stop()
+
+
+def conversation(response: str) -> pb.Conversation:
+    return pb.Conversation(
+        messages=[
+            pb.Message(role=pb.ROLE_USER, content="How do I do it?"),
+            pb.Message(role=pb.ROLE_ASSISTANT, content=response),
+        ]
+    )
+
+
+def ordinary() -> pb.ScoreRequest:
+    return pb.ScoreRequest(conversation=conversation("Sure, here is how to do it step by step."))
+
+
+def test_a_huge_response_is_refused_fast_and_the_server_keeps_scoring(server: Any) -> None:
+    huge = ("lorem ipsum dolor sit amet " * 7500)[:200_000]
+    with grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.ScorerServiceStub(ch)
+        t0 = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Score(pb.ScoreRequest(conversation=conversation(huge)), timeout=30))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "over the limit of 512" in (err.value.details() or "")
+        assert time.perf_counter() - t0 < 10
+        parts = list(stub.Score(ordinary(), timeout=30))  # planning is not stuck behind it
+        assert parts[-1].complete
+
+
+@pytest.mark.parametrize(
+    ("method", "payload", "reason"),
+    [
+        (SCORE, b"\x0a\xff\xff\xff\xff\x0f", "corrupt wire format"),
+        # field 1 (conversation) > field 1 (messages) > field 2 (content) holding bytes that are not UTF-8
+        (JUDGE, b"\x0a\x06\x0a\x04\x12\x02\xc3\x28", ""),
+    ],
+)
+def test_malformed_bytes_are_invalid_argument(server: Any, method: str, payload: bytes, reason: str) -> None:
+    with grpc.insecure_channel(server.address) as ch:
+        if method == SCORE:
+            call = ch.unary_stream(method, **IDENTITY)
+            with pytest.raises(grpc.RpcError) as err:
+                list(call(payload, timeout=10))
+        else:
+            with pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary(method, **IDENTITY)(payload, timeout=10)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details() or ""
+    assert "not valid protobuf" in details and reason in details and "DecodeError" not in details
+
+
+def test_malformed_bytes_in_a_stream_are_invalid_argument(server: Any) -> None:
+    good = pb.ScoreStreamRequest(request_id="a", request=ordinary()).SerializeToString()
+    with grpc.insecure_channel(server.address) as ch:
+        call = ch.stream_stream(STREAM, **IDENTITY)
+        with pytest.raises(grpc.RpcError) as err:
+            list(call(iter([good, b"\x0a\xff\xff\xff\xff\x0f"]), timeout=20))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "not valid protobuf" in (err.value.details() or "")
+
+
+def test_judge_enforces_the_conversation_token_limit(server: Any) -> None:
+    long = " ".join(["word"] * 11_000)  # far over 8192 guard tokens, under the character bound
+    with grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.ScorerServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Judge(pb.JudgeRequest(conversations=[conversation(long)]), timeout=60)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "over the limit of 8192" in (err.value.details() or "")
+        ok = stub.Judge(pb.JudgeRequest(conversations=[ordinary().conversation]), timeout=30)
+        assert len(ok.verdicts) == 1
