@@ -99,3 +99,22 @@ def test_judge_enforces_the_conversation_token_limit(server: Any) -> None:
         assert "over the limit of 8192" in (err.value.details() or "")
         ok = stub.Judge(pb.JudgeRequest(conversations=[ordinary().conversation]), timeout=30)
         assert len(ok.verdicts) == 1
+
+
+def test_a_duplicate_request_id_is_already_exists_and_the_first_result_still_arrives(server: Any) -> None:
+    first = pb.ScoreStreamRequest(request_id="same", request=ordinary())
+    dup = pb.ScoreStreamRequest(
+        request_id="same", request=pb.ScoreRequest(conversation=conversation("Other."))
+    )
+    with grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.ScorerServiceStub(ch)
+        answers = list(stub.ScoreStream(iter([first, dup]), timeout=30))
+    errors = [a.error for a in answers if a.HasField("error")]
+    results = [a.result for a in answers if a.HasField("result")]
+    assert len(errors) == 1 and errors[0].code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+    assert "'same'" in errors[0].message
+    assert (
+        results
+        and results[-1].complete
+        and results[-1].segments[-1].end == len(ordinary().conversation.messages[-1].content)
+    )

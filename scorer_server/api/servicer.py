@@ -133,9 +133,11 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
                         continue
                     if msg.request_id in tasks:
                         err = pb.Error(
-                            code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                            message=f"request_id {msg.request_id!r} is already outstanding on this stream",
+                            code=grpc.StatusCode.ALREADY_EXISTS.value[0],
+                            message=f"request_id {msg.request_id!r} is already outstanding on this stream; "
+                            "this duplicate was not scheduled, the first request's responses follow",
                         )
+                        self._count("ALREADY_EXISTS")
                         out.put_nowait(pb.ScoreStreamResponse(request_id=msg.request_id, error=err))
                         continue
                     tasks[msg.request_id] = asyncio.create_task(one(msg.request_id, msg.request))
