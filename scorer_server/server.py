@@ -53,6 +53,24 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep stderr one JSON object per line: libraries' own progress bars off, their warnings through
+    the JSON handler (transformers writes "Loading weights" bars and warnings to stderr itself)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.captureWarnings(True)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
 
 
 def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBackend:

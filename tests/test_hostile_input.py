@@ -118,3 +118,20 @@ def test_a_duplicate_request_id_is_already_exists_and_the_first_result_still_arr
         and results[-1].complete
         and results[-1].segments[-1].end == len(ordinary().conversation.messages[-1].content)
     )
+
+
+def test_the_log_is_one_json_object_per_line(server: Any) -> None:
+    """Runs after the hostile calls above: loading, refusals and malformed bytes all logged as JSON,
+    no library progress bar, warning or traceback in between."""
+    import json
+
+    lines = [x for x in server.log_path.read_text().splitlines() if x.strip()]
+    assert lines
+    bad = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            bad.append(line)
+    assert bad == []
+    assert "Traceback" not in server.log_path.read_text()
