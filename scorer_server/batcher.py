@@ -38,6 +38,9 @@ class BatcherConfig:
     """Longest a queued item waits for company before its forward starts anyway."""
     max_queue: int = 1024
     """Tickets (requests) queued or running; more get Overloaded."""
+    max_pending_tokens: int = 2_000_000
+    """Guard tokens of all outstanding requests' rows (what their plans hold in memory); a request that
+    would go beyond it gets Overloaded, unless nothing else is outstanding."""
 
 
 class BatchObserver(Protocol):
@@ -101,6 +104,9 @@ class Batcher(Generic[I, R]):
         self._queue: list[_Entry[I, R]] = []
         self._seq = itertools.count()
         self._outstanding: set[Ticket[R]] = set()
+        self._ticket_tokens: dict[int, int] = {}
+        self.pending_tokens = 0
+        """Tokens of the outstanding tickets' items."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -116,12 +122,22 @@ class Batcher(Generic[I, R]):
                 f"the scorer queue is full ({self.config.max_queue} requests); retry shortly",
                 retry_after_s=self.retry_hint(),
             )
+        costs = [self._cost(item) for item in items]
+        total = sum(costs)
+        if self._outstanding and self.pending_tokens + total > self.config.max_pending_tokens:
+            raise Overloaded(
+                f"the scorer holds {self.pending_tokens} guard tokens of pending work; this request's "
+                f"{total} would pass the limit of {self.config.max_pending_tokens}; retry shortly",
+                retry_after_s=self.retry_hint(),
+            )
         loop = asyncio.get_running_loop()
         ticket: Ticket[R] = Ticket([loop.create_future() for _ in items], priority)
         now = time.monotonic()
-        for item, fut in zip(items, ticket.futures, strict=True):
-            self._queue.append(_Entry(priority, next(self._seq), item, self._cost(item), ticket, fut, now))
+        for item, cost, fut in zip(items, costs, ticket.futures, strict=True):
+            self._queue.append(_Entry(priority, next(self._seq), item, cost, ticket, fut, now))
         self._outstanding.add(ticket)
+        self._ticket_tokens[id(ticket)] = total
+        self.pending_tokens += total
         settle = functools.partial(self._settle, ticket)
         for fut in ticket.futures:
             fut.add_done_callback(settle)
@@ -132,6 +148,7 @@ class Batcher(Generic[I, R]):
     def _settle(self, ticket: Ticket[R], _future: object = None) -> None:
         if ticket in self._outstanding and ticket.done:
             self._outstanding.discard(ticket)
+            self.pending_tokens -= self._ticket_tokens.pop(id(ticket), 0)
             self._report_queue()
 
     def _report_queue(self) -> None:

@@ -59,6 +59,9 @@ class ServerConfig:
     max_row_tokens: int = _opt(4096, "tokens in one row; longer responses are split into several parts")
     max_wait_ms: float = _opt(5.0, "longest time the batcher holds work while waiting to fill a forward")
     max_queue: int = _opt(1024, "requests queued or running before new ones get RESOURCE_EXHAUSTED")
+    max_pending_tokens: int = _opt(
+        2_000_000, "guard tokens of all queued or running work before new requests get RESOURCE_EXHAUSTED"
+    )
     max_conversation_tokens: int = _opt(8192, "longest guard prompt (whole conversation) accepted")
     max_cuts: int = _opt(512, "most cuts one request may produce")
     max_judge_conversations: int = _opt(64, "most conversations in one Judge call")
@@ -132,7 +135,14 @@ class ServerConfig:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-        for name in ("max_batch_tokens", "max_row_tokens", "max_queue", "max_cuts", "max_message_bytes"):
+        for name in (
+            "max_batch_tokens",
+            "max_row_tokens",
+            "max_queue",
+            "max_pending_tokens",
+            "max_cuts",
+            "max_message_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.omp_wait_policy.lower() not in ("passive", "active"):

@@ -79,7 +79,9 @@ def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBacken
     if config.backend == "local":
         from scorer_server.backends.local import LocalBackend, LocalBackendConfig
 
-        batcher = BatcherConfig(config.max_batch_tokens, config.max_wait_ms / 1000.0, config.max_queue)
+        batcher = BatcherConfig(
+            config.max_batch_tokens, config.max_wait_ms / 1000.0, config.max_queue, config.max_pending_tokens
+        )
         local = LocalBackendConfig(
             guard=guard,
             batcher=batcher,

@@ -37,6 +37,7 @@ def make(rec: Recorder, **kw: float) -> Batcher[int, int]:
         max_batch_tokens=int(kw.get("budget", 100)),
         max_wait_s=kw.get("wait", 0.01),
         max_queue=int(kw.get("queue", 100)),
+        max_pending_tokens=int(kw.get("pending", 1_000_000)),
     )
     b: Batcher[int, int] = Batcher(cfg, rec, cost=lambda i: 10, executor=ThreadPoolExecutor(1))
     b.start()
@@ -89,6 +90,27 @@ def test_bounded_queue_overloaded_with_hint() -> None:
         await asyncio.gather(*(t.futures[0] for t in tickets))
         assert b.depth == 0
         b.submit([9])  # room again
+        await b.stop()
+
+    asyncio.run(main())
+
+
+def test_pending_token_budget_overloaded_then_room_again() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        rec.gate.clear()
+        b = make(rec, pending=50)  # every item costs 10 tokens
+        big = b.submit([1, 2, 3, 4])  # 40 tokens
+        with pytest.raises(Overloaded, match=r"40 guard tokens of pending work.*limit of 50") as err:
+            b.submit([5, 6])  # 20 more would pass 50
+        assert err.value.retry_after_s > 0
+        small = b.submit([7])  # 10 more fit exactly
+        assert b.pending_tokens == 50
+        rec.gate.set()
+        await asyncio.gather(*big.futures, *small.futures)
+        assert b.pending_tokens == 0
+        alone = b.submit(list(range(8)))  # over the budget on its own: admitted when nothing else waits
+        await asyncio.gather(*alone.futures)
         await b.stop()
 
     asyncio.run(main())
