@@ -111,6 +111,7 @@ class Batcher(Generic[I, R]):
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._forward_s = 0.05  # running estimate, for retry hints
+        self._progress_at = time.monotonic()
 
     # -- submitting --
     def submit(self, items: list[I], priority: int = 0) -> Ticket[R]:
@@ -135,6 +136,8 @@ class Batcher(Generic[I, R]):
         now = time.monotonic()
         for item, cost, fut in zip(items, costs, ticket.futures, strict=True):
             self._queue.append(_Entry(priority, next(self._seq), item, cost, ticket, fut, now))
+        if not self._outstanding:
+            self._progress_at = time.monotonic()  # idle until now: the stall clock starts here
         self._outstanding.add(ticket)
         self._ticket_tokens[id(ticket)] = total
         self.pending_tokens += total
@@ -159,6 +162,10 @@ class Batcher(Generic[I, R]):
     def depth(self) -> int:
         """Requests queued or running."""
         return len(self._outstanding)
+
+    def stalled_s(self) -> float:
+        """Seconds outstanding work has waited without a forward finishing (0 when idle)."""
+        return time.monotonic() - self._progress_at if self._outstanding else 0.0
 
     def retry_hint(self) -> float:
         queued = sum(e.tokens for e in self._queue)
@@ -211,6 +218,7 @@ class Batcher(Generic[I, R]):
                         e.future.set_exception(exc)
                 continue
             seconds = time.monotonic() - t0
+            self._progress_at = time.monotonic()
             self._forward_s = 0.8 * self._forward_s + 0.2 * seconds
             if self._observer is not None:
                 self._observer.on_batch(len(batch), tokens, seconds)

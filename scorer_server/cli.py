@@ -26,6 +26,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _exit_past_stuck_threads(code: int) -> int:
+    """`code`, and exit now when a worker thread is still busy after the drain (a forward or a
+    planning step that hangs would otherwise keep the process alive past its grace period)."""
+    import logging
+    import os
+    import sys
+    import threading
+
+    busy = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if busy:
+        logging.getLogger("star.server").warning("exiting past busy threads", extra={"threads": busy})
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -40,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         from scorer_server.server import serve, setup_logging
 
         setup_logging(config.log_level)
-        return asyncio.run(serve(config))
+        return _exit_past_stuck_threads(asyncio.run(serve(config)))
     except USER_ERRORS as exc:
         return fail(f"star-scorer {args.command}", exc)
     except KeyboardInterrupt:

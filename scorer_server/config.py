@@ -76,6 +76,9 @@ class ServerConfig:
         "cores); an OMP_WAIT_POLICY already set in the environment is kept",
     )
     grace_s: float = _opt(30.0, "on SIGTERM, how long in-flight work may take to finish")
+    watchdog_s: float = _opt(
+        120.0, "health turns NOT_SERVING when waiting work makes no progress for this long (0: off)"
+    )
     auth_tokens_file: str = _opt("", "file of accepted bearer tokens, one per line (also STAR_AUTH_TOKENS)")
     tls_cert: str = _opt("", "server certificate chain (PEM); turns TLS on with --tls-key")
     tls_key: str = _opt("", "server private key (PEM)")

@@ -22,6 +22,7 @@ from scorer_server.batcher import BatcherConfig
 from scorer_server.config import ServerConfig
 from scorer_server.metrics import ServerMetrics
 from scorer_server.startup import as_start_error, check_port_free, read_tls
+from scorer_server.watchdog import Watchdog
 from star_contract.errors import ConfigError
 from star_proto import scorer_pb2 as pb
 
@@ -114,6 +115,7 @@ class ScorerServer:
         self.servicer = ScorerServicer(self.backend, config.limits, self.metrics, config.max_message_bytes)
         self.health = health_aio.HealthServicer()
         self._stop = asyncio.Event()
+        self._watchers: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
         self.port = config.port
 
@@ -207,6 +209,7 @@ class ScorerServer:
         start.result()  # a load failure ends the process with its message
         self.servicer.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._start_watchdog()
         info = self.backend.info()
         log.info(
             "serving",
@@ -217,6 +220,18 @@ class ScorerServer:
             },
         )
         return True
+
+    def _start_watchdog(self) -> None:
+        stalled = getattr(self.backend, "stalled_s", None)
+        if stalled is None or self.config.watchdog_s <= 0:
+            return
+
+        async def set_serving(serving: bool) -> None:
+            s = health_pb2.HealthCheckResponse
+            await self._set_health(s.SERVING if serving else s.NOT_SERVING)
+
+        dog = Watchdog(stalled, self.config.watchdog_s, set_serving, lambda: self.servicer.draining)
+        self._watchers.append(asyncio.create_task(dog.run(), name="star-watchdog"))
 
     async def _abort(self) -> None:
         """Release what a failed start opened, so the process exits without gRPC's shutdown noise."""
@@ -229,6 +244,8 @@ class ScorerServer:
         grace = self.config.grace_s
         t0 = time.monotonic()
         log.info("draining", extra={"grace_s": grace})
+        for task in self._watchers:
+            task.cancel()
         await self.health.enter_graceful_shutdown()
         self.servicer.begin_drain()
         idle = await self.servicer.wait_idle(grace)

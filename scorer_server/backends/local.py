@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class LocalBackend:
         self.config = config
         self._observer = observer
         self._plan_pool = ThreadPoolExecutor(1, thread_name_prefix="star-plan")
+        self._planning_since: float | None = None
         self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix="star-forward")
         self._engine: Any = None
         self._batcher: Batcher[Any, list[Segment]] | None = None
@@ -113,8 +115,18 @@ class LocalBackend:
         self._plan_pool.shutdown(wait=False, cancel_futures=True)
         self._forward_pool.shutdown(wait=False, cancel_futures=True)
 
+    def stalled_s(self) -> float:
+        """Seconds the forward or the planning thread has gone without progress while work waits."""
+        planning = time.monotonic() - self._planning_since if self._planning_since is not None else 0.0
+        forward = self._batcher.stalled_s() if self._batcher is not None else 0.0
+        return max(planning, forward)
+
     def _plan(self, request: ScoreRequest) -> list[Any]:
-        plan = self._engine.plan(request)
+        self._planning_since = time.monotonic()
+        try:
+            plan = self._engine.plan(request)
+        finally:
+            self._planning_since = None
         return list(self._engine.work_items(plan))
 
     async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[list[Segment]]:
