@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import grpc
 
-from star_client.channel import Replica
+from star_client.channel import Replica, reconnect_delay
 from star_client.config import ClientConfig
 from star_client.errors import RETRYABLE, ConnectionLost, RetryableReply, ScorerCallError
 from star_contract import convert
@@ -136,6 +136,9 @@ class AsyncScorerClient:
         self._started = False
 
     # -- internals --
+    def _unreachable(self) -> str:
+        return "cannot reach " + ", ".join(r.address for r in self._replicas)
+
     async def _pick(self, deadline: float) -> Replica:
         """The next replica that is up, round-robin; waits for one to come back when none is."""
         while True:
@@ -150,7 +153,7 @@ class AsyncScorerClient:
                 raise ScorerCallError(grpc.StatusCode.CANCELLED, "the client is closed")
             wake = min(r.down_until for r in self._replicas)
             if wake >= deadline:
-                raise ScorerCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "no scorer replica is reachable")
+                raise ScorerCallError(grpc.StatusCode.UNAVAILABLE, self._unreachable())
             await asyncio.sleep(max(0.0, wake - now))
 
     async def _score_pb(self, req_pb: pb.ScoreRequest) -> StarScores:
@@ -158,9 +161,12 @@ class AsyncScorerClient:
         deadline = time.monotonic() + self.config.deadline_s
         attempt = 0
         last = "no attempt finished"
+        lost = False  # whether the last attempt ended with the connection gone
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if lost:
+                    raise ScorerCallError(grpc.StatusCode.UNAVAILABLE, f"{self._unreachable()} ({last})")
                 raise ScorerCallError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed ({last})")
             replica = await self._pick(deadline)
             rid = str(next(self._ids))
@@ -169,7 +175,7 @@ class AsyncScorerClient:
                 await replica.submit(rid, req_pb, fut)
                 return await asyncio.wait_for(fut, deadline - time.monotonic())
             except ConnectionLost as exc:
-                last = str(exc)
+                last, lost = str(exc), True
                 continue
             except RetryableReply as exc:
                 attempt += 1
@@ -207,8 +213,8 @@ class AsyncScorerClient:
                 attempt += 1
                 if code is grpc.StatusCode.UNAVAILABLE:
                     replica.failures += 1
-                    replica.down_until = time.monotonic() + min(
-                        self.config.reconnect_backoff_max_s, 0.05 * 2 ** (replica.failures - 1)
+                    replica.down_until = time.monotonic() + reconnect_delay(
+                        replica.failures, self.config.reconnect_backoff_max_s
                     )
                 if attempt > self.config.retries + len(self._replicas) or time.monotonic() >= deadline:
                     raise ScorerCallError(code, exc.details() or "") from None

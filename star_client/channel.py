@@ -20,6 +20,15 @@ from star_proto import scorer_pb2_grpc as pb_grpc
 STREAM_METHOD = "/star.v1.ScorerService/ScoreStream"
 CLOSE_GRACE_S = 2.0
 """How long `Replica.close` waits for the server to end the stream before cancelling it."""
+FIRST_RECONNECT_S = 0.05
+_MAX_DOUBLINGS = 30
+"""Past this many doublings the cap always wins; bounding the exponent keeps the float finite."""
+
+
+def reconnect_delay(failures: int, cap_s: float) -> float:
+    """Seconds a replica stays marked down after `failures` failures in a row: doubling, capped."""
+    doublings = min(max(failures - 1, 0), _MAX_DOUBLINGS)
+    return float(min(cap_s, FIRST_RECONNECT_S * (2**doublings)))
 
 
 def channel_options(config: ClientConfig) -> list[tuple[str, Any]]:
@@ -164,7 +173,7 @@ class Replica:
 
     def _mark_down(self) -> None:
         self.failures += 1
-        delay = min(self.config.reconnect_backoff_max_s, 0.05 * (2 ** (self.failures - 1)))
+        delay = reconnect_delay(self.failures, self.config.reconnect_backoff_max_s)
         self.down_until = time.monotonic() + delay
 
     async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
