@@ -395,3 +395,33 @@ def test_remote_prompts_match_the_local_guard(guard_dir: Path, guard: PromptGuar
     backend = VllmBackend(guard, RemoteConfig(urls=("http://x",), limits=Limits(max_cuts=3)))
     with pytest.raises(InvalidRequest, match="limit of 3"):
         backend.prompts(ScoreRequest(CONV, CutSpec(CutKind.WORDS, every=1)))
+
+
+def test_engine_down_is_unavailable_with_a_retry_hint(guard: PromptGuard) -> None:
+    import grpc
+
+    from scorer_server.api.status import status_for
+    from scorer_server.errors import EngineUnavailable
+
+    req = ScoreRequest(Conversation.from_pair("q", "one two three four five six"), CutSpec())
+
+    async def run() -> tuple[BaseException, int]:
+        fake = FakeVllm(guard, busy_first=False)
+        runner, url = await serve(fake.handle)
+        backend = VllmBackend(guard, RemoteConfig(urls=(url,), retry=FAST_RETRY, retry_after_s=2.5))
+        await backend.start()
+        try:
+            assert await collect(backend, req)  # up: answers
+            await runner.cleanup()  # the engine goes away
+            with pytest.raises(EngineUnavailable, match="down") as err:
+                await collect(backend, req)
+            return err.value, backend.dispatcher.retries
+        finally:
+            await backend.stop(1.0)
+
+    exc, retries = asyncio.run(run())
+    assert isinstance(exc, EngineUnavailable) and exc.retry_after_s == 2.5
+    assert retries >= FAST_RETRY.attempts - 1  # retried before giving up
+    status = status_for(exc)
+    assert status.code is grpc.StatusCode.UNAVAILABLE  # not INTERNAL (ConnectionError)
+    assert status.trailing_metadata() == (("retry-after-ms", "2500"),)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from scorer_server.errors import EngineUnavailable
 from star_contract.errors import InvalidRequest, NotReady, Overloaded, StarError
 
 log = logging.getLogger("star.api")
@@ -38,6 +39,8 @@ def status_for(exc: BaseException) -> Status:
         return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, Overloaded):
         return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_s)
+    if isinstance(exc, EngineUnavailable):
+        return Status(grpc.StatusCode.UNAVAILABLE, str(exc), exc.retry_after_s)
     if isinstance(exc, NotReady):
         return Status(grpc.StatusCode.UNAVAILABLE, str(exc), 0.5)
     if isinstance(exc, Unauthenticated):

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from scorer_server.errors import EngineUnavailable
+
 T = TypeVar("T")
 
 RETRY_STATUS = frozenset({429, 503})
@@ -45,10 +47,16 @@ def is_overloaded(status: int, body: str) -> bool:
 class Dispatcher:
     """Runs calls against a fleet of base URLs: at most `max_concurrency` at once, round-robin over
     the URLs, each retried on `RemoteOverloaded` / connection errors with the policy's backoff (the
-    retry goes to the next URL, so one busy or dead replica does not stall a request)."""
+    retry goes to the next URL, so one busy or dead replica does not stall a request). When the tries
+    run out on connection errors it raises EngineUnavailable with `retry_after_s` as the hint."""
 
     def __init__(
-        self, urls: list[str], max_concurrency: int, retry: RetryPolicy, seed: int | None = None
+        self,
+        urls: list[str],
+        max_concurrency: int,
+        retry: RetryPolicy,
+        seed: int | None = None,
+        retry_after_s: float = 1.0,
     ) -> None:
         if not urls:
             raise ValueError("a remote backend needs at least one engine URL")
@@ -59,6 +67,7 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._next = itertools.cycle(range(len(self.urls)))
         self._rng = random.Random(seed)
+        self.retry_after_s = retry_after_s
         self.retries = 0
         """How many retries were made (for metrics and tests)."""
 
@@ -71,8 +80,11 @@ class Dispatcher:
             try:
                 async with self._slots:
                     return await fn(url)
-            except (TimeoutError, RemoteOverloaded, ConnectionError):
+            except (TimeoutError, RemoteOverloaded, ConnectionError) as err:
                 if attempt >= self.retry.attempts:
+                    if isinstance(err, ConnectionError):
+                        msg = f"the remote engine is down ({err}); retry in {self.retry_after_s:g} s"
+                        raise EngineUnavailable(msg, self.retry_after_s) from err
                     raise
                 self.retries += 1
             await asyncio.sleep(self.retry.delay(attempt, self._rng))

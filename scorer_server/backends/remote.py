@@ -36,6 +36,8 @@ class RemoteConfig:
     timeout_s: float = 60.0
     """Per-request timeout."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_after_s: float = 1.0
+    """The retry hint callers get (UNAVAILABLE) when the engine cannot be reached."""
     model: str | None = None
     """The served model name (vLLM's --served-model-name); None lets the engine use its only model."""
     limits: Limits = field(default_factory=Limits)
@@ -59,7 +61,9 @@ class RemoteBackend(ABC):
     def __init__(self, guard: PromptGuard, config: RemoteConfig) -> None:
         self.guard = guard
         self.config = config
-        self.dispatcher = Dispatcher(list(config.urls), config.max_concurrency, config.retry)
+        self.dispatcher = Dispatcher(
+            list(config.urls), config.max_concurrency, config.retry, retry_after_s=config.retry_after_s
+        )
         self._started = False
 
     # -- subclass hooks --
