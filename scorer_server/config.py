@@ -76,6 +76,9 @@ class ServerConfig:
         "cores); an OMP_WAIT_POLICY already set in the environment is kept",
     )
     grace_s: float = _opt(30.0, "on SIGTERM, how long in-flight work may take to finish")
+    remote_health_interval_s: float = _opt(
+        5.0, "remote backends: how often to check that an engine answers (health follows it; 0: off)"
+    )
     watchdog_s: float = _opt(
         120.0, "health turns NOT_SERVING when waiting work makes no progress for this long (0: off)"
     )

@@ -22,7 +22,7 @@ from scorer_server.batcher import BatcherConfig
 from scorer_server.config import ServerConfig
 from scorer_server.metrics import ServerMetrics
 from scorer_server.startup import as_start_error, check_port_free, read_tls
-from scorer_server.watchdog import Watchdog
+from scorer_server.watchdog import EngineWatch, Watchdog
 from star_contract.errors import ConfigError
 from star_proto import scorer_pb2 as pb
 
@@ -222,16 +222,23 @@ class ScorerServer:
         return True
 
     def _start_watchdog(self) -> None:
-        stalled = getattr(self.backend, "stalled_s", None)
-        if stalled is None or self.config.watchdog_s <= 0:
-            return
+        """Health follows progress (local engine) and reachability (remote engines)."""
 
         async def set_serving(serving: bool) -> None:
             s = health_pb2.HealthCheckResponse
             await self._set_health(s.SERVING if serving else s.NOT_SERVING)
 
-        dog = Watchdog(stalled, self.config.watchdog_s, set_serving, lambda: self.servicer.draining)
-        self._watchers.append(asyncio.create_task(dog.run(), name="star-watchdog"))
+        def draining() -> bool:
+            return self.servicer.draining
+
+        stalled = getattr(self.backend, "stalled_s", None)
+        if stalled is not None and self.config.watchdog_s > 0:
+            dog = Watchdog(stalled, self.config.watchdog_s, set_serving, draining)
+            self._watchers.append(asyncio.create_task(dog.run(), name="star-watchdog"))
+        reachable = getattr(self.backend, "reachable", None)
+        if reachable is not None and self.config.remote_health_interval_s > 0:
+            watch = EngineWatch(reachable, self.config.remote_health_interval_s, set_serving, draining)
+            self._watchers.append(asyncio.create_task(watch.run(), name="star-engine-watch"))
 
     async def _abort(self) -> None:
         """Release what a failed start opened, so the process exits without gRPC's shutdown noise."""

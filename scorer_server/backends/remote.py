@@ -90,6 +90,22 @@ class RemoteBackend(ABC):
             max_cuts=self.config.limits.max_cuts,
         )
 
+    async def reachable(self) -> bool:
+        """Whether any engine answers HTTP (GET /health, which vLLM and TGI both serve; any answer below
+        500 counts: the server is there). The server's engine watch turns health on this."""
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for url in self.config.urls:
+                try:
+                    async with session.get(url.rstrip("/") + "/health") as resp:
+                        if resp.status < 500:
+                            return True
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    continue
+        return False
+
     async def start(self) -> None:
         await self._open()
         self._started = True
