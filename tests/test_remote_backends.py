@@ -171,6 +171,7 @@ def test_vllm_request_fields_scores_and_retries(guard: PromptGuard) -> None:
                 "max_tokens",
                 "temperature",
                 "logprob_token_ids",
+                "logprobs",
                 "return_tokens_as_token_ids",
             }
             assert body["max_tokens"] == 1 and body["temperature"] == 0.0

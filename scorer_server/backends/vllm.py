@@ -45,6 +45,9 @@ class VllmBackend(RemoteBackend):
             "max_tokens": max_new_tokens,
             "temperature": 0.0,
             "logprob_token_ids": [self.guard.safe_id, self.guard.unsafe_id],
+            # vLLM 0.32 refuses logprob_token_ids without logprobs ("`logprobs` must be set"); the
+            # requested ids then appear in top_logprobs[0] next to the sampled token.
+            "logprobs": 1,
             "return_tokens_as_token_ids": True,
         }
         if self.config.model:
