@@ -22,9 +22,10 @@ from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-TOLERANCE = 2e-3
+TOLERANCE = 1e-4
 """Largest |p_safe| difference accepted between vLLM's CPU kernels and our engine on the same float32
-weights (different attention and matmul kernels; the measured figure is printed by the test)."""
+weights: different attention and matmul kernels reorder float sums. Measured on 2026-12-04: 4.1e-6 on
+scores, 9.4e-7 on verdicts (the test prints it); 1e-4 leaves room for other CPUs' vector widths."""
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,16 +60,44 @@ def start_vllm(model: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture(scope="module")
-def vllm(tiny_guard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    proc = start_vllm(tiny_guard_dir, port, log)
-    yield f"http://127.0.0.1:{port}", proc
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama-Guard-shaped guard with head_dim 64: vLLM's CPU attention kernels refuse 16
+    ("Unsupported CPU attention configuration: head_dim=16"), the tiny default."""
+    from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+
+    return save_tiny_guard(
+        tmp_path_factory.mktemp("vllm-guard") / "g", TinyGuardSpec(hidden=128, heads=2, kv_heads=2)
+    )
+
+
+class Engine:
+    """One vLLM process on a fixed port that a test may kill and start again."""
+
+    def __init__(self, model: Path, log: Path) -> None:
+        self.model, self.log, self.port = model, log, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = start_vllm(model, self.port, log)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def restart(self) -> None:
+        self.proc = start_vllm(self.model, self.port, self.log)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def vllm(guard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    engine = Engine(guard_dir, tmp_path_factory.mktemp("vllm") / "vllm.log")
+    yield engine
+    engine.stop()
 
 
 REQUESTS = [
@@ -83,14 +112,12 @@ REQUESTS = [
 ]
 
 
-def test_scores_and_verdicts_match_the_local_engine(
-    vllm: tuple[str, Any], start_server: Any, tiny_guard_dir: Path
-) -> None:
+def test_scores_and_verdicts_match_the_local_engine(vllm: Engine, start_server: Any, guard_dir: Path) -> None:
     from scorer_server.engine.engine import StarEngine
 
-    url, _ = vllm
-    srv = start_server("--backend", "vllm", "--remote-url", url)
-    local = StarEngine.from_dir(tiny_guard_dir)
+    url = vllm.url
+    srv = start_server("--guard", str(guard_dir), "--backend", "vllm", "--remote-url", url)
+    local = StarEngine.from_dir(guard_dir)
     want = local.score(REQUESTS)
     want_verdicts = local.judge([r.conversation for r in REQUESTS], decode=False)
     with ScorerClient(srv.address) as client:
@@ -104,4 +131,43 @@ def test_scores_and_verdicts_match_the_local_engine(
     print(f"max |p_safe| difference vLLM vs local: {diff:.2e}; verdicts {vdiff:.2e}")
     assert diff <= TOLERANCE and vdiff <= TOLERANCE
     assert [v.unsafe for v in verdicts] == [v.unsafe for v in want_verdicts]
+    srv.stop()
+
+
+def test_engine_killed_then_restarted(vllm: Engine, start_server: Any, guard_dir: Path) -> None:
+    """Callers get UNAVAILABLE while the engine is gone and health turns NOT_SERVING; once it is back,
+    health and scoring recover without a restart of ours. (Runs last: it kills the module's engine.)"""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from star_client import ClientConfig, ScorerCallError
+
+    srv = start_server(
+        "--guard", str(guard_dir), "--backend", "vllm", "--remote-url", vllm.url,
+        "--remote-health-interval-s", "0.5",
+    )  # fmt: skip
+
+    def health() -> int:
+        with grpc.insecure_channel(srv.address) as ch:
+            req = health_pb2.HealthCheckRequest(service="")
+            return health_pb2_grpc.HealthStub(ch).Check(req, timeout=5).status
+
+    def wait_health(want: int, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        while health() != want:
+            assert time.monotonic() < end, f"health did not become {want}"
+            time.sleep(0.3)
+
+    with ScorerClient(srv.address) as client:
+        assert client.score(REQUESTS[0]).segments
+    vllm.kill()
+    config = ClientConfig(addresses=(srv.address,), deadline_s=6.0)
+    with ScorerClient(config=config) as client, pytest.raises(ScorerCallError) as err:
+        client.score(REQUESTS[0])
+    assert err.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    wait_health(health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+    vllm.restart()
+    wait_health(health_pb2.HealthCheckResponse.SERVING, 30)
+    with ScorerClient(srv.address) as client:
+        assert client.score(REQUESTS[0]).segments
     srv.stop()
