@@ -22,14 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -44,8 +40,8 @@ from scorer_server.engine.engine import StarEngine  # noqa: E402
 from scorer_server.guards.loader import GuardConfig  # noqa: E402
 from star_contract.types import Conversation, CutSpec, ScoreRequest, StarScores  # noqa: E402
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard  # noqa: E402
+from star_testing.vllm_server import VLLM_PYTHON, free_port, start_vllm  # noqa: E402
 
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 WORDS = [
     "the",
     "a",
@@ -70,31 +66,6 @@ WORDS = [
     "oven",
     "water",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_vllm(model: Path, port: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--max-model-len", "4096"]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    end = time.monotonic() + 400
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"vLLM exited with {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return proc
-        except OSError:
-            time.sleep(1.0)
-    proc.kill()
-    raise SystemExit(f"vLLM did not answer within 400 s; see {log}")
 
 
 def requests(n: int, words: int, seed: int = 0) -> list[ScoreRequest]:
@@ -138,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_s = time.perf_counter() - t0
         cuts = sum(len(s.segments) for s in ours)
         port = free_port()
-        proc = start_vllm(guard_dir, port, args.threads, Path(tmp) / "vllm.log")
+        proc = start_vllm(guard_dir, port, Path(tmp) / "vllm.log", threads=args.threads, kv_cache_gib=2)
         try:
             guard = load_prompt_guard(GuardConfig(path=str(guard_dir), template_kwargs=kwargs), "vllm")
             backend = VllmBackend(guard, RemoteConfig(urls=(f"http://127.0.0.1:{port}",), max_concurrency=64))

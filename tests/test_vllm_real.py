@@ -6,11 +6,8 @@ One vLLM process serves the tiny Llama-Guard-shaped guard for the module; our sc
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +16,8 @@ import pytest
 
 from star_client import ScorerClient
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_testing.vllm_server import VLLM_PYTHON, free_port, start_vllm
 
-ROOT = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 TOLERANCE = 1e-4
 """Largest |p_safe| difference accepted between vLLM's CPU kernels and our engine on the same float32
 weights: different attention and matmul kernels reorder float sums. Measured on 2026-12-04: 4.1e-6 on
@@ -31,32 +27,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="no vLLM venv: run scripts/vllm_cpu_env.sh"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_vllm(model: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--max-model-len", "4096"]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
-    end = time.monotonic() + 400
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(1.0)
-    proc.kill()
-    raise RuntimeError(f"vLLM did not answer within 400 s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
