@@ -135,3 +135,67 @@ def test_the_log_is_one_json_object_per_line(server: Any) -> None:
             bad.append(line)
     assert bad == []
     assert "Traceback" not in server.log_path.read_text()
+
+
+@pytest.mark.slow
+def test_soak_mixed_traffic_with_hostile_requests(start_server: Any) -> None:
+    """STAR_SOAK_S seconds (default 45; the issue's full run is STAR_SOAK_S=600) of ordinary Score and
+    Judge traffic from four threads with a huge or malformed request every few calls; then the reference
+    request scores exactly as at the start, RSS is within 1.5x of its level after warm-up, and SIGTERM
+    ends the process within its grace period."""
+    import os
+    import threading
+
+    import psutil
+
+    soak_s = float(os.environ.get("STAR_SOAK_S", "45"))
+    srv = start_server("--grace-s", "10")
+    proc = psutil.Process(srv.proc.pid)
+    huge = pb.ScoreRequest(conversation=conversation(("lorem ipsum dolor sit amet " * 7500)[:200_000]))
+    with grpc.insecure_channel(srv.address) as ch:
+        stub = pb_grpc.ScorerServiceStub(ch)
+        reference = [list(p.segments) for p in stub.Score(ordinary(), timeout=30)]
+        for _ in range(20):  # warm-up
+            list(stub.Score(ordinary(), timeout=30))
+    rss_warm = proc.memory_info().rss
+    codes: dict[str, int] = {}
+    lock = threading.Lock()
+    end = time.monotonic() + soak_s
+
+    def traffic(seed: int) -> None:
+        with grpc.insecure_channel(srv.address) as ch:
+            stub = pb_grpc.ScorerServiceStub(ch)
+            raw = ch.unary_stream(SCORE, **IDENTITY)
+            n = seed
+            while time.monotonic() < end:
+                n += 1
+                try:
+                    if n % 7 == 0:
+                        list(stub.Score(huge, timeout=30))
+                    elif n % 11 == 0:
+                        list(raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=10))
+                    elif n % 5 == 0:
+                        stub.Judge(pb.JudgeRequest(conversations=[ordinary().conversation]), timeout=30)
+                    else:
+                        list(stub.Score(ordinary(), timeout=30))
+                    code = "OK"
+                except grpc.RpcError as err:
+                    code = err.code().name
+                with lock:
+                    codes[code] = codes.get(code, 0) + 1
+
+    threads = [threading.Thread(target=traffic, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(soak_s + 120)
+    rss_end = proc.memory_info().rss
+    with grpc.insecure_channel(srv.address) as ch:
+        again = [list(p.segments) for p in pb_grpc.ScorerServiceStub(ch).Score(ordinary(), timeout=30)]
+    assert again == reference  # exact: same floats
+    assert set(codes) <= {"OK", "INVALID_ARGUMENT"} and codes.get("OK", 0) > 0, codes
+    assert rss_end <= 1.5 * rss_warm, (rss_warm, rss_end)
+    t0 = time.monotonic()
+    assert srv.stop(timeout=30) == 0
+    assert time.monotonic() - t0 < 10 + 5
+    print(f"soak {soak_s:.0f} s: {codes}; RSS {rss_warm / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB")
