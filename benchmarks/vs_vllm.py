@@ -79,7 +79,7 @@ def requests(n: int, words: int, seed: int = 0) -> list[ScoreRequest]:
 
 async def score_remote(backend: VllmBackend, reqs: list[ScoreRequest]) -> list[list[float]]:
     async def one(r: ScoreRequest) -> list[float]:
-        segs = [s async for part in backend.score(r) for s in part]
+        segs = [s async for part in backend.score(r) for s in part.segments]
         return [s.p_safe for s in sorted(segs, key=lambda s: s.end)]
 
     return list(await asyncio.gather(*(one(r) for r in reqs)))

@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from(args)
         # Read once when torch loads OpenMP, so it is set before the server module imports torch.
         # Spinning threads starve a core-sharing event loop and planning thread (benchmarks/serve.py).
-        os.environ.setdefault("OMP_WAIT_POLICY", config.omp_wait_policy.upper())
+        os.environ.setdefault("OMP_WAIT_POLICY", config.process.omp_wait_policy.upper())
         from scorer_server.server import serve, setup_logging
 
-        setup_logging(config.log_level)
+        setup_logging(config.process.log_level)
         return _exit_past_stuck_threads(asyncio.run(serve(config)))
     except USER_ERRORS as exc:
         return fail(f"star-scorer {args.command}", exc)

@@ -7,7 +7,7 @@ rendering and tokenisation of the full prompt, not one per cut.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from star_contract.errors import InvalidRequest
 
@@ -19,12 +19,22 @@ CHARS_PER_TOKEN_BOUND = 32
 class Limits:
     """What one request may ask for (`star-scorer serve` flags of the same names)."""
 
-    max_conversation_tokens: int = 8192
-    """Longest guard prompt (the whole conversation, rendered) for Score, ScoreStream and Judge."""
-    max_cuts: int = 512
-    """Most cuts one Score / ScoreStream request may produce."""
-    max_judge_conversations: int = 64
-    """Most conversations in one Judge call."""
+    max_conversation_tokens: int = field(
+        default=8192,
+        metadata={
+            "help": "longest guard prompt (whole conversation) accepted, for Score, ScoreStream and Judge"
+        },
+    )
+    max_cuts: int = field(default=512, metadata={"help": "most cuts one request may produce"})
+    max_judge_conversations: int = field(
+        default=64, metadata={"help": "most conversations in one Judge call"}
+    )
+
+    def check(self) -> None:
+        """Raise ValueError for a limit that would refuse everything."""
+        for name in ("max_conversation_tokens", "max_cuts", "max_judge_conversations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
 
     @property
     def max_conversation_chars(self) -> int:

@@ -18,7 +18,6 @@ from grpc_reflection.v1alpha import reflection
 from scorer_server.api.interceptors import AuthInterceptor, ErrorInterceptor
 from scorer_server.api.servicer import ScorerServicer
 from scorer_server.backends.base import ScoringBackend
-from scorer_server.batcher import BatcherConfig
 from scorer_server.config import ServerConfig
 from scorer_server.metrics import ServerMetrics
 from scorer_server.startup import as_start_error, check_port_free, read_tls
@@ -75,34 +74,18 @@ def quiet_libraries() -> None:
 
 
 def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBackend:
-    """The local engine behind the batcher, or a remote engine fleet."""
-    guard = config.guard_config()
-    if config.backend == "local":
+    """The local engine behind the batcher, or a remote engine fleet; each gets its part of `config`."""
+    guard = config.guard.guard_config()
+    if config.remote.backend == "local":
         from scorer_server.backends.local import LocalBackend, LocalBackendConfig
 
-        batcher = BatcherConfig(
-            config.max_batch_tokens, config.max_wait_ms / 1000.0, config.max_queue, config.max_pending_tokens
-        )
-        local = LocalBackendConfig(
-            guard=guard,
-            batcher=batcher,
-            max_row_tokens=config.max_row_tokens,
-            limits=config.limits,
-            threads=config.threads,
-            warmup=config.warmup,
-        )
-        return LocalBackend(local, observer=metrics)
-    try:
-        from scorer_server.backends import build_remote_backend  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:
-        raise ValueError(
-            f"--backend {config.backend} needs scorer_server.backends.build_remote_backend, which is not "
-            f"available in this installation ({exc})"
-        ) from None
-    backend: ScoringBackend = build_remote_backend(
-        config.backend, list(config.remote_url), guard, config.remote_max_concurrency, config.limits
-    )
-    return backend
+        return LocalBackend(LocalBackendConfig(guard, config.batching, config.limits), observer=metrics)
+    from scorer_server.backends import build_remote_backend
+    from scorer_server.backends.remote import RemoteConfig
+
+    remote = config.remote
+    engines = RemoteConfig(urls=remote.urls, max_concurrency=remote.max_concurrency, limits=config.limits)
+    return build_remote_backend(remote.backend, guard, engines)
 
 
 class ScorerServer:
@@ -112,16 +95,18 @@ class ScorerServer:
         self.config = config
         self.metrics = ServerMetrics()
         self.backend = build_backend(config, self.metrics)
-        self.servicer = ScorerServicer(self.backend, config.limits, self.metrics, config.max_message_bytes)
+        self.servicer = ScorerServicer(
+            self.backend, config.limits, self.metrics, config.network.max_message_bytes
+        )
         self.health = health_aio.HealthServicer()
         self._stop = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
-        self.port = config.port
+        self.port = config.network.port
 
     async def _open(self) -> None:
         """Check the ports and TLS files, then bind and start the gRPC server (NOT_SERVING)."""
-        config = self.config
+        config = self.config.network
         creds = read_tls(config.tls_cert, config.tls_key, config.tls_client_ca)
         check_port_free(config.host, config.port, "--port")
         if config.metrics_port:
@@ -183,13 +168,17 @@ class ScorerServer:
             await self._open()
             log.info(
                 "listening",
-                extra={"port": self.port, "tls": self.config.tls, "auth": bool(self.config.auth_tokens)},
+                extra={
+                    "port": self.port,
+                    "tls": self.config.network.tls,
+                    "auth": bool(self.config.network.auth_tokens),
+                },
             )
             started = await self._start_backend()
         except BaseException as exc:
             await self._abort()
             if isinstance(exc, Exception):
-                raise as_start_error(exc, self.config.guard) from None
+                raise as_start_error(exc, self.config.guard.path) from None
             raise
         if started:
             await self._stop.wait()
@@ -232,12 +221,12 @@ class ScorerServer:
             return self.servicer.draining
 
         stalled = getattr(self.backend, "stalled_s", None)
-        if stalled is not None and self.config.watchdog_s > 0:
-            dog = Watchdog(stalled, self.config.watchdog_s, set_serving, draining)
+        if stalled is not None and self.config.process.watchdog_s > 0:
+            dog = Watchdog(stalled, self.config.process.watchdog_s, set_serving, draining)
             self._watchers.append(asyncio.create_task(dog.run(), name="star-watchdog"))
         reachable = getattr(self.backend, "reachable", None)
-        if reachable is not None and self.config.remote_health_interval_s > 0:
-            watch = EngineWatch(reachable, self.config.remote_health_interval_s, set_serving, draining)
+        if reachable is not None and self.config.remote.health_interval_s > 0:
+            watch = EngineWatch(reachable, self.config.remote.health_interval_s, set_serving, draining)
             self._watchers.append(asyncio.create_task(watch.run(), name="star-engine-watch"))
 
     async def _abort(self) -> None:
@@ -248,7 +237,7 @@ class ScorerServer:
 
     async def shutdown(self) -> None:
         """NOT_SERVING at once, refuse new work, finish in-flight work within the grace period."""
-        grace = self.config.grace_s
+        grace = self.config.process.grace_s
         t0 = time.monotonic()
         log.info("draining", extra={"grace_s": grace})
         for task in self._watchers:

@@ -81,8 +81,9 @@ async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
 async def collect(backend: RemoteBackend, req: ScoreRequest) -> list[tuple[int, float]]:
     parts = [part async for part in backend.score(req)]
     for part in parts:
-        assert [s.end for s in part] == sorted(s.end for s in part)
-    return sorted((s.end, s.p_safe) for part in parts for s in part)
+        assert [s.end for s in part.segments] == sorted(s.end for s in part.segments)
+    assert [p.last for p in parts] == [False] * (len(parts) - 1) + [True]
+    return sorted((s.end, s.p_safe) for part in parts for s in part.segments)
 
 
 # -- vLLM ------------------------------------------------------------------------------------------------
@@ -374,16 +375,22 @@ def test_retry_delays_grow_and_are_capped() -> None:
 
 def test_factory_and_its_errors(guard_dir: Path) -> None:
     cfg = GuardConfig(path=str(guard_dir))
-    b = build_remote_backend("vllm", ["http://vllm-0:8000"], cfg, 8, Limits())
+    b = build_remote_backend("vllm", cfg, RemoteConfig(urls=("http://vllm-0:8000",), max_concurrency=8))
     assert isinstance(b, VllmBackend) and b.info().backend == "vllm"
-    t = build_remote_backend("tgi", ["http://tgi-0:80", "http://tgi-1:80"], cfg, 8, Limits())
+    t = build_remote_backend(
+        "tgi", cfg, RemoteConfig(urls=("http://tgi-0:80", "http://tgi-1:80"), max_concurrency=8)
+    )
     assert isinstance(t, TgiBackend) and t.info().fingerprint != b.info().fingerprint
     with pytest.raises(ValueError, match="vllm, tgi"):
-        build_remote_backend("triton", ["http://x"], cfg, 8, Limits())
+        build_remote_backend("triton", cfg, RemoteConfig(urls=("http://x",), max_concurrency=8))
     with pytest.raises(ValueError, match="http"):
-        build_remote_backend("vllm", ["vllm-0:8000"], cfg, 8, Limits())
+        build_remote_backend("vllm", cfg, RemoteConfig(urls=("vllm-0:8000",), max_concurrency=8))
     with pytest.raises(ValueError, match="does not exist"):
-        build_remote_backend("vllm", ["http://x"], GuardConfig(path=str(guard_dir / "nope")), 8, Limits())
+        build_remote_backend(
+            "vllm",
+            GuardConfig(path=str(guard_dir / "nope")),
+            RemoteConfig(urls=("http://x",), max_concurrency=8),
+        )
 
 
 def test_remote_prompts_match_the_local_guard(guard_dir: Path, guard: PromptGuard) -> None:

@@ -23,7 +23,7 @@ def test_guard_options_reach_the_guard_config() -> None:
             "--verdict-prefix", "", "--attn-implementation", "eager",
         ]
     )  # fmt: skip
-    g = cfg.guard_config()
+    g = cfg.guard.guard_config()
     assert (g.preset, g.safe_word, g.unsafe_word) == ("custom", "ok", "bad")
     assert g.template_file == "/t.jinja" and g.template_kwargs == {"categories": "S1: x"}
     assert g.verdict_prefix == "" and g.attn_implementation == "eager"
@@ -31,7 +31,7 @@ def test_guard_options_reach_the_guard_config() -> None:
 
 
 def test_defaults_keep_the_preset() -> None:
-    g = _config([], {"STAR_GUARD": "/g", "STAR_PRESET": "granite-guardian-3"}).guard_config()
+    g = _config([], {"STAR_GUARD": "/g", "STAR_PRESET": "granite-guardian-3"}).guard.guard_config()
     assert g.verdict_prefix is None and g.template_kwargs is None and g.safe_word is None
     assert g.resolved_preset().template_kwargs == {"guardian_config": {"risk_name": "harm"}}
 

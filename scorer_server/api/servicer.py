@@ -168,24 +168,9 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
 
     async def _parts(self, req: ScoreRequest, priority: int) -> AsyncIterator[pb.ScoreResponse]:
         """The backend's parts as ScoreResponses; the last one carries complete = true."""
-        held: list[Any] | None = None
-        count = 0
-        async for segments in self.backend.score(req, priority):
-            parts = getattr(segments, "parts", None)
-            if isinstance(parts, int):  # the backend says where this part sits: stream it straight away
-                count += 1
-                self.metrics.cuts_scored.inc(len(segments))
-                part = int(getattr(segments, "part", count - 1))
-                tokens = int(getattr(segments, "guard_tokens", 0))
-                yield convert.score_part_to_pb(segments, part, parts, count == parts, tokens)
-                continue
-            if held is not None:  # otherwise hold one part back to know which is last
-                yield convert.score_part_to_pb(held, count - 1, 0, False)
-            held = list(segments)
-            count += 1
-            self.metrics.cuts_scored.inc(len(segments))
-        if held is not None:
-            yield convert.score_part_to_pb(held, count - 1, count, True)
+        async for p in self.backend.score(req, priority):
+            self.metrics.cuts_scored.inc(len(p.segments))
+            yield convert.score_part_to_pb(p.segments, p.part, p.parts, p.last, p.guard_tokens)
 
     def _count(self, code: str) -> None:
         self.metrics.requests.labels(STREAM_REQUEST, code).inc()

@@ -7,26 +7,22 @@ from scorer_server.backends.http import RetryPolicy
 from scorer_server.backends.prompts import PromptGuard, load_prompt_guard
 from scorer_server.backends.remote import RemoteBackend, RemoteConfig
 from scorer_server.guards.loader import GuardConfig
-from scorer_server.limits import Limits
 
 REMOTE_KINDS = ("vllm", "tgi")
 
 
-def build_remote_backend(
-    kind: str, urls: list[str], guard_config: GuardConfig, max_concurrency: int, limits: Limits
-) -> ScoringBackend:
-    """A backend that renders prompts here (tokenizer only) and runs forwards on `urls`.
+def build_remote_backend(kind: str, guard_config: GuardConfig, config: RemoteConfig) -> ScoringBackend:
+    """A backend that renders prompts here (tokenizer only) and runs forwards on `config.urls`.
 
     Raises ValueError with an actionable message for an unknown kind, no URL or a bad guard directory.
     """
     if kind not in REMOTE_KINDS:
         raise ValueError(f"remote backend must be one of {', '.join(REMOTE_KINDS)}, not {kind!r}")
-    urls = [u for u in urls if u]
+    urls = [u for u in config.urls if u]
     bad = [u for u in urls if not u.startswith(("http://", "https://"))]
     if not urls or bad:
         raise ValueError(f"--remote-url needs http(s):// base URLs of the {kind} servers, got {urls}")
     guard = load_prompt_guard(guard_config, kind)
-    config = RemoteConfig(urls=tuple(urls), max_concurrency=max_concurrency, limits=limits)
     backend: RemoteBackend
     if kind == "vllm":
         from scorer_server.backends.vllm import VllmBackend

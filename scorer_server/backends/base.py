@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+
+
+@dataclass(frozen=True)
+class ScorePart:
+    """Some of one response's segments, as soon as they are scored (one streamed ScoreResponse)."""
+
+    segments: tuple[Segment, ...]
+    """In increasing offset order."""
+    part: int
+    """This part's position among the response's parts (0-based)."""
+    parts: int
+    """How many parts the response has; 0 while the backend does not know yet."""
+    last: bool
+    """No part of this response follows."""
+    guard_tokens: int = 0
+    """Guard tokens this part cost (0 where the backend does not count them)."""
 
 
 class ScoringBackend(Protocol):
@@ -24,9 +41,9 @@ class ScoringBackend(Protocol):
         """Finish in-flight work within `grace_s`, then release resources."""
         ...
 
-    def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[list[Segment]]:
-        """Yield the response's segments in parts as they finish (each part in increasing offset order;
-        all parts together cover every cut exactly once). Cancelling the iterator drops queued work."""
+    def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[ScorePart]:
+        """Yield the response's segments in parts as they finish (all parts together cover every cut
+        exactly once; the last one says so). Cancelling the iterator drops queued work."""
         ...
 
     async def judge(self, conversations: list[Conversation]) -> list[Verdict]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scorer_server import __version__
-from scorer_server.batcher import Batcher, BatcherConfig, BatchObserver
+from scorer_server.backends.base import ScorePart
+from scorer_server.batcher import Batcher, BatchObserver
+from scorer_server.config import BatchingSettings
 from scorer_server.guards.loader import GuardConfig, describe_guard
 from scorer_server.limits import Limits
 from star_contract.errors import NotReady
@@ -25,27 +27,13 @@ log = logging.getLogger("star.backend")
 WARMUP = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast, then bake it.")
 
 
-class ScorePart(list[Segment]):
-    """One part of a response's segments, with its position; a plain list to ScoringBackend callers."""
-
-    def __init__(self, segments: list[Segment], part: int, parts: int, guard_tokens: int) -> None:
-        super().__init__(segments)
-        self.part = part
-        self.parts = parts
-        self.guard_tokens = guard_tokens
-
-
 @dataclass(frozen=True)
 class LocalBackendConfig:
-    """The local engine's settings (built from ServerConfig)."""
+    """The local engine's part of `ServerConfig`: its guard, batching and request limits."""
 
     guard: GuardConfig
-    batcher: BatcherConfig
-    max_row_tokens: int = 4096
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
     limits: Limits = field(default_factory=Limits)
-    threads: int = 0
-    """torch intra-op threads; 0 keeps torch's default."""
-    warmup: bool = True
 
 
 class LocalBackend:
@@ -70,7 +58,7 @@ class LocalBackend:
         loop = asyncio.get_running_loop()
         self._engine = await loop.run_in_executor(self._forward_pool, self._load)
         self._batcher = Batcher(
-            self.config.batcher,
+            self.config.batching.batcher_config(),
             run=self._engine.run,
             cost=lambda item: int(item.tokens),
             executor=self._forward_pool,
@@ -78,7 +66,7 @@ class LocalBackend:
             on_oom=_empty_cache,
         )
         self._batcher.start()
-        if self.config.warmup:
+        if self.config.batching.warmup:
             async for _ in self.score(ScoreRequest(WARMUP)):
                 pass
             await self.judge([WARMUP])
@@ -97,12 +85,12 @@ class LocalBackend:
         from scorer_server.engine.engine import EngineConfig, StarEngine
         from scorer_server.guards.loader import load_guard
 
-        if self.config.threads > 0:
-            torch.set_num_threads(self.config.threads)
+        if self.config.batching.threads > 0:
+            torch.set_num_threads(self.config.batching.threads)
         guard = load_guard(self.config.guard)
         engine_config = EngineConfig(
-            max_batch_tokens=self.config.batcher.max_batch_tokens,
-            max_row_tokens=self.config.max_row_tokens,
+            max_batch_tokens=self.config.batching.max_batch_tokens,
+            max_row_tokens=self.config.batching.max_row_tokens,
             limits=self.config.limits,
         )
         log.info("guard loaded", extra={"guard": guard.name, "fingerprint": guard.fingerprint})
@@ -129,13 +117,14 @@ class LocalBackend:
             self._planning_since = None
         return list(self._engine.work_items(plan))
 
-    async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[list[Segment]]:
+    async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[ScorePart]:
         if self._batcher is None:
             raise NotReady("the guard is still loading")
         items = await asyncio.get_running_loop().run_in_executor(self._plan_pool, self._plan, request)
         ticket = self._batcher.submit(items, priority)
         index = {id(f): k for k, f in enumerate(ticket.futures)}
         pending: set[asyncio.Future[list[Segment]]] = set(ticket.futures)
+        left = len(items)
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -143,8 +132,9 @@ class LocalBackend:
                     if fut.cancelled():
                         raise NotReady("the scorer is shutting down; retry on another replica")
                     it = items[index[id(fut)]]
-                    segments = sorted(fut.result(), key=lambda s: s.end)
-                    yield ScorePart(segments, it.part, it.parts, int(it.tokens))
+                    segments = tuple(sorted(fut.result(), key=lambda s: s.end))
+                    left -= 1
+                    yield ScorePart(segments, it.part, it.parts, left == 0, int(it.tokens))
         finally:
             ticket.cancel()  # no-op when every part finished; drops queued parts otherwise
 

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from scorer_server.backends.base import ScorePart
 from scorer_server.backends.http import Dispatcher, RetryPolicy
 from scorer_server.backends.prompts import PromptGuard
 from scorer_server.engine.prepare import prepare
@@ -120,7 +121,7 @@ class RemoteBackend(ABC):
         prep = prepare(request, g.template, g.tokenizer, g.encode, self.config.limits)
         return prep.cuts, prep.texts
 
-    async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[list[Segment]]:
+    async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[ScorePart]:
         """Yield segments as their requests finish (each part sorted by offset)."""
         if not self._started:
             raise NotReady("the remote backend is not started")
@@ -133,11 +134,15 @@ class RemoteBackend(ABC):
             for end, p in zip(cuts, texts, strict=True)
         }
         pending = set(tasks)
+        count = 0
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                part = sorted((tasks[d], d.result().diff) for d in done)
-                yield [Segment(end=end, p_safe=p_safe(diff, t)) for end, diff in part]
+                ready = sorted((tasks[d], d.result().diff) for d in done)
+                segments = tuple(Segment(end=end, p_safe=p_safe(diff, t)) for end, diff in ready)
+                count += 1
+                last = not pending
+                yield ScorePart(segments, count - 1, count if last else 0, last)
         finally:
             for task in pending:
                 task.cancel()
