@@ -30,18 +30,13 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from star_client import AsyncScorerClient, ClientConfig
 from star_contract.types import Conversation, CutSpec, ScoreRequest
@@ -64,62 +59,6 @@ def make_requests(n: int, words: tuple[int, int], seed: int = 0) -> list[ScoreRe
             ScoreRequest(Conversation.from_pair(f"question {i}: how do I bake bread?", response), CutSpec())
         )
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def launch_server(
-    guard_dir: Path,
-    port: int,
-    metrics_port: int,
-    max_batch_tokens: int,
-    max_wait_ms: float,
-    threads: int,
-    log: Path,
-) -> subprocess.Popen[bytes]:
-    """Start `star-scorer serve` (returns at once; see `wait_serving`)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "scorer_server.cli",
-        "serve",
-        "--guard",
-        str(guard_dir),
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(metrics_port),
-        "--max-batch-tokens",
-        str(max_batch_tokens),
-        "--max-wait-ms",
-        str(max_wait_ms),
-        "--threads",
-        str(threads),
-        "--log-level",
-        "warning",
-    ]
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def wait_serving(proc: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float = 120.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the scorer exited:\n{log.read_text()[-2000:]}")
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if check.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError("the scorer did not become SERVING")
 
 
 def load_engine(guard_dir: Path, max_batch_tokens: int, threads: int) -> Any:
@@ -291,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch loads OpenMP: the server's default (see `star-scorer serve --omp-wait-policy`); the
     # scorer subprocess inherits it, so both sides run their threads alike.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from star_testing.scorer_process import ScorerProcess, free_port
     from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
     per = args.requests_per_client or (2 if args.quick else 4)
@@ -304,22 +244,26 @@ def main(argv: list[str] | None = None) -> int:
     per_client = [reqs[c * per : (c + 1) * per] for c in range(args.clients)]
     with tempfile.TemporaryDirectory() as tmp:
         guard_dir = save_tiny_guard(Path(tmp) / "guard", spec)
-        port, metrics_port = free_port(), free_port()
-        log = Path(tmp) / "server.log"
-        proc = launch_server(
-            guard_dir, port, metrics_port, args.max_batch_tokens, args.max_wait_ms, threads, log
-        )
+        args_ = ["--guard", str(guard_dir), "--max-batch-tokens", str(args.max_batch_tokens)]
+        args_ += ["--max-wait-ms", str(args.max_wait_ms), "--threads", str(threads), "--log-level", "warning"]
+        server = ScorerProcess(args_, Path(tmp) / "server.log", metrics_port=free_port()).launch()
         try:
             engine = load_engine(guard_dir, args.max_batch_tokens, threads)  # while the server starts
-            wait_serving(proc, port, log)
+            server.wait_serving(120.0)
+            assert server.proc is not None
             result = asyncio.run(
                 measure(
-                    engine, f"127.0.0.1:{port}", per_client, args.rounds, args.window, proc.pid, metrics_port
+                    engine,
+                    server.address,
+                    per_client,
+                    args.rounds,
+                    args.window,
+                    server.proc.pid,
+                    server.metrics_port,
                 )
             )
         finally:
-            proc.terminate()
-            proc.wait(30)
+            server.stop(30)
     result.update(
         clients=args.clients,
         threads=threads,

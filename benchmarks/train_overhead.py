@@ -17,11 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,56 +31,12 @@ RESPONSES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 PIN = True
 
 
 def _pin(core: int) -> None:
     if PIN and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {core})
-
-
-def _start_server(guard: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "scorer_server.cli",
-        "serve",
-        "--guard",
-        str(guard),
-        "--preset",
-        "llama-guard-3",
-    ]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--threads", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, preexec_fn=lambda: _pin(1)
-    )
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"scorer exited: {log.read_text()[-2000:]}")
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                r = health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service="star.v1.ScorerService"), timeout=1.0
-                )
-            if r.status == health_pb2.HealthCheckResponse.SERVING:
-                return proc, f"127.0.0.1:{port}"
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError("scorer not serving within 120 s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.examples or (32 if args.quick else 96)
     repeats = args.repeats or (2 if args.quick else 3)
 
+    from star_testing.scorer_process import ScorerProcess
     from star_testing.tiny_chat import save_tiny_trainee
     from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
     from trainer_client.train import run_training
@@ -131,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                 fh.write(
                     json.dumps({"prompt": f"How do I do thing {i}?", "response": RESPONSES[i % 4]}) + "\n"
                 )
-        proc, address = _start_server(guard, root / "scorer.log")
+        scorer = ScorerProcess(
+            ["--guard", str(guard), "--preset", "llama-guard-3", "--threads", "1"],
+            root / "scorer.log",
+            env={"OMP_NUM_THREADS": "1"},
+            preexec_fn=lambda: _pin(1),
+        ).start(timeout=120.0)
+        address = scorer.address
         try:
             base: dict[str, Any] = dict(
                 model=str(trainee),
@@ -162,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             cold = min(colds, key=lambda m: m["wall_s"])
             warm = min(warms, key=lambda m: m["wall_s"])
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            scorer.stop(15)
     result = {
         "bench": "train_overhead",
         "dss_vs_sft_cold": round(cold["wall_s"] / sft, 3),

@@ -39,8 +39,9 @@ from scorer_server.backends.vllm import VllmBackend  # noqa: E402
 from scorer_server.engine.engine import StarEngine  # noqa: E402
 from scorer_server.guards.loader import GuardConfig  # noqa: E402
 from star_contract.types import Conversation, CutSpec, ScoreRequest, StarScores  # noqa: E402
+from star_testing.scorer_process import free_port  # noqa: E402
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard  # noqa: E402
-from star_testing.vllm_server import VLLM_PYTHON, free_port, start_vllm  # noqa: E402
+from star_testing.vllm_server import VLLM_PYTHON, start_vllm  # noqa: E402
 
 WORDS = [
     "the",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import socket
 import subprocess
 import sys
 import tomllib
@@ -13,6 +12,8 @@ from concurrent import futures
 from pathlib import Path
 
 import pytest
+
+from star_testing.scorer_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "deploy" / "docker"
@@ -159,17 +160,11 @@ def test_flags_we_pass_are_accepted(script: str) -> None:
 # -- the health-check script ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_healthcheck_script_reads_grpc_health() -> None:
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    port = _free_port()
+    port = free_port()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

@@ -8,7 +8,6 @@ killed process stops answering. The real-vLLM contract tests (issue 12) cover sc
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from star_testing.scorer_process import free_port
 
 
 def engine(port: int) -> subprocess.Popen[bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from scorer_server.guards.loader import GuardConfig
 from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_testing.scorer_process import free_port
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 FAST_RETRY = RetryPolicy(attempts=5, base_delay_s=0.001, max_delay_s=0.01)
@@ -59,12 +59,6 @@ def expected_scores(
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,7 +67,7 @@ async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
     app.router.add_route("POST", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}"
 

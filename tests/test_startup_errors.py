@@ -14,15 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from star_testing.scorer_process import free_port
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 NOISE = ("Traceback", "Exception ignored", "never awaited", "Event loop is closed", "add_port.cc")

@@ -16,7 +16,8 @@ import pytest
 
 from star_client import ScorerClient
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
-from star_testing.vllm_server import VLLM_PYTHON, free_port, start_vllm
+from star_testing.scorer_process import free_port
+from star_testing.vllm_server import VLLM_PYTHON, start_vllm
 
 TOLERANCE = 1e-4
 """Largest |p_safe| difference accepted between vLLM's CPU kernels and our engine on the same float32

@@ -10,30 +10,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from scorer_server.guards.loader import (
     GuardConfig,
+    GuardSide,
     hash_prompt_side,
     load_tokenizer,
     prompt_side,
     read_template_file,
 )
-from scorer_server.guards.presets import GuardPreset
-from scorer_server.guards.template import GuardTemplate
 
 
 @dataclass
-class PromptGuard:
+class PromptGuard(GuardSide):
     """A guard's tokenizer and template, enough to build every per-cut prompt."""
-
-    tokenizer: Any
-    template: GuardTemplate
-    preset: GuardPreset
-    safe_id: int
-    unsafe_id: int
-    fingerprint: str
-    name: str
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a rendered prompt (its special tokens are already in the text)."""

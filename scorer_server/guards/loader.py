@@ -63,10 +63,9 @@ class GuardConfig:
 
 
 @dataclass
-class Guard:
-    """A loaded guard: model, tokenizer, template, verdict token ids and a fingerprint."""
+class GuardSide:
+    """What both a loaded guard and a weights-free remote prompt side know about a guard."""
 
-    model: Any
     tokenizer: Any
     template: GuardTemplate
     preset: GuardPreset
@@ -74,6 +73,13 @@ class Guard:
     unsafe_id: int
     fingerprint: str
     name: str
+
+
+@dataclass
+class Guard(GuardSide):
+    """A loaded guard: its model, plus the tokenizer, template, verdict token ids and a fingerprint."""
+
+    model: Any = None
     config: GuardConfig | None = None
 
     @property
@@ -158,7 +164,8 @@ def build_guard(
     template, safe_id, unsafe_id = side or prompt_side(tokenizer, preset, template_text)
     prompt = template.render(PROBE)
     fingerprint = _fingerprint(model, template, preset, safe_id, unsafe_id, config)
-    guard = Guard(model, tokenizer, template, preset, safe_id, unsafe_id, fingerprint, name, config)
+    side_fields = (tokenizer, template, preset, safe_id, unsafe_id, fingerprint, name)
+    guard = Guard(*side_fields, model=model, config=config)
     gap = check_head(guard, guard.encode([prompt])[0])
     tol = 1e-3 if guard.dtype == torch.float32 else 0.25
     if not gap <= tol:

@@ -1,0 +1,112 @@
+"""A real `star-scorer serve` subprocess on 127.0.0.1, for tests and benchmarks: start it, wait until
+its gRPC health check says SERVING, stop it with SIGTERM (then SIGKILL past the grace)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "star.v1.ScorerService"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ScorerProcess:
+    """`star-scorer serve *args --host 127.0.0.1 --port port --metrics-port metrics_port`."""
+
+    args: list[str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    metrics_port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to this process's environment (STAR_THREADS defaults to 1)."""
+    preexec_fn: Callable[[], None] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def launch(self) -> ScorerProcess:
+        """Start the process and return at once (see `wait_serving`)."""
+        cmd = [sys.executable, "-m", "scorer_server.cli", "serve", *self.args]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
+        env = {**os.environ, "STAR_THREADS": "1", **self.env}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=log, env=env, cwd=ROOT, preexec_fn=self.preexec_fn
+        )
+        return self
+
+    def start(self, timeout: float = 90.0, credentials: object | None = None) -> ScorerProcess:
+        """Start the process and wait until it is SERVING."""
+        self.launch()
+        self.wait_serving(timeout, credentials)
+        return self
+
+    def wait_serving(self, timeout: float = 90.0, credentials: object | None = None) -> None:
+        """Poll the health check until SERVING; RuntimeError if the process exits, TimeoutError after
+        `timeout` s. `credentials` are grpc.ChannelCredentials for a TLS server (name 'localhost')."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if credentials is not None:
+                opts = [("grpc.ssl_target_name_override", "localhost")]
+                channel = grpc.secure_channel(self.address, credentials, options=opts)
+            else:
+                channel = grpc.insecure_channel(self.address)
+            try:
+                with channel:
+                    resp = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=SERVICE), timeout=1.0
+                    )
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not SERVING within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        """The last 4000 characters of the server's log."""
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout` s; the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
