@@ -63,12 +63,19 @@ def flags_of(config_type: type) -> Iterator[Flag]:
 
 
 def add_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
-    """One argparse option per flag; defaults stay None so the environment can fill them later."""
+    """One argparse option per flag, grouped in `--help` by sub-config (the group's title is the
+    section name, its description the sub-config's docstring's first line); defaults stay None so the
+    environment can fill them later."""
+    groups: dict[str, Any] = {}
+    for name, sub in sections_of(config_type).items():
+        doc = (sub.__doc__ or "").strip().splitlines()
+        groups[name] = parser.add_argument_group(name, doc[0] if doc else None)
     for flag in flags_of(config_type):
+        group = groups[flag.section]
         default = flag.field.default
         help_text = f"{flag.field.metadata['help']} [env {flag.env}; default {_show(default)}]"
         if flag.kind == "bool":
-            parser.add_argument(
+            group.add_argument(
                 flag.option,
                 dest=flag.name,
                 action=argparse.BooleanOptionalAction,
@@ -76,10 +83,10 @@ def add_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
                 help=help_text,
             )
         elif flag.kind.startswith("tuple"):
-            parser.add_argument(flag.option, dest=flag.name, action="append", default=None, help=help_text)
+            group.add_argument(flag.option, dest=flag.name, action="append", default=None, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(flag.kind, str)
-            parser.add_argument(flag.option, dest=flag.name, type=kind, default=None, help=help_text)
+            group.add_argument(flag.option, dest=flag.name, type=kind, default=None, help=help_text)
 
 
 def read_flags(

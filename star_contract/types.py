@@ -45,6 +45,16 @@ class Conversation:
     def to_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
+    def require_response(self, field: str = "conversation") -> None:
+        """Raise InvalidRequest unless the last message is the assistant response to judge: the one
+        check both the API's validation and in-process preparation rely on."""
+        from star_contract.errors import InvalidRequest
+
+        if not self.messages:
+            raise InvalidRequest(f"{field}.messages is empty; send at least the assistant response to score")
+        if self.messages[-1].role != "assistant":
+            raise InvalidRequest(f"{field}: the last message must be the assistant response (ROLE_ASSISTANT)")
+
 
 class CutKind(StrEnum):
     """How the response is cut into scored stretches."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from star_testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
 
 CHAT_TEMPLATE = (
@@ -44,26 +42,12 @@ def build_tiny_policy(
     hidden: int = 64, layers: int = 2, intermediate: int = 128, vocab: int = 600, seed: int = 0
 ) -> tuple[Any, Any]:
     """(model, tokenizer): a random Llama, a BPE tokenizer trained here, a Llama-3-like chat template."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = build_tokenizer(TinyGuardSpec(family="llama", vocab=vocab))
     tok.chat_template = CHAT_TEMPLATE
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=intermediate,
-        max_position_embeddings=2048,
-        initializer_range=0.2,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+    spec = TinyGuardSpec(
+        family="llama", hidden=hidden, layers=layers, intermediate=intermediate, init_range=0.2, seed=seed
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
+    model = build_model(spec, len(tok), max_positions=2048, tokenizer=tok)
     return model, tok
 
 

@@ -146,18 +146,26 @@ def build_tokenizer(spec: TinyGuardSpec, corpus: list[str] | None = None) -> Any
     return fast
 
 
-def build_model(spec: TinyGuardSpec, vocab_size: int) -> Any:
-    """A random-initialised causal LM of the family's architecture."""
+def build_model(
+    spec: TinyGuardSpec, vocab_size: int, max_positions: int = 4096, tokenizer: Any = None
+) -> Any:
+    """A random-initialised causal LM of the family's architecture: every tiny model the tests and
+    benchmarks use (guards, trainees, policies) is built here. With `tokenizer`, the config names its
+    BOS/EOS/PAD ids, so generation stops where a real chat model would."""
     from transformers import AutoModelForCausalLM, Gemma2Config, GraniteConfig, LlamaConfig
 
+    ids: dict[str, Any] = {}
+    if tokenizer is not None:
+        ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
     common: dict[str, Any] = dict(
+        **ids,
         vocab_size=vocab_size,
         hidden_size=spec.hidden,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
         intermediate_size=spec.intermediate,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         initializer_range=spec.init_range,
         tie_word_embeddings=False,
     )

@@ -122,3 +122,20 @@ def test_parse_categories_reads_the_line_after_the_verdict() -> None:
 def test_weights_for_spans_take_the_chunk_containing_the_token_end() -> None:
     s = StarScores((Segment(5, 0.9), Segment(10, 0.2), Segment(12, 0.7)))
     assert s.weights_for_spans([1, 5, 6, 10, 11, 12]) == [0.9, 0.9, 0.2, 0.2, 0.7, 0.7]
+
+
+def test_api_validation_and_in_process_preparation_refuse_a_missing_response_alike(tmp_path: Path) -> None:
+    """One check (Conversation.require_response) behind both paths: the same message either way."""
+    from scorer_server.api.validation import validate_conversation
+    from scorer_server.engine.prepare import prepare
+    from scorer_server.limits import Limits
+    from star_contract.types import Message, ScoreRequest
+
+    guard = load_guard(GuardConfig(str(save_tiny_guard(tmp_path / "g", TinyGuardSpec()))))
+    for conv in (Conversation(()), Conversation((Message("assistant", "a"), Message("user", "q")))):
+        with pytest.raises(InvalidRequest) as api:
+            validate_conversation(conv, Limits())
+        with pytest.raises(InvalidRequest) as local:
+            prepare(ScoreRequest(conv), guard.template, guard.tokenizer, lambda t: [1], Limits())
+        assert str(api.value) == str(local.value)
+        assert "assistant response" in str(local.value)

@@ -84,3 +84,16 @@ def test_a_bad_variable_names_its_flag() -> None:
 def test_sections_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         NetworkSettings().port = 1  # type: ignore[misc]
+
+
+def test_help_groups_flags_by_sub_config() -> None:
+    from scorer_server.flags import add_flags
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, ServerConfig)
+    groups = {g.title: [a.dest for a in g._group_actions] for g in parser._action_groups}
+    assert "max_batch_tokens" in groups["batching"] and "max_cuts" in groups["limits"]
+    assert "remote_url" in groups["remote"] and "guard" in groups["guard"]
+    assert sum(
+        len(v) for k, v in groups.items() if k in {f.name for f in dataclasses.fields(ServerConfig)}
+    ) == len(list(flags_of(ServerConfig)))

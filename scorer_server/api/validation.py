@@ -10,11 +10,8 @@ MAX_EVERY = 1_000_000
 
 
 def validate_conversation(conv: Conversation, limits: Limits, field: str = "conversation") -> None:
+    conv.require_response(field)
     msgs = conv.messages
-    if not msgs:
-        raise InvalidRequest(f"{field}.messages is empty; send at least the assistant response to score")
-    if msgs[-1].role != "assistant":
-        raise InvalidRequest(f"{field}: the last message must be the assistant response (ROLE_ASSISTANT)")
     for i, m in enumerate(msgs):
         if m.role == "system" and i != 0:
             raise InvalidRequest(f"{field}.messages[{i}]: a system message may only come first")

@@ -13,7 +13,6 @@ from typing import Any
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.guards.template import GuardTemplate
 from scorer_server.limits import Limits
-from star_contract.errors import InvalidRequest
 from star_contract.types import ScoreRequest
 
 
@@ -37,8 +36,7 @@ def prepare(
     """Cuts from the spec (one tokenisation of the response for guard-token cuts), then the cut limit,
     then the full prompt's token limit, and only then a rendering per cut."""
     conv = request.conversation
-    if not conv.messages or conv.messages[-1].role != "assistant":  # in-process callers skip validation
-        raise InvalidRequest("the last message must be the assistant response to score")
+    conv.require_response()  # in-process callers skip the API's validation
     cuts = plan_cuts(conv.response, request.cuts, tokenizer)
     limits.check_cuts(len(cuts))
     full = template.render(conv, cuts[-1])
