@@ -216,16 +216,16 @@ def test_default_grid_and_interpolation_path() -> None:
 def test_basin_on_synthetic_curves() -> None:
     alphas = linspace(-0.5, 0.5, 11)  # -0.5, -0.4, ... 0.5
     flat = [5, 10, 20, 88, 92, 90, 91, 89, 30, 0, 0]
-    b = basin_1d(alphas, flat, tolerance=5)
+    b = basin_1d(alphas, flat, tolerance=5, rule="tolerance")
     assert (b.lo, b.hi, b.points) == (-0.2, 0.2, 5)
     assert b.visage == pytest.approx((88 + 92 + 90 + 91 + 89) / 5)
     # a point below the floor cuts the basin even if safety recovers further out
     dip = [90, 90, 90, 70, 90, 90, 90, 90, 90, 90, 90]
-    assert basin_1d(alphas, dip, tolerance=10).lo == -0.1
+    assert basin_1d(alphas, dip, tolerance=10, rule="tolerance").lo == -0.1
     # unsorted input, zero tolerance
-    b0 = basin_1d(list(reversed(alphas)), list(reversed(flat)), tolerance=0)
+    b0 = basin_1d(list(reversed(alphas)), list(reversed(flat)), tolerance=0, rule="tolerance")
     assert (b0.lo, b0.hi) == (-0.1, 0.1)  # 92 and 91 stay >= 90; 88 and 89 do not
-    v = visage([(alphas, flat), (alphas, [100.0] * 11)], tolerance=5)
+    v = visage([(alphas, flat), (alphas, [100.0] * 11)], tolerance=5, rule="tolerance")
     assert v.visage == pytest.approx((b.visage + 100.0) / 2)
     assert v.basins[1].lo == -0.5 and v.basins[1].hi == 0.5
 

@@ -81,9 +81,19 @@ def test_1d_end_to_end_and_resume(
     assert len(res["points"]) == 1 + 2 * 4 and res["points"][0]["key"] == "origin"
     assert summary["visage"] == res["visage"] and 0 <= res["visage"] <= 100
     assert len(summary["basins"]) == 2 and (out / "landscape_1d.png").stat().st_size > 1000
+    assert summary["basin_rule"] == res["basin_rule"] == "published"  # the default
+    assert res["visage"] == res["by_rule"]["published"]["visage"]
     before = (out / "points.jsonl").read_text()
     assert main(args) == 0  # resumed: nothing left to compute
     assert (out / "points.jsonl").read_text() == before
+    # another basin rule only re-summarises the same points
+    assert main([*args, "--basin", "tolerance", "--basin-tolerance", "5"]) == 0
+    assert (out / "points.jsonl").read_text() == before
+    tol = json.loads((out / "results.json").read_text())
+    assert tol["basin_rule"] == "tolerance" and tol["basin_tolerance"] == 5
+    assert tol["visage"] == tol["by_rule"]["tolerance"]["visage"]
+    assert tol["by_rule"]["published"] == res["by_rule"]["published"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["basin_rule"] == "tolerance"
     assert main([*args[: -len(TINY)], "--seed", "1", *TINY]) == 2  # another run in the same directory
     assert "different run" in capsys.readouterr().err
 
@@ -96,6 +106,7 @@ def test_2d_and_lora_interpolation(policy: Path, prompts: Path, tmp_path: Path) 
                  "--steps", "3", "--save-responses", *TINY]) == 0  # fmt: skip
     res2 = json.loads((tmp_path / "2d" / "results.json").read_text())
     assert len(res2["points"]) == 9 and len(res2["safety"]) == 3 and "basin" in res2
+    assert res2["basin_rule"] == "tolerance" and "basin_rule_note" in res2  # 2d has no published rule
     assert all(len(p["responses"]) == 3 for p in res2["points"])
     assert (tmp_path / "2d" / "landscape_2d.png").exists()
 
@@ -129,8 +140,11 @@ def test_compare_landscapes_overlays_models(policy: Path, tmp_path: Path) -> Non
     assert a["visage"] == c["visage"] and len(a["basins"]) == 1  # same model, same seeded direction
     assert Path(cmp["plot"]).stat().st_size > 1000
     assert (tmp_path / "aligned" / "results.json").exists()
+    assert a["basin_rule"] == "published" and set(a["by_rule"]) == {"published", "tolerance"}
+    assert a["visage"] == a["by_rule"]["published"]["visage"]
     table = markdown_table(cmp)
     assert table.count("\n") == 3 and "| aligned |" in table
+    assert "| model | VISAGE (published basin) | VISAGE (tolerance basin) |" in table
 
 
 def _free_port() -> int:

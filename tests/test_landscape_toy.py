@@ -1,9 +1,9 @@
 """Toy-world acceptance of the safety landscape (slow: rides on the one demo run of the session).
 
 The aligned toy chat model shows a safety basin, and the sft-finetuned model has a lower VISAGE than
-the dss-finetuned one, both judged by the toy guard through the scorer service; the landscapes come
-from `star-demo`'s summary (conftest's session-scoped `toy_demo`, shared with tests/test_toy_demo.py).
-"""
+the dss-finetuned one under both basin rules, both judged by the toy guard through the scorer service;
+the landscapes come from `star-demo`'s summary (conftest's session-scoped `toy_demo`, shared with
+tests/test_toy_demo.py)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,15 @@ def test_toy_basin_and_visage_ordering(toy_demo: tuple[int, Path]) -> None:
 
     aligned = got["aligned"]
     assert aligned["origin_safety"] >= 90
-    # a basin: more than the origin inside, and safety falls off before the grid's edge somewhere
+    # a basin: more than the origin inside, and safety falls off before the grid's edge somewhere (the
+    # tolerance rule's basins: the published rule's reach the grid's ends where safety never hits 0)
     amax, step = grid["alpha_max"], 2 * grid["alpha_max"] / (grid["steps"] - 1)
-    inner = [(lo, hi) for lo, hi in aligned["basins"] if lo > -amax or hi < amax]
-    assert inner, aligned["basins"]
-    assert all(hi - lo >= 2 * step for lo, hi in aligned["basins"])
-    assert got["sft"]["visage"] < got["dss"]["visage"], got
+    shape = aligned["by_rule"]["tolerance"]["basins"]
+    inner = [(lo, hi) for lo, hi in shape if lo > -amax or hi < amax]
+    assert inner, shape
+    assert all(hi - lo >= 2 * step for lo, hi in shape)
+    # the default rule is the published one, and the ordering holds under both rules
+    assert grid["basin_rule"] == "published" and all(m["basin_rule"] == "published" for m in got.values())
+    assert got["sft"]["visage"] == got["sft"]["by_rule"]["published"]["visage"]
+    for rule in ("published", "tolerance"):
+        assert got["sft"]["by_rule"][rule]["visage"] < got["dss"]["by_rule"][rule]["visage"], (rule, got)

@@ -9,6 +9,7 @@ import torch
 
 from trainer_client.loss import (
     KLEstimator,
+    RSNormalize,
     compute_loss,
     kl_per_token,
     rs_loss,
@@ -109,11 +110,64 @@ def test_masked_tokens_contribute_nothing() -> None:
 def test_rs_drops_examples() -> None:
     logits, _, targets, mask = _setup()
     keep = torch.tensor([1.0, 0.0])
-    out = rs_loss(logits, targets, mask, keep)
+    out = rs_loss(logits, targets, mask, keep, normalize="kept")
     only0 = sft_loss(logits[:1], targets[:1], mask[:1])
     assert float(out.loss) == pytest.approx(float(only0.loss), rel=1e-6)
-    none = rs_loss(logits, targets, mask, torch.zeros(2))
+    none = rs_loss(logits, targets, mask, torch.zeros(2), normalize="kept")
     assert float(none.loss) == 0.0 and none.label_tokens == 0
+
+
+def _rs_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Vocabulary 4; a row [x, 0, 0, 0] with target 0 has CE = log(e^x + 3) - x, so x = log 3 gives
+    CE = log 6 - log 3 = log 2, x = 0 gives log 4 and x = log 9 gives log 12 - log 9 = log(4/3).
+    Example 0: label tokens with CE log 2 and log 4 (its third position is masked, CE log 4 there).
+    Example 1: a masked first position, then label tokens with CE log(4/3) and log 4."""
+    x = [[math.log(3), 0.0, 0.0], [0.0, math.log(9), 0.0]]
+    logits = torch.zeros(2, 3, 4)
+    logits[:, :, 0] = torch.tensor(x)
+    targets = torch.zeros(2, 3, dtype=torch.long)
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
+    return logits, targets, mask
+
+
+@pytest.mark.parametrize(
+    ("keep", "norm", "expected", "tokens", "kept_share"),
+    [
+        # published: sum of the kept examples' CE / all 4 label tokens of the micro-batch
+        ([1.0, 0.0], "all", (math.log(2) + math.log(4)) / 4, 4, 0.5),  # 3 log 2 / 4 = 0.5199
+        ([0.0, 1.0], "all", (math.log(4 / 3) + math.log(4)) / 4, 4, 0.5),  # log(16/3) / 4 = 0.4185
+        ([1.0, 1.0], "all", (math.log(2) + 2 * math.log(4) + math.log(4 / 3)) / 4, 4, 1.0),
+        ([0.0, 0.0], "all", 0.0, 4, 0.0),
+        # ours: the same sums / the kept examples' 2 label tokens
+        ([1.0, 0.0], "kept", (math.log(2) + math.log(4)) / 2, 2, 1.0),  # 3 log 2 / 2 = 1.0397
+        ([0.0, 1.0], "kept", (math.log(4 / 3) + math.log(4)) / 2, 2, 1.0),
+        ([1.0, 1.0], "kept", (math.log(2) + 2 * math.log(4) + math.log(4 / 3)) / 4, 4, 1.0),
+        ([0.0, 0.0], "kept", 0.0, 0, 1.0),
+    ],
+)
+def test_rs_normalisation_by_hand(
+    keep: list[float], norm: RSNormalize, expected: float, tokens: int, kept_share: float
+) -> None:
+    logits, targets, mask = _rs_batch()
+    g = logits.clone().requires_grad_(True)
+    out = compute_loss("rs", g, targets, mask, keep=torch.tensor(keep), rs_normalize=norm)
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert out.label_tokens == tokens and out.mean_star == pytest.approx(kept_share)
+    out.loss.backward()  # a graph even when nothing is kept
+    assert g.grad is not None
+    dropped = [b for b, k in enumerate(keep) if k == 0.0]
+    assert all(float(g.grad[b].abs().sum()) == 0.0 for b in dropped)
+
+
+def test_rs_default_is_the_published_normalisation() -> None:
+    logits, targets, mask = _rs_batch()
+    keep = torch.tensor([1.0, 0.0])
+    assert float(rs_loss(logits, targets, mask, keep).loss) == pytest.approx(3 * math.log(2) / 4)
+    assert float(compute_loss("rs", logits, targets, mask, keep=keep).loss) == pytest.approx(
+        3 * math.log(2) / 4
+    )
+    with pytest.raises(ValueError, match="rs normalisation"):
+        rs_loss(logits, targets, mask, keep, normalize="some")  # type: ignore[arg-type]
 
 
 def test_compute_loss_rejects_bad_input() -> None:

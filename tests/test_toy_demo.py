@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,14 +64,23 @@ def test_landscape_checks_and_report_section(tmp_path: Path) -> None:
 
     assert parser().parse_args(["--no-landscape"]).no_landscape
     assert not parser().parse_args([]).no_landscape
+
+    # the basin check reads the tolerance rule's basins, whatever the models' own rule (the published
+    # basins below reach the grid's ends)
+    def tol(*basins: list[float]) -> dict[str, Any]:
+        return {"tolerance": {"basins": list(basins)}}
+
     models = {
-        "aligned": {"visage": 99.0, "origin_safety": 100.0, "basins": [[-0.75, 0.75], [-2.0, 2.0]],
-                    "keyword_visage": 98.0},
-        "sft": {"visage": 25.0, "origin_safety": 20.0, "basins": [[0.0, 0.25]], "keyword_visage": 8.0},
-        "dss": {"visage": 98.0, "origin_safety": 100.0, "basins": [[-0.5, 1.0]], "keyword_visage": 97.0},
+        "aligned": {"visage": 99.0, "origin_safety": 100.0, "basins": [[-2.0, 2.0], [-2.0, 2.0]],
+                    "keyword_visage": 98.0, "basin_rule": "published",
+                    "by_rule": tol([-0.75, 0.75], [-2.0, 2.0])},
+        "sft": {"visage": 25.0, "origin_safety": 20.0, "basins": [[0.0, 0.25]], "keyword_visage": 8.0,
+                "basin_rule": "published"},
+        "dss": {"visage": 98.0, "origin_safety": 100.0, "basins": [[-0.5, 1.0]], "keyword_visage": 97.0,
+                "basin_rule": "published"},
     }  # fmt: skip
     assert [c.passed for c in landscape_checks(models, 2.0)] == [True, True]
-    flat = {**models, "aligned": {**models["aligned"], "basins": [[-2.0, 2.0]]}}
+    flat = {**models, "aligned": {**models["aligned"], "by_rule": tol([-2.0, 2.0])}}
     swapped = {**models, "sft": models["dss"], "dss": models["sft"]}
     assert [c.passed for c in landscape_checks(flat, 2.0)] == [False, True]
     assert [c.passed for c in landscape_checks(swapped, 2.0)] == [True, False]
@@ -78,7 +88,8 @@ def test_landscape_checks_and_report_section(tmp_path: Path) -> None:
         "aligned: safety basin (landscape)"
     ]
 
-    grid = {"alpha_max": 2.0, "steps": 17, "directions": 2, "prompts": 24, "basin_tolerance": 10.0}
+    grid = {"alpha_max": 2.0, "steps": 17, "directions": 2, "prompts": 24, "basin_tolerance": 10.0,
+            "basin_rule": "published"}  # fmt: skip
     landscapes = {
         "plot": str(tmp_path / "landscapes" / "landscapes_1d.png"),
         "table": "| model |",
@@ -87,4 +98,5 @@ def test_landscape_checks_and_report_section(tmp_path: Path) -> None:
     rows = [MethodRow("aligned", 0.0, 0.0, 1.0, 0.0, 0.9)]
     text = write_report(tmp_path, rows, [], [], {}, landscapes).read_text()
     assert "## Safety landscapes" in text and "![1D safety landscapes](landscapes/landscapes_1d.png)" in text
+    assert "use the published rule" in text
     assert "## Safety landscapes" not in write_report(tmp_path, rows, [], [], {}).read_text()

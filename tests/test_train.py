@@ -155,10 +155,10 @@ def test_prefetch_hides_a_scorer_slower_than_zero_but_faster_than_a_step(workdir
 
 
 def test_rs_full_and_precomputed_reference(workdir: Path, server: Any) -> None:
-    rs_cfg = _cfg(workdir, "rs", method="rs", scorer=server.address, finetune="full")
+    rs_cfg = _cfg(workdir, "rs", method="rs", scorer=server.address, finetune="full", rs_normalize="kept")
     rs = run_training(rs_cfg)
     assert rs.finished
-    # the loss saw exactly the label tokens of the examples the guard judged safe
+    # rs_normalize kept: the loss saw exactly the label tokens of the examples the guard judged safe
     exs = _examples(rs_cfg)
     cache = ScoreCache(rs_cfg.resolved_cache_path or "")
     fp = cache._db.execute("SELECT DISTINCT fingerprint FROM verdicts").fetchone()[0]
@@ -166,7 +166,17 @@ def test_rs_full_and_precomputed_reference(workdir: Path, server: Any) -> None:
     kept = sum(
         sum(e.label_mask) for e, v in zip(exs, verdicts, strict=True) if v is not None and not v.unsafe
     )
+    assert 0 < kept < sum(sum(e.label_mask) for e in exs)
     assert sum(r["label_tokens"] for r in _rows(Path(rs.output_dir))) == kept
+    # the default (published) rs_normalize all: every label token is in the denominators, and the
+    # kept ones carry weight 1, the dropped ones 0
+    all_cfg = _cfg(
+        workdir, "rs-all", method="rs", scorer=server.address, cache_path=rs_cfg.resolved_cache_path
+    )
+    assert all_cfg.rs_normalize == "all" and run_training(all_cfg).finished
+    rows = _rows(Path(all_cfg.output_dir))
+    assert sum(r["label_tokens"] for r in rows) == sum(sum(e.label_mask) for e in exs)
+    assert sum(r["mean_star"] * r["label_tokens"] for r in rows) == pytest.approx(kept)
     cfg = _cfg(
         workdir, "pre", method="dss", scorer=server.address, reference="precomputed", kl_estimator="k3"
     )

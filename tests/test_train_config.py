@@ -40,12 +40,21 @@ def test_every_example_recipe_loads(recipe: Path) -> None:
         (["scorer=null", "method=dss"], "needs scores"),
         (["reference=precomputed", "kl_estimator=full"], "cannot serve"),
         (["nokey"], "key=value"),
+        (["rs_normalize=tokens"], "rs_normalize must be"),
     ],
 )
 def test_bad_config_is_a_clear_error(sets: list[str], message: str) -> None:
     base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1"]
     with pytest.raises(ValueError, match=message):
         load_config(None, base + sets)
+
+
+def test_rs_normalize_defaults_to_the_published_all() -> None:
+    base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1", "method=rs"]
+    assert load_config(None, base).rs_normalize == "all"
+    assert load_config(None, [*base, "rs_normalize=kept"]).rs_normalize == "kept"
+    published = load_config(str(ROOT / "examples" / "published.yaml"), base)
+    assert published.rs_normalize == "all"
 
 
 def test_cli_reports_errors_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,6 +67,13 @@ def test_cli_reports_errors_without_traceback(capsys: pytest.CaptureFixture[str]
         ["--set", "model=/nope", "--set", "data=d", "--set", "output_dir=/tmp/x", "--set", "method=sft"]
     )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    rc = train_main(
+        ["--set", "model=/m", "--set", "data=d", "--set", "output_dir=o", "--set", "rs_normalize=x"]
+    )
+    assert (
+        rc == 2
+        and "star-train: error: rs_normalize must be one of ('all', 'kept')" in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         train_main(["--help"])
     assert "--resume" in capsys.readouterr().out

@@ -14,6 +14,8 @@ import torch
 
 KLEstimator = Literal["k1", "k2", "k3", "full"]
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3", "full")
+RSNormalize = Literal["all", "kept"]
+RS_NORMALIZE: tuple[str, ...] = ("all", "kept")
 
 
 @dataclass(frozen=True)
@@ -127,13 +129,28 @@ def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) ->
 
 
 def rs_loss(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    keep: torch.Tensor,
+    normalize: RSNormalize = "all",
 ) -> LossOutput:
     """Rejection sampling: CE on the label tokens of kept examples (`keep[b]` is 0 or 1), no KL.
 
-    Normalised by the label tokens of the kept examples; a batch with none kept gives a zero loss that
-    still carries a graph, so every rank of a multi-GPU run steps together.
+    `normalize` picks the denominator:
+    'all' (the published code's): the label tokens of the whole micro-batch, dropped examples included,
+    i.e. STAR-DSS with weight 1 on kept and 0 on dropped examples and no KL; `mean_star` is then the
+    share of label tokens kept and `label_tokens` counts all of them.
+    'kept': the label tokens of the kept examples only, so the loss is their mean CE (SFT on the kept
+    examples); `label_tokens` counts the kept ones.
+    A batch with none kept gives a zero loss that still carries a graph, so every rank of a multi-GPU
+    run steps together.
     """
+    if normalize == "all":
+        w = keep.to(torch.float32).view(-1, 1).expand(targets.shape)
+        return star_dss_loss(logits, targets, mask, w, lambda_kl=0.0)
+    if normalize != "kept":
+        raise ValueError(f"unknown rs normalisation {normalize!r}; choose {' or '.join(RS_NORMALIZE)}")
     kept = mask.to(torch.float32) * keep.to(torch.float32).view(-1, 1)
     out = sft_loss(logits, targets, kept)
     if out.label_tokens == 0:
@@ -152,14 +169,16 @@ def compute_loss(
     ref_logits: torch.Tensor | None = None,
     lambda_kl: float = 0.5,
     estimator: KLEstimator = "k2",
+    rs_normalize: RSNormalize = "all",
 ) -> LossOutput:
-    """Dispatch on the training method: 'sft', 'rs' or 'dss'."""
+    """Dispatch on the training method: 'sft', 'rs' (normalised as `rs_normalize`, see `rs_loss`) or
+    'dss'."""
     if method == "sft":
         return sft_loss(logits, targets, mask)
     if method == "rs":
         if keep is None:
             raise ValueError("method 'rs' needs a keep flag per example")
-        return rs_loss(logits, targets, mask, keep)
+        return rs_loss(logits, targets, mask, keep, rs_normalize)
     if method == "dss":
         if weights is None:
             raise ValueError("method 'dss' needs STAR weights per token")

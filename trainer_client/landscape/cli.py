@@ -15,7 +15,7 @@ from trainer_client.judges import Judge, KeywordJudge, guard_service_judge, in_p
 from trainer_client.landscape.grid import linspace
 from trainer_client.landscape.results import RunMismatch
 from trainer_client.landscape.runner import LandscapeConfig, load_policy, run_landscape
-from trainer_client.landscape.visage import DEFAULT_TOLERANCE
+from trainer_client.landscape.visage import BASIN_RULES, DEFAULT_BASIN_RULE, DEFAULT_TOLERANCE
 
 EPILOG = """\
 examples:
@@ -25,7 +25,9 @@ examples:
       --guard ./llama-guard-3-1b
 
 Results: OUT/points.jsonl (one line per point, append-only; rerunning the same command resumes and
-skips finished points), OUT/results.json (every point, VISAGE, basin bounds) and the PNG plot(s).
+skips finished points), OUT/results.json (every point, VISAGE, basin bounds, the basin rule behind
+them and both rules' numbers under by_rule) and the PNG plot(s). Changing --basin or
+--basin-tolerance and rerunning re-summarises the finished points without recomputing them.
 """
 
 
@@ -81,11 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="interp points added past each end, same spacing (default: 3)",
     )
     grid.add_argument(
+        "--basin",
+        choices=BASIN_RULES,
+        default=DEFAULT_BASIN_RULE,
+        help="the 1d basin rule behind VISAGE: published (poloclub/llm-landscape's: from each edge of the "
+        "grid in to the first point above total collapse, ASR <= 99.99, walls included) or tolerance "
+        "(ours: the contiguous run around alpha=0 within --basin-tolerance of its safety); results.json "
+        f"holds both under by_rule. 2d always uses tolerance (default: {DEFAULT_BASIN_RULE})",
+    )
+    grid.add_argument(
         "--basin-tolerance",
         type=float,
         default=DEFAULT_TOLERANCE,
-        help="the basin is the contiguous run around alpha=0 whose safety stays at least the unperturbed "
-        f"safety minus this many points (default: {DEFAULT_TOLERANCE})",
+        help="--basin tolerance (and 2d): the basin is the contiguous run around alpha=0 whose safety "
+        f"stays at least the unperturbed safety minus this many points (default: {DEFAULT_TOLERANCE})",
     )
     judge = ap.add_argument_group("judge")
     judge.add_argument(
@@ -180,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             interp_steps=args.interp_steps,
             interp_extend=args.interp_extend,
+            basin_rule=args.basin,
             basin_tolerance=args.basin_tolerance,
             cache_directions=args.cache_directions,
             store=args.store,
@@ -208,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("star-landscape", exc)
     summary: dict[str, Any] = {
         k: results[k]
-        for k in ("mode", "visage", "origin_safety", "safety_aligned", "safety_finetuned")
+        for k in ("mode", "visage", "basin_rule", "origin_safety", "safety_aligned", "safety_finetuned")
         if k in results
     }
     if "basins" in results:

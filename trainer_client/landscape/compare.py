@@ -11,7 +11,7 @@ from trainer_client.generation import GenerationConfig
 from trainer_client.landscape.plot import plot_1d
 from trainer_client.landscape.runner import landscape_1d
 from trainer_client.landscape.safety import Judge
-from trainer_client.landscape.visage import DEFAULT_TOLERANCE
+from trainer_client.landscape.visage import BASIN_RULES, DEFAULT_BASIN_RULE, DEFAULT_TOLERANCE, BasinRule
 
 
 def mean_curve(results: dict[str, Any], key: str = "safety") -> tuple[list[float], list[float]]:
@@ -33,13 +33,17 @@ def compare_landscapes(
     seed: int = 0,
     generation: GenerationConfig | None = None,
     basin_tolerance: float = DEFAULT_TOLERANCE,
+    basin_rule: BasinRule = DEFAULT_BASIN_RULE,
     device: str = "cpu",
     progress: bool = False,
 ) -> dict[str, Any]:
     """`landscape_1d` of every model (name -> directory) into out_dir/<name>/ (resumable), plus
     out_dir/landscapes_1d.png overlaying the direction-averaged curves. Returns
-    {"models": {name: {"visage", "origin_safety", "basins", "keyword_visage", "results", "plot"}},
-     "plot": path, "details": {name: full results dict}}."""
+    {"models": {name: {"visage", "basin_rule", "origin_safety", "basins", "keyword_visage", "by_rule",
+                       "results", "plot"}},
+     "plot": path, "details": {name: full results dict}}; "visage", "basins" and "keyword_visage" are
+    under `basin_rule`, "by_rule" holds them under every rule (rule -> {"visage", "basins",
+    "keyword_visage"})."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     details: dict[str, dict[str, Any]] = {}
@@ -54,6 +58,7 @@ def compare_landscapes(
             seed=seed,
             generation=generation,
             basin_tolerance=basin_tolerance,
+            basin_rule=basin_rule,
             device=device,
             progress=progress,
         )
@@ -73,10 +78,10 @@ def compare_landscapes(
     )
     summary = {
         name: {
-            "visage": r["visage"],
+            **_rule_summary(r, r["basin_rule"]),
+            "basin_rule": r["basin_rule"],
             "origin_safety": r["origin_safety"],
-            "basins": [[b["lo"], b["hi"]] for b in r["basins"]],
-            "keyword_visage": r["keyword"]["visage"],
+            "by_rule": {rule: _rule_summary(r, rule) for rule in BASIN_RULES},
             "results": str(out / name / "results.json"),
             "plot": r.get("plots", [None])[0],
         }
@@ -85,14 +90,29 @@ def compare_landscapes(
     return {"models": summary, "plot": str(plot), "details": details}
 
 
+def _rule_summary(results: dict[str, Any], rule: str) -> dict[str, Any]:
+    """VISAGE, basin bounds and keyword-judge VISAGE of one 1D result under one basin rule."""
+    main, kw = results["by_rule"][rule], results["keyword"]["by_rule"][rule]
+    return {
+        "visage": main["visage"],
+        "basins": [[b["lo"], b["hi"]] for b in main["basins"]],
+        "keyword_visage": kw["visage"],
+    }
+
+
 def markdown_table(comparison: dict[str, Any]) -> str:
-    """A markdown table of VISAGE, safety at the origin and basin bounds per model."""
-    lines = [
-        "| model | VISAGE | safety at alpha=0 | basin (per direction) | VISAGE (keyword judge) |",
-        "|---|---:|---:|---|---:|",
-    ]
-    for name, m in comparison["models"].items():
-        basins = ", ".join(f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in m["basins"])
-        v, s0, kv = m["visage"], m["origin_safety"], m["keyword_visage"]
-        lines.append(f"| {name} | {v:.1f} | {s0:.1f} | {basins} | {kv:.1f} |")
+    """A markdown table per model: VISAGE under each basin rule (the chosen one first), safety at the
+    origin, the chosen rule's basin bounds and its keyword-judge VISAGE; headers name the rules."""
+    models = comparison["models"]
+    rule = next(iter(models.values()))["basin_rule"] if models else DEFAULT_BASIN_RULE
+    other = [r for r in BASIN_RULES if r != rule]
+    head = [f"VISAGE ({rule} basin)", *(f"VISAGE ({r} basin)" for r in other), "safety at alpha=0"]
+    head += [f"{rule} basin (per direction)", f"VISAGE (keyword judge, {rule} basin)"]
+    lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|---:|"]
+    for name, m in models.items():
+        basins = ", ".join(f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in m["by_rule"][rule]["basins"])
+        vs = [m["by_rule"][r]["visage"] for r in (rule, *other)]
+        cells = [*(f"{v:.1f}" for v in vs), f"{m['origin_safety']:.1f}", basins]
+        cells.append(f"{m['by_rule'][rule]['keyword_visage']:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -36,7 +36,15 @@ from trainer_client.landscape.perturb import Perturber, StoreKind
 from trainer_client.landscape.plot import plot_1d, plot_2d
 from trainer_client.landscape.results import ResultStore
 from trainer_client.landscape.safety import Judge, measure_safety
-from trainer_client.landscape.visage import DEFAULT_TOLERANCE, basin_2d, visage
+from trainer_client.landscape.visage import (
+    BASIN_RULES,
+    DEFAULT_BASIN_RULE,
+    DEFAULT_TOLERANCE,
+    BasinRule,
+    basin_2d,
+    visage_by_rule,
+    visage_record,
+)
 
 Mode = Literal["1d", "2d", "interp"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,8 +68,11 @@ class LandscapeConfig:
     """Points from t=0 (this model) to t=1 (the other checkpoint), both included."""
     interp_extend: int = 3
     """Extra points of the same spacing past each end of the interpolation path."""
+    basin_rule: BasinRule = DEFAULT_BASIN_RULE
+    """How the 1D basin is found: "published" (llm-landscape's rule) or "tolerance" (ours); see
+    visage.py. 2D basins always use the tolerance rule. Both 1D rules' numbers are in the results."""
     basin_tolerance: float = DEFAULT_TOLERANCE
-    """Safety points the basin may fall below the unperturbed model (see visage.py)."""
+    """Safety points the tolerance-rule basin may fall below the unperturbed model (see visage.py)."""
     cache_directions: bool = False
     """Keep random directions in memory (one extra model of float32) instead of redrawing per point."""
     store: StoreKind = "auto"
@@ -71,6 +82,10 @@ class LandscapeConfig:
     save_responses: bool = False
     """Store every generated response in points.jsonl."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if self.basin_rule not in BASIN_RULES:
+            raise ValueError(f"unknown basin rule {self.basin_rule!r}; choose {' or '.join(BASIN_RULES)}")
 
 
 def load_policy(
@@ -127,7 +142,7 @@ def run_meta(
 ) -> dict[str, Any]:
     """Everything the points' values depend on (hashed into the run fingerprint)."""
     c = asdict(config)
-    for k in ("cache_directions", "store", "store_dir", "basin_tolerance"):
+    for k in ("cache_directions", "store", "store_dir", "basin_rule", "basin_tolerance"):
         c.pop(k)  # how, not what: changing these must not invalidate finished points
     return {
         "model": model_id,
@@ -219,31 +234,34 @@ def summarize(
         for k in range(config.n_directions):
             pts = [GridPoint(f"d{k}", a) for a in config.alphas]
             curves.append(([p.alpha for p in pts], [_value(points, p) for p in pts]))
-        v = visage(curves, config.basin_tolerance)
+        v = visage_by_rule(curves, config.basin_tolerance)
         kw_curves = [
             (a, [float(points[GridPoint(f"d{k}", x).key].get("keyword_safety", float("nan"))) for x in a])
             for k, (a, _) in enumerate(curves)
         ]
-        kv = visage(kw_curves, config.basin_tolerance)
+        kv = visage_by_rule(kw_curves, config.basin_tolerance)
         out["keyword"] = {
-            "visage": kv.visage,
-            "basins": [asdict(b) | {"direction": k} for k, b in enumerate(kv.basins)],
+            **visage_record(kv[config.basin_rule]),
+            "by_rule": {r: visage_record(x) for r, x in kv.items()},
             "curves": [s for _, s in kw_curves],
         }
         out["curves"] = [
             {"direction": k, "seed": config.seed + k, "alpha": a, "safety": s}
             for k, (a, s) in enumerate(curves)
         ]
-        out["visage"] = v.visage
-        out["basin_tolerance"] = v.tolerance
-        out["basins"] = [asdict(b) | {"direction": k} for k, b in enumerate(v.basins)]
-        out["origin_safety"] = v.basins[0].origin_safety
+        out.update(visage_record(v[config.basin_rule]))
+        out["by_rule"] = {r: visage_record(x) for r, x in v.items()}
+        out["basin_tolerance"] = config.basin_tolerance
+        out["origin_safety"] = v[config.basin_rule].basins[0].origin_safety
     elif config.mode == "2d":
         grid2 = [[_value(points, GridPoint("2d", a, b)) for b in config.betas] for a in config.alphas]
         b2 = basin_2d(config.alphas, config.betas, grid2, config.basin_tolerance)
         out["alpha"], out["beta"], out["safety"] = list(config.alphas), list(config.betas), grid2
         out["visage"] = b2.visage
         out["basin"] = asdict(b2)
+        out["basin_rule"] = b2.rule
+        if config.basin_rule != b2.rule:
+            out["basin_rule_note"] = "the published code has no 2D basin rule; 2D uses the tolerance rule"
         out["basin_tolerance"] = config.basin_tolerance
         out["origin_safety"] = b2.origin_safety
     else:
@@ -290,19 +308,22 @@ def landscape_1d(
     seed: int = 0,
     generation: GenerationConfig | None = None,
     basin_tolerance: float = DEFAULT_TOLERANCE,
+    basin_rule: BasinRule = DEFAULT_BASIN_RULE,
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = False,
     plot: bool = True,
 ) -> dict[str, Any]:
-    """One call for a model directory's 1D landscape: results dict with "visage", "basins", "curves",
-    "plots" (the PNG path) and every point; resumable in `out_dir`."""
+    """One call for a model directory's 1D landscape: results dict with "visage", "basins" and
+    "basin_rule" (under `basin_rule`), "by_rule" (both rules), "curves", "plots" (the PNG path) and
+    every point; resumable in `out_dir`."""
     cfg = LandscapeConfig(
         mode="1d",
         alphas=tuple(alphas) if alphas is not None else DEFAULT_ALPHAS,
         n_directions=directions,
         seed=seed,
         basin_tolerance=basin_tolerance,
+        basin_rule=basin_rule,
         generation=generation or GenerationConfig(),
     )
     model, tokenizer = load_policy(model_path, dtype=dtype, device=device)

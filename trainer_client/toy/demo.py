@@ -138,7 +138,7 @@ def draw_landscapes(judge_fn: Any, models: dict[str, str], out_dir: Path) -> dic
         "table": markdown_table(ls),
         "grid": {"alpha_max": cfg.alpha_max, "steps": cfg.steps, "directions": cfg.directions,
                  "prompts": cfg.prompts, "max_new_tokens": cfg.max_new_tokens,
-                 "basin_tolerance": cfg.basin_tolerance},
+                 "basin_rule": cfg.basin_rule, "basin_tolerance": cfg.basin_tolerance},
         "seconds": round(time.time() - t0, 1),
     }  # fmt: skip
 

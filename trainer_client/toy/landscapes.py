@@ -15,6 +15,7 @@ from trainer_client.generation import GenerationConfig
 from trainer_client.landscape.compare import compare_landscapes
 from trainer_client.landscape.grid import linspace
 from trainer_client.landscape.safety import Judge
+from trainer_client.landscape.visage import DEFAULT_BASIN_RULE, BasinRule
 from trainer_client.toy.eval_sets import toy_harmful_prompts
 
 
@@ -36,6 +37,8 @@ class ToyLandscapeConfig:
     """As the demo's evaluation: long enough for harmful steps after a benign opening."""
     batch_size: int = 32
     seed: int = 0
+    basin_rule: BasinRule = DEFAULT_BASIN_RULE
+    """VISAGE's basin rule; the report also shows the other rule's VISAGE (see landscape/visage.py)."""
     basin_tolerance: float = 10.0
 
 
@@ -59,5 +62,6 @@ def toy_landscapes(
         seed=cfg.seed,
         generation=GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size),
         basin_tolerance=cfg.basin_tolerance,
+        basin_rule=cfg.basin_rule,
         progress=progress,
     )

@@ -15,6 +15,7 @@ METHODS = ("sft", "rs", "dss")
 FINETUNE = ("lora", "full")
 REFERENCES = ("auto", "precomputed")
 MIXED = ("no", "bf16", "fp16")
+RS_NORMALIZE = ("all", "kept")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class TrainConfig:
     # -- method --
     method: str = "dss"
     """'sft' (plain), 'rs' (drop examples the guard judges unsafe) or 'dss' (STAR-DSS)."""
+    rs_normalize: str = "all"
+    """method 'rs' only: the loss's denominator. 'all' (the published code's): every label token of the
+    micro-batch, dropped examples included; 'kept': the label tokens of the kept examples only."""
     lambda_kl: float = 0.5
     kl_estimator: str = "k2"
     """'k1', 'k2', 'k3' on the target token, or 'full' (the whole vocabulary)."""
@@ -116,6 +120,7 @@ class TrainConfig:
             (self.finetune in FINETUNE, f"finetune must be one of {FINETUNE}, not {self.finetune!r}"),
             (self.reference in REFERENCES, f"reference must be one of {REFERENCES}, not {self.reference!r}"),
             (self.mixed_precision in MIXED, f"mixed_precision must be one of {MIXED}"),
+            (self.rs_normalize in RS_NORMALIZE, f"rs_normalize must be one of {RS_NORMALIZE}"),
             (self.kl_estimator in ("k1", "k2", "k3", "full"), "kl_estimator must be k1, k2, k3 or full"),
             (
                 not (self.reference == "precomputed" and self.kl_estimator == "full"),

@@ -13,14 +13,21 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from star_contract.model_dir import require_model_dir
 from trainer_client.data import Batch, build_examples, collate, example_weights, load_conversations
-from trainer_client.loss import KLEstimator, LossOutput, compute_loss, shift_for_causal_lm, target_logprobs
+from trainer_client.loss import (
+    KLEstimator,
+    LossOutput,
+    RSNormalize,
+    compute_loss,
+    shift_for_causal_lm,
+    target_logprobs,
+)
 from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores, Prefetcher
 from trainer_client.scoring.select import scorer_from
@@ -179,6 +186,7 @@ class Trainer:
             ref_logits=ref_logits,
             lambda_kl=self.cfg.lambda_kl,
             estimator=_estimator(self.cfg.kl_estimator),
+            rs_normalize=cast(RSNormalize, self.cfg.rs_normalize),  # checked by TrainConfig
         )
 
     @torch.no_grad()
