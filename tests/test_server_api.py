@@ -26,7 +26,9 @@ from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
 
-WORDS = "sure here is how to do it step by step first take the thing then carefully do the rest".split()
+# Ordinary prose words; tests with explicit character offsets rely on their lengths.
+WORDS = ["sure", "here", "is", "how", "to", "do", "it", "step", "by", "step", "first", "take"]
+WORDS += ["the", "thing", "then", "carefully", "do", "the", "rest"]
 
 
 def response(n: int, shift: int = 0) -> str:
