@@ -89,6 +89,37 @@ def _plain_forward(engine: StarEngine, lengths: list[int], budget: int) -> None:
             batch.append(n)
 
 
+def _head_cache_run(
+    engine: StarEngine, words: int, every: int, n_conv: int, n_slow: int, repeats: int
+) -> dict[str, Any]:
+    """Short responses scored with and without the shared-head cache (and against per-cut)."""
+    reqs = [ScoreRequest(c, CutSpec(every=every)) for c in _conversations(n_conv, words, seed=2)]
+    without = StarEngine(engine.guard, replace(engine.config, head_cache=False))
+    without.score(reqs[:1])
+    engine.score(reqs[:1])
+    t_with = t_without = float("inf")
+    for _ in range(repeats):  # interleaved, so a noisy neighbour hits both sides alike
+        t, cached = _timeit(lambda: engine.score(reqs), 1)
+        t_with = min(t_with, t)
+        t_without = min(t_without, _timeit(lambda: without.score(reqs), 1)[0])
+    slow = engine.score(reqs[:n_slow], method="per_cut")
+    diff = max(
+        abs(x.p_safe - y.p_safe)
+        for a, b in zip(cached, slow, strict=False)
+        for x, y in zip(a.segments, b.segments, strict=True)
+    )
+    plan = engine.plan(reqs[0])
+    return {
+        "head_cache_speedup": round(t_without / t_with, 3),
+        "head_cache_max_abs_diff": diff,
+        "head_cache_tokens": engine.head.tokens if engine.head else 0,
+        "head_cache_bytes": engine.head.nbytes if engine.head else 0,
+        "short_response_tokens": len(engine.guard.encode([reqs[0].conversation.response])[0]),
+        "short_trunk_tokens": len(plan.trunk),
+        "short_tail_tokens": sum(len(t) for t in plan.tails),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -101,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         "--conversations", type=int, default=None, help="batch of conversations (default 8, quick 4)"
     )
     ap.add_argument("--words", type=int, default=200, help="response length in words")
+    ap.add_argument(
+        "--short-words",
+        type=int,
+        default=45,
+        help="response length of the head-cache comparison (45 words: about 100 guard tokens here, "
+        "as in the published finetuning data)",
+    )
     ap.add_argument("--every", type=int, default=5, help="M: a cut every M words")
     ap.add_argument("--policy-tokens", type=int, default=300, help="guard tokens of policy before the chat")
     ap.add_argument("--max-batch-tokens", type=int, default=16384)
@@ -148,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     t_one, fast = _timeit(lambda: engine.score(reqs), repeats)
     tree = StarEngine(guard, replace(engine.config, layout="tree"))
     tree.score(warm)
-    t_tree, _ = _timeit(lambda: tree.score(reqs), repeats)
+    t_tree, _ = _timeit(lambda: tree.score(reqs), slow_repeats)  # informational: one run in --quick
     t_per, slow = _timeit(lambda: engine.score(reqs[:n_slow], method="per_cut"), slow_repeats)
     slow_cuts = sum(len(p.cuts) for p in plans[:n_slow])
     rows = [it.tokens for batch in pack_rows(items, args.max_batch_tokens) for it in batch]
     t_plain, _ = _timeit(lambda: _plain_forward(engine, rows, args.max_batch_tokens), repeats)
     t_plan, _ = _timeit(lambda: [engine.plan(r) for r in reqs], repeats)
+    head = _head_cache_run(engine, args.short_words, args.every, n_conv, n_slow, repeats + 1)
     diff = max(
         abs(x.p_safe - y.p_safe)
         for a, b in zip(fast, slow, strict=False)
@@ -175,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "one_pass_tokens": one_pass_tokens,
         "per_cut_tokens": per_cut_tokens,
         "per_cut_measured_cuts": slow_cuts,
+        **head,
         "head_tokens": head_tokens,
         "suffix_tokens": suffix_tokens,
         "shape": args.shape,

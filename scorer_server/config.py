@@ -102,6 +102,9 @@ class BatchingSettings:
     )
     threads: int = _opt(0, "torch intra-op threads for the local backend; 0 keeps torch's default")
     warmup: bool = _opt(True, "run one request through the model before reporting SERVING")
+    head_cache: bool = _opt(
+        True, "keep the template head's keys and values once and start every request from them"
+    )
 
     def batcher_config(self) -> BatcherConfig:
         return BatcherConfig(

@@ -32,6 +32,23 @@ class ServerMetrics:
             "star_requests_dropped", "Requests dropped before completion (deadline or cancel)", registry=r
         )
 
+        self.head_cache_bytes = Gauge(
+            "star_head_cache_bytes", "Memory of the cached template-head keys and values", registry=r
+        )
+        self.head_cache_tokens = Gauge(
+            "star_head_cache_tokens", "Tokens in the cached template head", registry=r
+        )
+        self.head_tokens_reused = Counter(
+            "star_head_tokens_reused", "Guard tokens read from the head cache instead of computed", registry=r
+        )
+
+    def on_head_cache(self, tokens: int, nbytes: int) -> None:
+        self.head_cache_tokens.set(tokens)
+        self.head_cache_bytes.set(nbytes)
+
+    def on_head_reused(self, tokens: int) -> None:
+        self.head_tokens_reused.inc(tokens)
+
     def on_batch(self, rows: int, tokens: int, seconds: float) -> None:
         self.batch_size.observe(rows)
         self.batch_tokens.observe(tokens)

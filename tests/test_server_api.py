@@ -249,6 +249,11 @@ def test_metrics_and_server_alive_after_everything(server: Any, channel: grpc.Ch
         "star_guard_forwards_total",
     ):
         assert name in text
+    values = {
+        line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("star_head")
+    }
+    assert values["star_head_cache_bytes"] > 0 and values["star_head_cache_tokens"] > 0
+    assert values["star_head_tokens_reused_total"] > 0  # every request started from the cached head
     assert 'code="INVALID_ARGUMENT"' in text and 'method="ScoreStreamRequest"' in text
     assert "INTERNAL" not in text
 

@@ -31,10 +31,12 @@ def test_every_flag_lands_in_its_own_section() -> None:
             "--max-batch-tokens", "999", "--max-wait-ms", "2.5", "--no-warmup", "--threads", "3",
             "--max-cuts", "9", "--backend", "vllm", "--remote-url", "http://a:1,http://b:2",
             "--remote-url", "http://c:3", "--remote-max-concurrency", "7", "--port", "6000",
-            "--grace-s", "4", "--log-level", "debug",
+            "--grace-s", "4", "--log-level", "debug", "--no-head-cache",
         ]
     )  # fmt: skip
-    assert cfg.batching == BatchingSettings(max_batch_tokens=999, max_wait_ms=2.5, warmup=False, threads=3)
+    assert cfg.batching == BatchingSettings(
+        max_batch_tokens=999, max_wait_ms=2.5, warmup=False, threads=3, head_cache=False
+    )
     assert cfg.batching.batcher_config().max_wait_s == pytest.approx(0.0025)
     assert cfg.limits == Limits(max_cuts=9)
     assert cfg.remote == RemoteSettings("vllm", ("http://a:1", "http://b:2", "http://c:3"), 7)

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from scorer_server import __version__
 from scorer_server.backends.base import ScorePart
@@ -36,10 +36,17 @@ class LocalBackendConfig:
     limits: Limits = field(default_factory=Limits)
 
 
+class EngineObserver(BatchObserver, Protocol):
+    """What the local backend reports besides batches: the head cache's size and its reuse."""
+
+    def on_head_cache(self, tokens: int, nbytes: int) -> None: ...
+    def on_head_reused(self, tokens: int) -> None: ...
+
+
 class LocalBackend:
     """Implements scorer_server.backends.base.ScoringBackend over a StarEngine."""
 
-    def __init__(self, config: LocalBackendConfig, observer: BatchObserver | None = None) -> None:
+    def __init__(self, config: LocalBackendConfig, observer: EngineObserver | None = None) -> None:
         self.config = config
         self._observer = observer
         self._plan_pool = ThreadPoolExecutor(1, thread_name_prefix="star-plan")
@@ -59,7 +66,7 @@ class LocalBackend:
         self._engine = await loop.run_in_executor(self._forward_pool, self._load)
         self._batcher = Batcher(
             self.config.batching.batcher_config(),
-            run=self._engine.run,
+            run=self._run,
             cost=lambda item: int(item.tokens),
             executor=self._forward_pool,
             observer=self._observer,
@@ -79,6 +86,14 @@ class LocalBackend:
             server_version=__version__,
         )
 
+    def _run(self, items: list[Any]) -> list[list[Segment]]:
+        head = self._engine.head
+        before = head.reused if head is not None else 0
+        out: list[list[Segment]] = self._engine.run(items)
+        if head is not None and self._observer is not None:
+            self._observer.on_head_reused(head.reused - before)
+        return out
+
     def _load(self) -> Any:
         import torch
 
@@ -92,9 +107,23 @@ class LocalBackend:
             max_batch_tokens=self.config.batching.max_batch_tokens,
             max_row_tokens=self.config.batching.max_row_tokens,
             limits=self.config.limits,
+            head_cache=self.config.batching.head_cache,
         )
-        log.info("guard loaded", extra={"guard": guard.name, "fingerprint": guard.fingerprint})
-        return StarEngine(guard, engine_config)
+        engine = StarEngine(guard, engine_config)
+        head = engine.head
+        head_tokens, head_bytes = (head.tokens, head.nbytes) if head is not None else (0, 0)
+        if self._observer is not None:
+            self._observer.on_head_cache(head_tokens, head_bytes)
+        log.info(
+            "guard loaded",
+            extra={
+                "guard": guard.name,
+                "fingerprint": guard.fingerprint,
+                "head_cache_tokens": head_tokens,
+                "head_cache_bytes": head_bytes,
+            },
+        )
+        return engine
 
     async def stop(self, grace_s: float) -> None:
         if self._batcher is not None:

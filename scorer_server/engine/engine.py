@@ -15,6 +15,7 @@ from scorer_server.engine.forward import (
     forward_prompts,
     supports_prefix_cache,
 )
+from scorer_server.engine.head_cache import HeadCache
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
 from scorer_server.guards.loader import Guard, GuardConfig, load_guard
 from scorer_server.guards.verdict import p_safe, read_verdict
@@ -42,6 +43,9 @@ class EngineConfig:
     tail_rows_per_item: int = 8
     """prefix_cache: rows the tails of one item are spread over (more rows: less attention, more copies
     of the trunk cache)."""
+    head_cache: bool = True
+    """prefix_cache: keep the keys and values of the guard's template head (the policy before the
+    conversation) once and start every trunk from them instead of recomputing them per request."""
 
 
 def pack_rows(items: list[WorkItem], max_batch_tokens: int) -> Iterator[list[WorkItem]]:
@@ -74,6 +78,9 @@ class StarEngine:
                 "layout 'prefix_cache' does not support sliding-window guards; use 'tree' or 'auto'"
             )
         self.layout = layout
+        self.head: HeadCache | None = None
+        if layout == "prefix_cache" and self.config.head_cache:
+            self.head = HeadCache(guard)
         tok = guard.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
 
@@ -103,7 +110,9 @@ class StarEngine:
     def run(self, items: list[WorkItem]) -> list[list[Segment]]:
         """One forward over `items` (the caller keeps within the token budget)."""
         if self.layout == "prefix_cache":
-            diffs = forward_items_prefix_cache(self.guard, items, self.pad_id, self.config.tail_rows_per_item)
+            diffs = forward_items_prefix_cache(
+                self.guard, items, self.pad_id, self.config.tail_rows_per_item, self.head
+            )
         else:
             diffs = forward_items(self.guard, items, self.pad_id)
         out: list[list[Segment]] = []

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from scorer_server.engine.head_cache import HeadCache
 from scorer_server.engine.plan import WorkItem
 from scorer_server.guards.head import verdict_logit_diff
 from scorer_server.guards.loader import Guard
@@ -151,25 +152,37 @@ def supports_prefix_cache(model: Any) -> bool:
 
 @torch.inference_mode()
 def forward_items_prefix_cache(
-    guard: Guard, items: list[WorkItem], pad_id: int = 0, rows_per_item: int = 8
+    guard: Guard,
+    items: list[WorkItem],
+    pad_id: int = 0,
+    rows_per_item: int = 8,
+    head: HeadCache | None = None,
 ) -> list[list[float]]:
     """The same numbers as `forward_items`, computed in two stages that skip the masked-out work.
 
-    Stage 1 runs every item's trunk as a plain causal forward and keeps its keys and values. Stage 2
-    runs the tails, grouped into a few rows per item, against a copy of their item's trunk cache: a
-    tail attends to the first `shared` trunk keys and causally to itself. Attention then costs about
-    tails x (shared + tail) instead of (trunk + tails)^2 per row, and the trunk is computed once.
+    Stage 1 runs every item's trunk as a plain causal forward and keeps its keys and values; with a
+    `head` cache, the trunks start from the guard's cached template head and only the rest is computed.
+    Stage 2 runs the tails, grouped into a few rows per item, against a copy of their item's trunk
+    cache: a tail attends to the first `shared` trunk keys and causally to itself. Attention then costs
+    about tails x (shared + tail) instead of (trunk + tails)^2 per row, and the trunk is computed once.
     """
     from transformers import DynamicCache
 
     model, device = guard.model.base_model, guard.device
     trunks = [it.plan.trunk[: it.plan.trunk_len(it.cut_indices)] for it in items]
     t_len = max(len(t) for t in trunks)
-    ids = torch.tensor([t + [pad_id] * (t_len - len(t)) for t in trunks], device=device)
+    m = 0
+    if head is not None:
+        min_shared = min(it.plan.shared[i] for it in items for i in it.cut_indices)
+        m = head.usable(trunks, min_shared)
+    cache = head.cache_for(guard.model.config, m, len(items)) if head is not None and m else None
+    if cache is None:
+        cache = DynamicCache(config=guard.model.config)
+    ids = torch.tensor([t[m:] + [pad_id] * (t_len - len(t)) for t in trunks], device=device)
     attn = torch.tensor([[1] * len(t) + [0] * (t_len - len(t)) for t in trunks], device=device)
-    cache = DynamicCache(config=guard.model.config)
-    trunk_out = model(input_ids=ids, attention_mask=attn, cache=cache, use_cache=True)
-    trunk_hidden = trunk_out.last_hidden_state
+    pos = torch.arange(m, t_len, device=device).expand(len(items), -1)
+    trunk_out = model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True)
+    trunk_hidden = trunk_out.last_hidden_state  # positions m .. t_len - 1
 
     rows, reads = _tail_rows(items, rows_per_item)
     tail_hidden = trunk_hidden  # replaced below when any cut has a tail
@@ -199,7 +212,7 @@ def forward_items_prefix_cache(
     picked = []
     for k, item_reads in enumerate(reads):
         for where, p in item_reads:
-            picked.append(trunk_hidden[k, p] if where < 0 else tail_hidden[where, p])
+            picked.append(trunk_hidden[k, p - m] if where < 0 else tail_hidden[where, p])
     diffs = verdict_logit_diff(guard, torch.stack(picked)).cpu().tolist()
     result: list[list[float]] = []
     n = 0

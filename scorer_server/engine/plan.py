@@ -62,7 +62,8 @@ class WorkItem:
         return self.plan.cost(self.cut_indices)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -81,7 +82,7 @@ def plan_response(guard: Guard, request: ScoreRequest, limits: Limits | None = N
     shared: list[int] = []
     tails: list[list[int]] = []
     for x in ids:
-        lcp = _common_prefix(x, trunk)
+        lcp = common_prefix(x, trunk)
         shared.append(lcp)
         tails.append(x[lcp:])  # empty when the input is a prefix of the trunk: read off the trunk
     return ResponsePlan(request, prep.cuts, trunk, shared, tails, [len(x) for x in ids])
