@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from scorer_server.backends.prompts import load_prompt_guard  # noqa: E402
 from scorer_server.backends.remote import RemoteConfig  # noqa: E402
 from scorer_server.backends.vllm import VllmBackend  # noqa: E402
-from scorer_server.engine.engine import StarEngine  # noqa: E402
+from scorer_server.engine.engine import EngineConfig, StarEngine  # noqa: E402
 from scorer_server.guards.loader import GuardConfig  # noqa: E402
 from star_contract.types import Conversation, CutSpec, ScoreRequest, StarScores  # noqa: E402
 from star_testing.scorer_process import free_port  # noqa: E402
@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         ours: list[StarScores] = engine.score(reqs)
         ours_s = time.perf_counter() - t0
         cuts = sum(len(s.segments) for s in ours)
+        no_head = StarEngine(engine.guard, EngineConfig(head_cache=False))  # before the shared-head cache
+        no_head.score(reqs[:1])
+        t0 = time.perf_counter()
+        no_head.score(reqs)
+        no_head_s = time.perf_counter() - t0
         port = free_port()
         proc = start_vllm(guard_dir, port, Path(tmp) / "vllm.log", threads=args.threads, kv_cache_gib=2)
         try:
@@ -136,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "ours_vs_vllm_apc": round(vllm_s / ours_s, 3),
         "max_abs_diff": diff,
+        "ours_without_head_cache_vs_vllm_apc": round(vllm_s / no_head_s, 3),
         "cuts": cuts,
         "responses": len(reqs),
         "ours_cuts_per_s": round(cuts / ours_s, 1),
