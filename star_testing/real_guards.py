@@ -17,6 +17,7 @@ with the families' special tokens; the templates are the real ones.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ REAL_GUARDS: tuple[RealGuard, ...] = (
     RealGuard("shieldgemma", "shieldgemma.chat_template.jinja", "gemma", "shieldgemma",
               "text", "", accepts_system=True),
 )  # fmt: skip
+
+
+def find_guard_templates(test_file: str | Path) -> tuple[Path, str | None]:
+    """The folder of real guard artefacts for the checkout holding `test_file` (`STAR_GUARD_TEMPLATES`,
+    else `shared/guard-templates` next to the checkout), and why it cannot be used (None when it can)."""
+    env = os.environ.get("STAR_GUARD_TEMPLATES")
+    folder = Path(env) if env else Path(test_file).resolve().parents[2] / "shared" / "guard-templates"
+    if (folder / "SOURCES.md").is_file():
+        return folder, None
+    return folder, f"the real guard templates are not at {folder} (set STAR_GUARD_TEMPLATES)"
 
 
 def llama3_tokenizer(tiktoken_file: str | Path) -> Any:

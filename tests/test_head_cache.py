@@ -6,7 +6,6 @@ the task line and the 14-category policy before the conversation, and on the tin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,10 @@ from scorer_server.engine.engine import EngineConfig, StarEngine
 from scorer_server.engine.head_cache import HeadCache, template_head_ids
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, StarScores
-from star_testing.real_guards import REAL_GUARDS, llama3_tokenizer, save_real_guard
+from star_testing.real_guards import REAL_GUARDS, find_guard_templates, llama3_tokenizer, save_real_guard
 
-ARTEFACTS = Path(
-    os.environ.get("STAR_GUARD_TEMPLATES", Path(__file__).parents[2] / "shared" / "guard-templates")
-)
-needs_templates = pytest.mark.skipif(
-    not (ARTEFACTS / "SOURCES.md").is_file(),
-    reason=f"the real guard templates are not at {ARTEFACTS} (set STAR_GUARD_TEMPLATES)",
-)
+ARTEFACTS, MISSING = find_guard_templates(__file__)
+needs_templates = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 RESPONSE = "Sure. First mix the flour and water, then knead it for ten minutes and bake at 220 C."
 # First user characters chosen to meet the head's last token ("User:") under BPE: ":" and " " can merge
@@ -34,8 +28,8 @@ OPENINGS = ["How do I bake bread?", ": what now?", "  spaced out", "\n\nnewlines
 
 @pytest.fixture(scope="module")
 def llama_guard_3(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    if not (ARTEFACTS / "SOURCES.md").is_file():
-        pytest.skip(f"the real guard templates are not at {ARTEFACTS}")
+    if MISSING:
+        pytest.skip(MISSING)
     real = next(g for g in REAL_GUARDS if g.name == "llama-guard-3-8b")
     tok = llama3_tokenizer(ARTEFACTS / "llama3.tokenizer.model")
     path = save_real_guard(tmp_path_factory.mktemp("lg3") / "guard", real, ARTEFACTS, tok)

@@ -12,7 +12,6 @@ the logits of the published verdict tokens.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,16 @@ import torch
 from star_client import InvalidRequest, ScorerClient
 from star_contract.content import ContentForm, shape_messages
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, StarScores
-from star_testing.real_guards import REAL_GUARDS, RealGuard, llama3_tokenizer, save_real_guard
+from star_testing.real_guards import (
+    REAL_GUARDS,
+    RealGuard,
+    find_guard_templates,
+    llama3_tokenizer,
+    save_real_guard,
+)
 
-ARTEFACTS = Path(
-    os.environ.get("STAR_GUARD_TEMPLATES", Path(__file__).parents[2] / "shared" / "guard-templates")
-)
-pytestmark = pytest.mark.skipif(
-    not (ARTEFACTS / "SOURCES.md").is_file(),
-    reason=f"the real guard templates are not at {ARTEFACTS} (set STAR_GUARD_TEMPLATES)",
-)
+ARTEFACTS, MISSING = find_guard_templates(__file__)
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 PROMPT = "How do I bake bread at home?"
 RESPONSES = {

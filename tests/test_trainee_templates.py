@@ -6,19 +6,18 @@ written with the same constructs as the real ones they stand for (Llama 3.1 Inst
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from star_contract.content import ContentForm
 from star_contract.types import Conversation
-from star_testing.real_guards import llama3_tokenizer
+from star_testing.real_guards import find_guard_templates, llama3_tokenizer
 from star_testing.tiny_guard import TinyGuardSpec, build_tokenizer
 from trainer_client.chat_template import TraineeTemplate
 from trainer_client.data import build_examples, tokenize_conversation
 
-ARTEFACTS = Path(__file__).resolve().parents[2] / "shared" / "guard-templates"
+ARTEFACTS, _ = find_guard_templates(__file__)
 
 HEADER = "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
 TRIM = (
