@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from star_contract.errors import InvalidRequest
 from star_contract.types import (
+    Convention,
     Conversation,
     CutKind,
     CutSpec,
@@ -34,6 +35,13 @@ _KIND_TO_PB = {
     CutKind.OFFSETS: pb.CUT_KIND_OFFSETS,
 }
 _KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()} | {pb.CUT_KIND_UNSPECIFIED: CutKind.WORDS}
+_CONVENTION_TO_PB = {
+    Convention.RAW: pb.STAR_CONVENTION_RAW,
+    Convention.PUBLISHED: pb.STAR_CONVENTION_PUBLISHED,
+}
+_CONVENTION_FROM_PB = {v: k for k, v in _CONVENTION_TO_PB.items()} | {
+    pb.STAR_CONVENTION_UNSPECIFIED: Convention.RAW
+}
 
 
 # -- conversations --
@@ -86,6 +94,8 @@ def score_request_to_pb(req: ScoreRequest, priority: int = 0) -> pb.ScoreRequest
     )
     if req.temperature != 1.0:
         out.temperature = req.temperature
+    if req.convention is not Convention.RAW:
+        out.convention = _CONVENTION_TO_PB[req.convention]
     return out
 
 
@@ -94,7 +104,16 @@ def score_request_from_pb(msg: pb.ScoreRequest) -> tuple[ScoreRequest, int]:
     temperature = msg.temperature if msg.HasField("temperature") else 1.0
     if not (math.isfinite(temperature) and temperature > 0):
         raise InvalidRequest(f"temperature must be a finite number > 0, got {temperature}")
-    req = ScoreRequest(conversation_from_pb(msg.conversation), cuts_from_pb(msg.cuts), temperature)
+    if msg.convention not in _CONVENTION_FROM_PB:
+        raise InvalidRequest(
+            f"convention is {msg.convention}; use STAR_CONVENTION_RAW or STAR_CONVENTION_PUBLISHED"
+        )
+    req = ScoreRequest(
+        conversation_from_pb(msg.conversation),
+        cuts_from_pb(msg.cuts),
+        temperature,
+        _CONVENTION_FROM_PB[msg.convention],
+    )
     return req, msg.priority
 
 

@@ -45,6 +45,10 @@ class Conversation:
     def to_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
+    def with_response(self, response: str) -> Conversation:
+        """The same conversation with another text as its last (assistant) message."""
+        return Conversation((*self.messages[:-1], Message(self.messages[-1].role, response)))
+
     def require_response(self, field: str = "conversation") -> None:
         """Raise InvalidRequest unless the last message is the assistant response to judge: the one
         check both the API's validation and in-process preparation rely on."""
@@ -65,6 +69,17 @@ class CutKind(StrEnum):
     """A cut after every N tokens of the guard's own tokenisation of the response."""
     OFFSETS = "offsets"
     """Explicit character offsets chosen by the caller (the trainer aligns them to its tokenizer)."""
+
+
+class Convention(StrEnum):
+    """How P(safe) is read from the guard at a cut."""
+
+    RAW = "raw"
+    """The paper's formula: a two-way softmax of the raw verdict logits (optionally over a temperature)."""
+    PUBLISHED = "published"
+    """The authors' released code: the guard sees the response's words joined by single spaces, and
+    P(safe) is a two-way softmax of generate()'s processed scores (repetition penalty 1.2, temperature
+    0.2, top-k 50, top-p 0.9). Word cuts only; see docs/fidelity.md."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,7 @@ class ScoreRequest:
     conversation: Conversation
     cuts: CutSpec = field(default_factory=CutSpec)
     temperature: float = 1.0
+    convention: Convention = Convention.RAW
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,12 @@ class CutKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CUT_KIND_WORDS: _ClassVar[CutKind]
     CUT_KIND_GUARD_TOKENS: _ClassVar[CutKind]
     CUT_KIND_OFFSETS: _ClassVar[CutKind]
+
+class StarConvention(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STAR_CONVENTION_UNSPECIFIED: _ClassVar[StarConvention]
+    STAR_CONVENTION_RAW: _ClassVar[StarConvention]
+    STAR_CONVENTION_PUBLISHED: _ClassVar[StarConvention]
 ROLE_UNSPECIFIED: Role
 ROLE_SYSTEM: Role
 ROLE_USER: Role
@@ -28,6 +34,9 @@ CUT_KIND_UNSPECIFIED: CutKind
 CUT_KIND_WORDS: CutKind
 CUT_KIND_GUARD_TOKENS: CutKind
 CUT_KIND_OFFSETS: CutKind
+STAR_CONVENTION_UNSPECIFIED: StarConvention
+STAR_CONVENTION_RAW: StarConvention
+STAR_CONVENTION_PUBLISHED: StarConvention
 
 class Message(_message.Message):
     __slots__ = ("role", "content")
@@ -62,16 +71,18 @@ class Segment(_message.Message):
     def __init__(self, end: _Optional[int] = ..., p_safe: _Optional[float] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("conversation", "cuts", "temperature", "priority")
+    __slots__ = ("conversation", "cuts", "temperature", "priority", "convention")
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     CUTS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CONVENTION_FIELD_NUMBER: _ClassVar[int]
     conversation: Conversation
     cuts: CutSpec
     temperature: float
     priority: int
-    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., cuts: _Optional[_Union[CutSpec, _Mapping]] = ..., temperature: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
+    convention: StarConvention
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., cuts: _Optional[_Union[CutSpec, _Mapping]] = ..., temperature: _Optional[float] = ..., priority: _Optional[int] = ..., convention: _Optional[_Union[StarConvention, str]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("segments", "part", "parts", "complete", "guard_tokens")

@@ -22,8 +22,8 @@ from scorer_server.engine.prepare import prepare
 from scorer_server.guards.loader import describe_guard
 from scorer_server.guards.verdict import p_safe, read_verdict
 from scorer_server.limits import Limits
-from star_contract.errors import NotReady
-from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+from star_contract.errors import InvalidRequest, NotReady
+from star_contract.types import Convention, Conversation, GuardInfo, ScoreRequest, Segment, Verdict
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,11 @@ class RemoteBackend(ABC):
 
     def prompts(self, request: ScoreRequest) -> tuple[list[int], list[str]]:
         """The cuts of a request and the rendered guard prompt of each."""
+        if request.convention is Convention.PUBLISHED:
+            raise InvalidRequest(
+                "the published STAR convention needs the whole vocabulary's logits at each verdict "
+                "position, which remote engines do not return; serve it with --backend local"
+            )
         g = self.guard
         prep = prepare(request, g.template, g.tokenizer, g.encode, self.config.limits)
         return prep.cuts, prep.texts

@@ -17,10 +17,12 @@ from scorer_server.engine.forward import (
 )
 from scorer_server.engine.head_cache import HeadCache
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
+from scorer_server.guards.head import full_logits, verdict_logit_diff
 from scorer_server.guards.loader import Guard, GuardConfig, load_guard
+from scorer_server.guards.published import processed_p_safe
 from scorer_server.guards.verdict import p_safe, read_verdict
 from scorer_server.limits import Limits
-from star_contract.types import Conversation, ScoreRequest, Segment, StarScores, Verdict
+from star_contract.types import Convention, Conversation, ScoreRequest, Segment, StarScores, Verdict
 
 Method = Literal["one_pass", "per_cut"]
 
@@ -110,20 +112,49 @@ class StarEngine:
     def run(self, items: list[WorkItem]) -> list[list[Segment]]:
         """One forward over `items` (the caller keeps within the token budget)."""
         if self.layout == "prefix_cache":
-            diffs = forward_items_prefix_cache(
+            hidden = forward_items_prefix_cache(
                 self.guard, items, self.pad_id, self.config.tail_rows_per_item, self.head
             )
         else:
-            diffs = forward_items(self.guard, items, self.pad_id)
+            hidden = forward_items(self.guard, items, self.pad_id)
+        probs = self.read_out([(it.plan, i) for it in items for i in it.cut_indices], hidden=hidden)
         out: list[list[Segment]] = []
-        for it, d in zip(items, diffs, strict=True):
-            t = it.plan.request.temperature
+        k = 0
+        for it in items:
+            ends = [it.plan.cuts[i] for i in it.cut_indices]
             out.append(
-                [
-                    Segment(end=it.plan.cuts[i], p_safe=p_safe(x, t))
-                    for i, x in zip(it.cut_indices, d, strict=True)
-                ]
+                [Segment(end=e, p_safe=p) for e, p in zip(ends, probs[k : k + len(ends)], strict=True)]
             )
+            k += len(ends)
+        return out
+
+    @torch.inference_mode()
+    def read_out(
+        self,
+        reads: list[tuple[ResponsePlan, int]],
+        hidden: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+    ) -> list[float]:
+        """P(safe) at each read (plan, cut index) from its final hidden state [N, H] or its full logits
+        [N, V], under its request's convention: the two verdict rows for the raw convention, the whole
+        vocabulary's processed scores for the published one (computed for those reads only)."""
+        g = self.guard
+        published = [k for k, (p, _) in enumerate(reads) if p.request.convention is Convention.PUBLISHED]
+        raw = [k for k in range(len(reads)) if k not in set(published)]
+        out = [0.0] * len(reads)
+        if raw:
+            if hidden is not None:
+                diffs = verdict_logit_diff(g, hidden[raw]).cpu().tolist()
+            else:
+                assert logits is not None
+                diffs = (logits[raw, g.safe_id] - logits[raw, g.unsafe_id]).cpu().tolist()
+            for k, d in zip(raw, diffs, strict=True):
+                out[k] = p_safe(d, reads[k][0].request.temperature)
+        if published:
+            full = full_logits(g, hidden[published]) if hidden is not None else logits[published]  # type: ignore[index]
+            prompts = [reads[k][0].prompt(reads[k][1]) for k in published]
+            for k, x in zip(published, processed_p_safe(g, full, prompts), strict=True):
+                out[k] = x
         return out
 
     def score(self, requests: Iterable[ScoreRequest], method: Method = "one_pass") -> list[StarScores]:
@@ -142,11 +173,7 @@ class StarEngine:
 
     def _score_per_cut(self, reqs: list[ScoreRequest]) -> list[StarScores]:
         plans = [self.plan(r) for r in reqs]
-        prompts = [
-            (k, i, p.trunk[: p.shared[i]] + p.tails[i])
-            for k, p in enumerate(plans)
-            for i in range(len(p.cuts))
-        ]
+        prompts = [(k, i, p.prompt(i)) for k, p in enumerate(plans) for i in range(len(p.cuts))]
         prompts.sort(key=lambda x: len(x[2]))
         found: list[dict[int, float]] = [{} for _ in plans]
         batch: list[tuple[int, int, list[int]]] = []
@@ -165,9 +192,10 @@ class StarEngine:
         batch: list[tuple[int, int, list[int]]],
         found: list[dict[int, float]],
     ) -> None:
-        diffs = forward_prompts(self.guard, [b[2] for b in batch], self.pad_id)
-        for (k, i, _), d in zip(batch, diffs, strict=True):
-            found[k][i] = p_safe(d, plans[k].request.temperature)
+        logits = forward_prompts(self.guard, [b[2] for b in batch], self.pad_id)
+        probs = self.read_out([(plans[k], i) for k, i, _ in batch], logits=logits)
+        for (k, i, _), p in zip(batch, probs, strict=True):
+            found[k][i] = p
 
     # -- whole-response verdicts --
     @torch.inference_mode()
@@ -177,9 +205,10 @@ class StarEngine:
         prompts = g.encode([g.template.render(c) for c in conversations])
         for i, p in enumerate(prompts):
             self.config.limits.check_tokens(len(p), f"conversations[{i}]")
-        diffs = []
+        diffs: list[float] = []
         for start in range(0, len(prompts), 32):
-            diffs.extend(forward_prompts(g, prompts[start : start + 32], self.pad_id))
+            last = forward_prompts(g, prompts[start : start + 32], self.pad_id)
+            diffs.extend((last[:, g.safe_id] - last[:, g.unsafe_id]).cpu().tolist())
         texts = self._decode(prompts) if decode and g.preset.judge_max_new_tokens > 0 else [""] * len(prompts)
         return [read_verdict(d, text, g.preset) for d, text in zip(diffs, texts, strict=True)]
 

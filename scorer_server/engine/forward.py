@@ -9,7 +9,6 @@ import torch
 
 from scorer_server.engine.head_cache import HeadCache
 from scorer_server.engine.plan import WorkItem
-from scorer_server.guards.head import verdict_logit_diff
 from scorer_server.guards.loader import Guard
 
 
@@ -89,8 +88,9 @@ def build_masks(rows: list[_Row], length: int, model: Any, dtype: torch.dtype) -
 
 
 @torch.inference_mode()
-def forward_items(guard: Guard, items: list[WorkItem], pad_id: int = 0) -> list[list[float]]:
-    """One forward over the rows of `items`; per item, logit(safe) - logit(unsafe) at each of its cuts."""
+def forward_items(guard: Guard, items: list[WorkItem], pad_id: int = 0) -> torch.Tensor:
+    """One forward over the rows of `items`: the final hidden state [N, H] at each verdict position, the
+    items' cuts in order (each item's in its `cut_indices` order)."""
     rows = [_layout(it) for it in items]
     length = max(len(r.ids) for r in rows)
     device = guard.device
@@ -102,13 +102,7 @@ def forward_items(guard: Guard, items: list[WorkItem], pad_id: int = 0) -> list[
     hidden = out.last_hidden_state
     flat_rows = [r for r, row in enumerate(rows) for _ in row.reads]
     flat_pos = [p for row in rows for p in row.reads]
-    diffs = verdict_logit_diff(guard, hidden[flat_rows, flat_pos]).cpu().tolist()
-    result: list[list[float]] = []
-    k = 0
-    for row in rows:
-        result.append(diffs[k : k + len(row.reads)])
-        k += len(row.reads)
-    return result
+    return hidden[flat_rows, flat_pos]
 
 
 @dataclass
@@ -157,8 +151,8 @@ def forward_items_prefix_cache(
     pad_id: int = 0,
     rows_per_item: int = 8,
     head: HeadCache | None = None,
-) -> list[list[float]]:
-    """The same numbers as `forward_items`, computed in two stages that skip the masked-out work.
+) -> torch.Tensor:
+    """The same hidden states as `forward_items`, computed in two stages that skip the masked-out work.
 
     Stage 1 runs every item's trunk as a plain causal forward and keeps its keys and values; with a
     `head` cache, the trunks start from the guard's cached template head and only the rest is computed.
@@ -213,24 +207,17 @@ def forward_items_prefix_cache(
     for k, item_reads in enumerate(reads):
         for where, p in item_reads:
             picked.append(trunk_hidden[k, p - m] if where < 0 else tail_hidden[where, p])
-    diffs = verdict_logit_diff(guard, torch.stack(picked)).cpu().tolist()
-    result: list[list[float]] = []
-    n = 0
-    for item_reads in reads:
-        result.append(diffs[n : n + len(item_reads)])
-        n += len(item_reads)
-    return result
+    return torch.stack(picked)
 
 
 @torch.inference_mode()
-def forward_prompts(guard: Guard, prompts: list[list[int]], pad_id: int = 0) -> list[float]:
+def forward_prompts(guard: Guard, prompts: list[list[int]], pad_id: int = 0) -> torch.Tensor:
     """The per-cut definition: each prompt as its own sequence, left-padded, plain `model(...)` logits
-    at the last position. Used as the test oracle and the benchmark baseline."""
+    [N, V] (float32) at the last position. Used as the test oracle and the benchmark baseline."""
     length = max(len(p) for p in prompts)
     device = guard.device
     ids = torch.tensor([[pad_id] * (length - len(p)) + p for p in prompts], device=device)
     attn = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = guard.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=1)
-    last = out.logits[:, -1].float()
-    return (last[:, guard.safe_id] - last[:, guard.unsafe_id]).cpu().tolist()
+    return out.logits[:, -1].float()

@@ -36,6 +36,10 @@ class ResponsePlan:
     per_cut_tokens: list[int] = field(default_factory=list)
     """Per cut: the length of its whole per-cut input (for the per-cut baseline's accounting)."""
 
+    def prompt(self, i: int) -> list[int]:
+        """Cut i's whole guard input: its shared trunk prefix and its tail."""
+        return self.trunk[: self.shared[i]] + self.tails[i]
+
     def read_position(self, i: int) -> int:
         """Trunk position holding cut i's verdict logits, for cuts without a tail."""
         return self.shared[i] - 1

@@ -6,6 +6,8 @@ same messages and render the same prompts.
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +15,10 @@ from typing import Any
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.guards.template import GuardTemplate
 from scorer_server.limits import Limits
-from star_contract.types import ScoreRequest
+from star_contract.errors import InvalidRequest
+from star_contract.types import Convention, Conversation, CutKind, ScoreRequest
+
+_WORD = re.compile(r"\S+")
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,8 @@ class Prepared:
     """The cuts of one request and the guard prompt of each (the last one is the full response)."""
 
     cuts: list[int]
+    """Character offsets in the request's own response (also under the published convention, whose
+    guard prompts show the response re-joined)."""
     texts: list[str]
     trunk: list[int]
     """Guard token ids of the full-response prompt."""
@@ -37,10 +44,39 @@ def prepare(
     then the full prompt's token limit, and only then a rendering per cut."""
     conv = request.conversation
     conv.require_response()  # in-process callers skip the API's validation
+    if request.convention is Convention.PUBLISHED:
+        _check_published(request)
     cuts = plan_cuts(conv.response, request.cuts, tokenizer)
     limits.check_cuts(len(cuts))
-    full = template.render(conv, cuts[-1])
+    shown, shown_cuts = conv, cuts
+    if request.convention is Convention.PUBLISHED:
+        shown, shown_cuts = _space_joined(conv, cuts)
+    full = template.render(shown, shown_cuts[-1])
     trunk = encode(full)
     limits.check_tokens(len(trunk))
-    texts = [template.render(conv, c) for c in cuts[:-1]] + [full]
+    texts = [template.render(shown, c) for c in shown_cuts[:-1]] + [full]
     return Prepared(cuts, texts, trunk)
+
+
+def _check_published(request: ScoreRequest) -> None:
+    if request.cuts.kind is CutKind.GUARD_TOKENS:
+        raise InvalidRequest(
+            "the published convention cuts between words; use CUT_KIND_WORDS or CUT_KIND_OFFSETS with it"
+        )
+    if request.temperature != 1.0:
+        raise InvalidRequest(
+            "the published convention fixes its own temperature (0.2); leave temperature unset"
+        )
+
+
+def _space_joined(conv: Conversation, cuts: list[int]) -> tuple[Conversation, list[int]]:
+    """What the released code shows the guard: the words that end at or before each cut, joined by
+    single spaces (newlines and runs of spaces lost). The conversation with the whole response joined,
+    and each cut's offset in it; the last cut shows every word."""
+    words = _WORD.findall(conv.response)
+    ends = [m.end() for m in _WORD.finditer(conv.response)]
+    joined_ends = [0]
+    for w in words:
+        joined_ends.append(joined_ends[-1] + len(w) + (1 if len(joined_ends) > 1 else 0))
+    shown = [joined_ends[bisect_right(ends, c)] for c in cuts[:-1]] + [joined_ends[-1]]
+    return conv.with_response(" ".join(words)), shown

@@ -6,12 +6,24 @@ that this reproduces the model's own logits for the guard's architecture.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
     from scorer_server.guards.loader import Guard
+
+
+def _postprocess(cfg: Any, logits: torch.Tensor) -> torch.Tensor:
+    """The post-processing the families' own heads apply to logits (checked at load by `check_head`)."""
+    if getattr(cfg, "logits_scaling", None):
+        logits = logits / cfg.logits_scaling
+    if getattr(cfg, "logit_scale", None):
+        logits = logits * cfg.logit_scale
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
 
 
 def verdict_logit_diff(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
@@ -21,17 +33,14 @@ def verdict_logit_diff(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
     logits = hidden.to(w.dtype) @ w.T
     if getattr(head, "bias", None) is not None:
         logits = logits + head.bias[[guard.safe_id, guard.unsafe_id]]
-    cfg = guard.model.config
-    # The post-processing the families' own heads apply to logits (checked at load by `check_head`).
-    if getattr(cfg, "logits_scaling", None):
-        logits = logits / cfg.logits_scaling
-    if getattr(cfg, "logit_scale", None):
-        logits = logits * cfg.logit_scale
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    logits = logits.float()
+    logits = _postprocess(guard.model.config, logits)
     return logits[:, 0] - logits[:, 1]
+
+
+def full_logits(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
+    """The whole vocabulary's logits [N, V] (float32) at the given final hidden states [N, H] only."""
+    head = guard.model.get_output_embeddings()
+    return _postprocess(guard.model.config, head(hidden.to(head.weight.dtype)))
 
 
 @torch.inference_mode()
