@@ -49,6 +49,28 @@ def test_bad_config_is_a_clear_error(sets: list[str], message: str) -> None:
         load_config(None, base + sets)
 
 
+def test_published_recipe_keeps_float32_master_weights_with_bf16_compute() -> None:
+    base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1"]
+    cfg = load_config(str(ROOT / "examples" / "published.yaml"), base)
+    assert (cfg.finetune, cfg.dtype, cfg.mixed_precision) == ("full", "float32", "bf16")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_full_finetuning_refuses_low_precision_weights(dtype: str) -> None:
+    base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1", "finetune=full", f"dtype={dtype}"]
+    with pytest.raises(ValueError) as err:
+        load_config(None, base)
+    msg = str(err.value)
+    assert f"finetune 'full' with dtype '{dtype}'" in msg
+    for key in ("dtype: float32", "mixed_precision: bf16", "finetune: lora", "allow_low_precision_updates"):
+        assert key in msg, (key, msg)
+    # the explicit opt-in, and LoRA on a low-precision base (its adapters are float32), are accepted
+    assert load_config(None, [*base, "allow_low_precision_updates=true"]).dtype == dtype
+    assert load_config(None, [*base, "finetune=lora"]).dtype == dtype
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_config(None, [*base, "dtype=int8"])
+
+
 def test_rs_normalize_defaults_to_the_published_all() -> None:
     base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1", "method=rs"]
     assert load_config(None, base).rs_normalize == "all"

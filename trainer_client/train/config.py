@@ -15,6 +15,7 @@ METHODS = ("sft", "rs", "dss")
 FINETUNE = ("lora", "full")
 REFERENCES = ("auto", "precomputed")
 MIXED = ("no", "bf16", "fp16")
+DTYPES = ("float32", "bfloat16", "float16")
 RS_NORMALIZE = ("all", "kept")
 
 
@@ -35,7 +36,13 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     dtype: str = "float32"
-    """Weights' dtype when loading: float32, bfloat16 or float16."""
+    """Weights' dtype when loading: float32, bfloat16 or float16. The trained weights are kept in this
+    dtype (there is no separate master copy), so full finetuning wants float32 here, with
+    `mixed_precision: bf16` for bf16 compute. LoRA may load a bfloat16/float16 base: its adapters are
+    created in float32."""
+    allow_low_precision_updates: bool = False
+    """Full finetuning with dtype bfloat16/float16 is refused unless this is true: AdamW would then
+    update the low-precision weights directly and at small learning rates most updates round away."""
 
     # -- data --
     data: str = ""
@@ -93,7 +100,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """0 disables clipping."""
     mixed_precision: str = "no"
-    """'no', 'bf16' or 'fp16' (accelerate autocast)."""
+    """'no', 'bf16' or 'fp16': the compute dtype (accelerate autocast); the weights stay in `dtype`."""
     seed: int = 0
     torch_threads: int = 0
     """torch intra-op threads on CPU (0: torch's default). On a small shared CPU box, 1 avoids
@@ -120,6 +127,14 @@ class TrainConfig:
             (self.finetune in FINETUNE, f"finetune must be one of {FINETUNE}, not {self.finetune!r}"),
             (self.reference in REFERENCES, f"reference must be one of {REFERENCES}, not {self.reference!r}"),
             (self.mixed_precision in MIXED, f"mixed_precision must be one of {MIXED}"),
+            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}, not {self.dtype!r}"),
+            (
+                self.finetune != "full" or self.dtype == "float32" or self.allow_low_precision_updates,
+                f"finetune 'full' with dtype {self.dtype!r} would have AdamW update {self.dtype} weights "
+                "directly (no float32 master copy; at small lr most updates round away): set "
+                "dtype: float32 with mixed_precision: bf16 (float32 weights, bf16 compute), or "
+                "finetune: lora, or allow_low_precision_updates: true to train them as they are",
+            ),
             (self.rs_normalize in RS_NORMALIZE, f"rs_normalize must be one of {RS_NORMALIZE}"),
             (self.kl_estimator in ("k1", "k2", "k3", "full"), "kl_estimator must be k1, k2, k3 or full"),
             (

@@ -131,7 +131,15 @@ class Trainer:
         if self.needs_ref and cfg.reference == "precomputed":
             cache = self.cache or ScoreCache(":memory:")
             self.ref_lp = precompute_reference(
-                cfg.model, model, self.examples, self.pad_id, cache, self.acc.device, cfg.batch_size
+                cfg.model,
+                model,
+                self.examples,
+                self.pad_id,
+                cache,
+                self.acc.device,
+                cfg.batch_size,
+                autocast=self.acc.autocast,  # the context `_loss` runs its forwards in
+                precision=cfg.mixed_precision,
             )
         elif self.needs_ref and not self.lora:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)

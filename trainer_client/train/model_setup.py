@@ -14,7 +14,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_trainee(cfg: TrainConfig, device: Any) -> Any:
-    """The model to finetune, in `cfg.dtype`, on `device`."""
+    """The model to finetune, in `cfg.dtype`, on `device`. These are the weights the optimizer updates
+    (full finetuning): float32 unless the config opted in to low-precision updates (TrainConfig checks);
+    `mixed_precision` sets the compute dtype separately."""
     from transformers import AutoModelForCausalLM
 
     model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
@@ -22,7 +24,8 @@ def load_trainee(cfg: TrainConfig, device: Any) -> Any:
 
 
 def with_lora(cfg: TrainConfig, model: Any) -> Any:
-    """`model` wrapped with the LoRA adapters `cfg` asks for (only they train)."""
+    """`model` wrapped with the LoRA adapters `cfg` asks for (only they train). The adapters are float32
+    even on a bfloat16/float16 base (`autocast_adapter_dtype`), so their updates do not round away."""
     from peft import LoraConfig, get_peft_model
 
     lcfg = LoraConfig(
@@ -32,7 +35,7 @@ def with_lora(cfg: TrainConfig, model: Any) -> Any:
         target_modules=list(cfg.lora_targets),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lcfg)
+    return get_peft_model(model, lcfg, autocast_adapter_dtype=True)
 
 
 def optimizer_and_schedule(cfg: TrainConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
