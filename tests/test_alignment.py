@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,23 @@ def test_cut_moves_to_the_end_of_a_straddling_token() -> None:
     assert aligned_cuts(r, [2, 4, 7, 8], 2) == (7, 8)
 
 
+def _reference_cuts(response: str, token_ends: list[int], m: int) -> tuple[int, ...]:
+    """aligned_cuts by a plain character scan and a linear search (no regex, no bisect)."""
+    n = len(response)
+    if n == 0:
+        return ()
+    word_ends = [i + 1 for i, ch in enumerate(response)
+                 if not ch.isspace() and (i + 1 == n or response[i + 1].isspace())]  # fmt: skip
+    cuts: list[int] = []
+    for j in range(m - 1, len(word_ends), m):  # the end of every m-th word
+        cut = min((t for t in token_ends if word_ends[j] <= t < n), default=n)
+        if cut not in cuts:
+            cuts.append(cut)
+    if not cuts or cuts[-1] != n:
+        cuts.append(n)
+    return tuple(cuts)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.sampled_from(["ab", "c", " ", "  ", "de f", "\n", "gh."]), min_size=1, max_size=30),
@@ -57,6 +75,13 @@ def test_cuts_fall_on_token_boundaries(pieces: list[str], m: int) -> None:
     cuts = aligned_cuts(r, ends, m)
     assert list(cuts) == sorted(set(cuts)) and cuts[-1] == len(r)
     assert set(cuts) <= set(ends)
+    assert cuts == _reference_cuts(r, ends, m)
+
+
+def test_reference_cuts_by_hand() -> None:
+    """The reference itself, on the hand-worked examples above."""
+    assert _reference_cuts("a b c d e f g h i j k l", list(range(1, 24)), 5) == (9, 19, 23)
+    assert _reference_cuts("aa bb cc", [2, 4, 7, 8], 2) == (7, 8)
 
 
 def test_token_weights_by_chunk() -> None:
@@ -67,29 +92,27 @@ def test_token_weights_by_chunk() -> None:
 
 @pytest.mark.parametrize("response", RESPONSES)
 def test_example_weights_follow_chunks(tokenizer: Any, response: str) -> None:
+    """The tokens weighted with chunk k's score decode to exactly chunk k's text (checked by the
+    tokenizer's own decode, not by the token offsets the weights were computed from)."""
     conv = Conversation.from_pair("How do I bake bread?", response)
     ex = tokenize_conversation(tokenizer, conv, max_length=4096, words_per_chunk=2)
     assert ex is not None
     (turn,) = ex.turns
     cuts = turn.request.cuts.offsets
-    # chunk k gets score k / 10 so every token's weight names its chunk
+    # chunk k gets score (k + 1) / 10 so every token's weight names its chunk
     segs = tuple(Segment(c, (k + 1) / 10) for k, c in enumerate(cuts)) or (Segment(0, 0.5),)
     w = example_weights(ex, [StarScores(segs)])
     assert len(w) == sum(ex.label_mask)
-    ends = turn.token_ends
-    for p, e, wt in zip(turn.positions, ends, w, strict=True):
-        piece = tokenizer.decode([ex.input_ids[p]])
-        if e >= len(response):  # the end-of-turn token and the last response token: last chunk
-            assert wt == segs[-1].p_safe, piece
-        else:
-            k = next(i for i, c in enumerate(cuts) if c >= e)
-            assert wt == segs[k].p_safe
-            lo = cuts[k - 1] if k else 0
-            assert lo < e <= cuts[k] or (k == 0 and e == 0)
-    assert tokenizer.decode([ex.input_ids[turn.positions[-1]]]) == "<|eot_id|>"
-    # the labels decode to the response plus the end of turn, nothing from the prompt
-    text = tokenizer.decode([ex.input_ids[p] for p in ex.label_positions])
-    assert text.replace("<|eot_id|>", "").strip() == response.strip()
+    label_ids = [ex.input_ids[p] for p in ex.label_positions]
+    # the weights run through the chunks in order, each chunk holding at least one token
+    assert [k for k, _ in groupby(w)] == [s.p_safe for s in segs]
+    for k, cut in enumerate(cuts[:-1]):
+        upto = sum(1 for x in w if x <= segs[k].p_safe)  # the tokens of chunks 0..k
+        assert tokenizer.decode(label_ids[:upto]) == response[:cut], (k, cut)
+    # the last chunk takes the end-of-turn token; the labels are the response and nothing else
+    assert tokenizer.decode(label_ids) == response + "<|eot_id|>"
+    assert tokenizer.decode(label_ids[-1:]) == "<|eot_id|>"
+    assert w[-1] == segs[-1].p_safe
 
 
 def test_truncation_keeps_alignment(tokenizer: Any) -> None:

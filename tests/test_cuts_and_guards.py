@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,12 +48,42 @@ def test_offset_cuts_are_validated() -> None:
 def test_guard_token_cuts(tmp_path: Path) -> None:
     g = load_guard(GuardConfig(path=str(save_tiny_guard(tmp_path / "g")), preset="llama-guard-3"))
     r = "Sure, here is how to do it step by step."
-    cuts = plan_cuts(r, CutSpec(kind=CutKind.GUARD_TOKENS, every=3), g.tokenizer)
-    ends = [
-        e for _, e in g.tokenizer(r, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    ]
-    assert cuts == sorted({*ends[2::3], len(r)}) or cuts == sorted({*ends[2::3][:-1], len(r)})
-    assert cuts[-1] == len(r) and cuts == sorted(set(cuts))
+    enc = g.tokenizer(r, add_special_tokens=False, return_offsets_mapping=True)
+    # the tiny guard's tokenizer is trained deterministically; its 18 tokens of r (len 40):
+    assert [r[s:e] for s, e in enc["offset_mapping"]] == [
+        "Sur", "e", ",", " h", "er", "e", " is", " h", "ow", " to", " do", " ", "it", " step", " b", "y",
+        " step", ".",
+    ]  # fmt: skip
+    # ends of tokens 3, 6, 9, 12, 15, 18: "Sure," 5, "Sure, here" 10, "... how" 17, "... do " 24,
+    # "... step b" 33, and token 18 ends at len(r) = 40, which is the final cut anyway
+    assert plan_cuts(r, CutSpec(kind=CutKind.GUARD_TOKENS, every=3), g.tokenizer) == [5, 10, 17, 24, 33, 40]
+    # ends of tokens 4, 8, 12, 16: 7, 15, 24, 34; then the response end 40
+    assert plan_cuts(r, CutSpec(kind=CutKind.GUARD_TOKENS, every=4), g.tokenizer) == [7, 15, 24, 34, 40]
+    # a trailing space is token 19 (41): every=3 still cuts after token 18 (40), then at the end, 41
+    assert plan_cuts(r + " ", CutSpec(kind=CutKind.GUARD_TOKENS, every=3), g.tokenizer) == [
+        5, 10, 17, 24, 33, 40, 41,
+    ]  # fmt: skip
+
+
+class WordTokenizer:
+    """A tokenizer stand-in: a special token with offsets (0, 0), then one token per word (the
+    whitespace between words belongs to no token, so trailing whitespace is left uncovered)."""
+
+    def __call__(self, text: str, add_special_tokens: bool, return_offsets_mapping: bool) -> dict[str, Any]:
+        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        return {"offset_mapping": [(0, 0), *words]}
+
+
+def test_guard_token_cuts_skip_special_tokens_and_end_at_the_response_end() -> None:
+    tok = WordTokenizer()
+    r = "aa b cc d e  "  # words end at 2, 4, 7, 9, 11; len 13
+    # the (0, 0) special token is not counted: every 2nd word end is 4, 9; then the end, 13
+    assert plan_cuts(r, CutSpec(kind=CutKind.GUARD_TOKENS, every=2), tok) == [4, 9, 13]
+    # the last token (ends 11) would be a cut: it is moved to the response end so the trailing
+    # whitespace belongs to the last chunk (not [11, 13])
+    assert plan_cuts(r, CutSpec(kind=CutKind.GUARD_TOKENS, every=5), tok) == [13]
+    assert plan_cuts(r.strip(), CutSpec(kind=CutKind.GUARD_TOKENS, every=1), tok) == [2, 4, 7, 9, 11]
+    assert plan_cuts("   ", CutSpec(kind=CutKind.GUARD_TOKENS, every=1), tok) == [3]
 
 
 def test_unknown_preset_lists_known_ones() -> None:
