@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from star_contract.types import Conversation, Message, ScoreRequest, StarScores
+from star_contract.types import Convention, Conversation, Message, ScoreRequest, StarScores
 from trainer_client.alignment import aligned_cuts, cut_spec, token_weights
 from trainer_client.chat_template import TraineeTemplate
 
@@ -109,6 +109,7 @@ def tokenize_conversation(
     all_turns: bool = False,
     words_per_chunk: int = 5,
     temperature: float = 1.0,
+    convention: Convention = Convention.RAW,
 ) -> Example | None:
     """Tokenise with the chat template; label the last assistant turn (or all of them).
 
@@ -150,7 +151,7 @@ def tokenize_conversation(
         # The guard scores the text the trainee learns: the content as the template rendered it.
         scored = [*msgs[:i], {"role": msgs[i]["role"], "content": content}]
         request = ScoreRequest(
-            guard_view(Conversation.from_dicts(scored)), cut_spec(cuts), temperature=temperature
+            guard_view(Conversation.from_dicts(scored)), cut_spec(cuts), temperature, convention
         )
         turns.append(ScoredTurn(request, tuple(t for t, _ in keep), tuple(e for _, e in keep)))
     ids, mask = ids[:max_length], mask[:max_length]
@@ -166,12 +167,15 @@ def build_examples(
     all_turns: bool = False,
     words_per_chunk: int = 5,
     temperature: float = 1.0,
+    convention: Convention = Convention.RAW,
 ) -> list[Example]:
     """Tokenise every conversation, dropping those that truncation leaves without labels."""
     out: list[Example] = []
     template = TraineeTemplate(tokenizer)
     for c in conversations:
-        ex = tokenize_conversation(template, c, len(out), max_length, all_turns, words_per_chunk, temperature)
+        ex = tokenize_conversation(
+            template, c, len(out), max_length, all_turns, words_per_chunk, temperature, convention
+        )
         if ex is not None:
             out.append(ex)
     return out

@@ -45,9 +45,7 @@ async def _run(args: argparse.Namespace) -> int:
         raise ValueError("the recipe names no scorer (set scorer=host:port or local:GUARD_DIR)")
     tok = AutoTokenizer.from_pretrained(cfg.model)
     convs = load_conversations(cfg.data, cfg.data_split, cfg.max_examples)
-    examples = build_examples(
-        tok, convs, cfg.max_length, cfg.all_turns, cfg.words_per_chunk, cfg.score_temperature
-    )
+    examples = build_examples(tok, convs, **cfg.example_options())
     cache = None if args.no_cache or not cfg.resolved_cache_path else ScoreCache(cfg.resolved_cache_path)
     scorer = scorer_from(None, cfg.scorer, cfg.guard_preset)()
     fp = (await scorer.info()).fingerprint

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from star_contract.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
+from star_contract.types import Convention, Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
 from trainer_client.data import Example, conversation_hash
 from trainer_client.scoring.cache import ScoreCache, ScoreKey
 
@@ -36,9 +36,14 @@ class AsyncScorer(Protocol):
 
 
 def cut_key(request: ScoreRequest) -> str:
-    """The cache's cut spec key (the temperature is part of it when not 1)."""
+    """The cache's cut spec key (the temperature and the convention are part of it when not the
+    defaults, so keys written before either existed still match)."""
     k = request.cuts.key()
-    return k if request.temperature == 1.0 else f"{k}|T={request.temperature:g}"
+    if request.temperature != 1.0:
+        k = f"{k}|T={request.temperature:g}"
+    if request.convention is not Convention.RAW:
+        k = f"{k}|C={request.convention.value}"
+    return k
 
 
 def score_key(fingerprint: str, request: ScoreRequest) -> ScoreKey:

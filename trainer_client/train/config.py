@@ -11,9 +11,12 @@ from typing import Any
 
 import yaml
 
+from star_contract.types import Convention
+
 METHODS = ("sft", "rs", "dss")
 FINETUNE = ("lora", "full")
 REFERENCES = ("auto", "precomputed")
+CONVENTIONS = ("raw", "published")
 MIXED = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 RS_NORMALIZE = ("all", "kept")
@@ -70,6 +73,10 @@ class TrainConfig:
     words_per_chunk: int = 5
     """M: a STAR cut after every M words, moved to the next trainee-token boundary."""
     score_temperature: float = 1.0
+    star_convention: str = "raw"
+    """How the scorer reads P(safe): 'raw' (the paper's formula: the raw verdict logits, over
+    `score_temperature`) or 'published' (the authors' released code: space-joined words, generate()'s
+    processed scores; needs a local-backend scorer). See docs/fidelity.md."""
 
     # -- scoring --
     scorer: str | None = None
@@ -126,6 +133,14 @@ class TrainConfig:
             (self.method in METHODS, f"method must be one of {METHODS}, not {self.method!r}"),
             (self.finetune in FINETUNE, f"finetune must be one of {FINETUNE}, not {self.finetune!r}"),
             (self.reference in REFERENCES, f"reference must be one of {REFERENCES}, not {self.reference!r}"),
+            (
+                self.star_convention in CONVENTIONS,
+                f"star_convention must be one of {CONVENTIONS}, not {self.star_convention!r}",
+            ),
+            (
+                self.star_convention != "published" or self.score_temperature == 1.0,
+                "star_convention 'published' fixes its own temperature (0.2); leave score_temperature at 1",
+            ),
             (self.mixed_precision in MIXED, f"mixed_precision must be one of {MIXED}"),
             (self.dtype in DTYPES, f"dtype must be one of {DTYPES}, not {self.dtype!r}"),
             (
@@ -161,6 +176,16 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+    def example_options(self) -> dict[str, Any]:
+        """`build_examples` keyword arguments: how this run tokenises, cuts and asks for scores."""
+        return {
+            "max_length": self.max_length,
+            "all_turns": self.all_turns,
+            "words_per_chunk": self.words_per_chunk,
+            "temperature": self.score_temperature,
+            "convention": Convention(self.star_convention),
+        }
 
     @property
     def resolved_cache_path(self) -> str | None:

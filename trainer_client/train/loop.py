@@ -82,9 +82,7 @@ class Trainer:
         tok = self.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
         convs = load_conversations(cfg.data, cfg.data_split, cfg.max_examples)
-        self.examples = build_examples(
-            tok, convs, cfg.max_length, cfg.all_turns, cfg.words_per_chunk, cfg.score_temperature
-        )
+        self.examples = build_examples(tok, convs, **cfg.example_options())
         if not self.examples:
             raise ValueError(f"{cfg.data} gave no trainable example (no assistant tokens within max_length)")
         self.sampler = EpochSampler(
