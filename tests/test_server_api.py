@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from star_client import InvalidRequest, ScorerClient
 from star_contract import convert
-from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_contract.types import Convention, Conversation, CutKind, CutSpec, ScoreRequest
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
 
@@ -56,6 +56,8 @@ def requests() -> list[ScoreRequest]:
         ScoreRequest(Conversation.from_pair("q", response(6)), CutSpec(CutKind.OFFSETS, offsets=(3, 10, 20)))
     )
     out.append(ScoreRequest(Conversation.from_pair("q", ""), CutSpec()))
+    published = Conversation.from_pair("q", "Sure,\n\n  " + response(9))
+    out.append(ScoreRequest(published, CutSpec(CutKind.WORDS, 2), convention=Convention.PUBLISHED))
     return out
 
 
