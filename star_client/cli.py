@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     cut = score.add_mutually_exclusive_group()
     cut.add_argument("--cut-words", type=int, default=5, help="a cut after every M words (default 5)")
     cut.add_argument("--cut-tokens", type=int, help="a cut after every N guard tokens instead")
+    score.add_argument(
+        "--convention",
+        choices=("raw", "published"),
+        default="raw",
+        help="how P(safe) is read: raw (the paper's formula, default) or published (the authors' released "
+        "code: space-joined words, generate()'s processed scores; the server needs the local backend)",
+    )
     score.add_argument("--priority", type=int, default=0, help="higher is served first (default 0)")
     score.add_argument("--max-in-flight", type=int, default=256, help="requests outstanding at once")
     info = sub.add_parser(
@@ -78,8 +85,9 @@ def _client_config(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _read_requests(path: Path, args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
-    from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+    from star_contract.types import Convention, Conversation, CutKind, CutSpec, ScoreRequest
 
+    convention = Convention(args.convention)
     default = (
         CutSpec(CutKind.GUARD_TOKENS, args.cut_tokens)
         if args.cut_tokens
@@ -102,7 +110,7 @@ def _read_requests(path: Path, args: argparse.Namespace) -> Iterator[tuple[Any, 
                 raise ValueError(
                     f"{path}:{n}: not a conversation ({exc}); see `star-client score --help`"
                 ) from None
-            yield row.get("id", n), ScoreRequest(conv, cuts)
+            yield row.get("id", n), ScoreRequest(conv, cuts, convention=convention)
 
 
 async def _score(args: argparse.Namespace) -> int:

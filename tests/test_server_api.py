@@ -260,7 +260,7 @@ def test_metrics_and_server_alive_after_everything(server: Any, channel: grpc.Ch
     assert "INTERNAL" not in text
 
 
-def test_score_cli_writes_jsonl(server: Any, tmp_path: Path) -> None:
+def test_score_cli_writes_jsonl(server: Any, engine: Any, tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     rows = [
         {"id": "a", "prompt": "q", "response": response(7)},
@@ -288,6 +288,36 @@ def test_score_cli_writes_jsonl(server: Any, tmp_path: Path) -> None:
     assert [s[0] for s in lines[0]["segments"]] == [
         len(" ".join(response(7).split()[:k])) for k in (2, 4, 6)
     ] + [len(response(7))]
+    published_out = tmp_path / "published.jsonl"
+    subprocess.run(
+        [
+            *cmd[:-4],
+            "--in",
+            str(src),
+            "--out",
+            str(published_out),
+            "--cut-words",
+            "2",
+            "--convention",
+            "published",
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    first = json.loads(published_out.read_text().splitlines()[0])
+    want = engine.score(
+        [
+            ScoreRequest(
+                Conversation.from_pair("q", response(7)),
+                CutSpec(CutKind.WORDS, 2),
+                convention=Convention.PUBLISHED,
+            )
+        ]
+    )[0]
+    assert [end for end, _ in first["segments"]] == [s.end for s in want.segments]
+    assert [p for _, p in first["segments"]] == pytest.approx([s.p_safe for s in want.segments], abs=1e-5)
+    assert first["segments"] != lines[0]["segments"]
     bad = subprocess.run(
         [*cmd[:-4], "--in", str(tmp_path / "missing.jsonl"), "--out", str(out)],
         capture_output=True,
