@@ -49,6 +49,38 @@ def test_bad_config_is_a_clear_error(sets: list[str], message: str) -> None:
         load_config(None, base + sets)
 
 
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["scorers=a:1;b:2"], "set scorer \\(one guard\\) or scorers \\(several guards\\), not both"),
+        (["scorer=null", "scorers=a:1"], "scorers names several guards; for the one guard 'a:1' set scorer"),
+        (["scorer=null", "scorers=a:1;a:1"], "scorers lists 'a:1' more than once"),
+        (["scorer=null", 'scorers=["a:1", "local:"]'], "every scorers entry needs host:port"),
+        (["scorer=null", "scorers=a:1;b:2", "combine=max"], "combine must be one of \\('mean', 'min'\\)"),
+        (["combine=min"], "combine 'min' applies only to several guards: set scorers"),
+    ],
+)
+def test_bad_scorers_are_clear_errors(sets: list[str], message: str) -> None:
+    base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1"]
+    with pytest.raises(ValueError, match=message):
+        load_config(None, base + sets)
+
+
+def test_scorers_groups_from_yaml_and_the_command_line(tmp_path: Path) -> None:
+    base = ["model=/m", "data=d.jsonl", "output_dir=o"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('scorers: ["g-0:1,g-1:1", "local:/guards/granite@granite-guardian-3"]\ncombine: min\n')
+    cfg = load_config(str(recipe), base)
+    assert cfg.scorers == ("g-0:1,g-1:1", "local:/guards/granite@granite-guardian-3")
+    assert cfg.combine == "min" and cfg.scorer is None
+    cli = load_config(None, [*base, "scorers=g-0:1,g-1:1;local:/guards/granite@granite-guardian-3"])
+    assert cli.scorers == cfg.scorers and cli.combine == "mean"
+    assert cli.to_dict()["scorers"] == list(cfg.scorers)
+    # one scorer still works as before, and rs with scorers alone has its scores
+    assert load_config(None, [*base, "scorer=h:1,h:2"]).scorers == ()
+    assert load_config(None, [*base, "method=rs", "scorers=a:1;b:2"]).method == "rs"
+
+
 def test_published_recipe_keeps_float32_master_weights_with_bf16_compute() -> None:
     base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1"]
     cfg = load_config(str(ROOT / "examples" / "published.yaml"), base)

@@ -41,13 +41,13 @@ async def _run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     cfg = load_config(args.config, [*args.overrides, "scores_file=null"])
-    if not cfg.scorer:
-        raise ValueError("the recipe names no scorer (set scorer=host:port or local:GUARD_DIR)")
+    if not (cfg.scorer or cfg.scorers):
+        raise ValueError("the recipe names no scorer (set scorer=host:port or local:GUARD_DIR, or scorers)")
     tok = AutoTokenizer.from_pretrained(cfg.model)
     convs = load_conversations(cfg.data, cfg.data_split, cfg.max_examples)
     examples = build_examples(tok, convs, **cfg.example_options())
     cache = None if args.no_cache or not cfg.resolved_cache_path else ScoreCache(cfg.resolved_cache_path)
-    scorer = scorer_from(None, cfg.scorer, cfg.guard_preset)()
+    scorer = scorer_from(None, cfg.scorer, cfg.guard_preset, cfg.scorers, cfg.combine)()
     fp = (await scorer.info()).fingerprint
     fetcher = ScoreFetcher(scorer, fp, cache)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

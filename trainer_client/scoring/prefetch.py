@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 from star_contract.types import Convention, Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
 from trainer_client.data import Example, conversation_hash
 from trainer_client.scoring.cache import ScoreCache, ScoreKey
+from trainer_client.scoring.ensemble import EnsembleScorer, combine_scores, combine_verdicts
 
 T = TypeVar("T")
 
@@ -57,11 +58,15 @@ class ExampleScores:
     scores: tuple[StarScores, ...]
     """One per labelled turn (empty when the method needs no STAR)."""
     keep: float = 1.0
-    """RS: 1 when the guard judged the full response safe, else 0."""
+    """RS: 1 when the guard judged the full response safe, else 0 (several guards: their combined
+    verdict, see trainer_client/scoring/ensemble.py)."""
+    guards: tuple[ExampleScores, ...] = ()
+    """Several guards: each guard's own scores and keep, in the order of `scorers` (else empty)."""
 
 
 class ScoreFetcher:
-    """Resolves examples to scores and verdicts: cache first, the scorer for what is missing."""
+    """Resolves examples to scores and verdicts: cache first, the scorer for what is missing. An
+    `EnsembleScorer` is resolved guard by guard, each under its own fingerprint, then combined."""
 
     def __init__(
         self, scorer: AsyncScorer, fingerprint: str, cache: ScoreCache | None, delay_s: float = 0.0
@@ -71,27 +76,52 @@ class ScoreFetcher:
         self.cache = cache
         self.delay_s = delay_s
         self.scored_requests = 0
-        """Requests sent to the scorer (cache misses)."""
+        """Requests sent to the guards (cache misses; with several guards, each guard's count)."""
         self._pending: dict[ScoreKey, asyncio.Future[StarScores]] = {}
 
     async def fetch(self, examples: Sequence[Example], star: bool, verdicts: bool) -> list[ExampleScores]:
+        guards = await self._guards()
+        got = await asyncio.gather(*(self._resolve(s, fp, examples, star, verdicts) for s, fp in guards))
+        each = [[ExampleScores(sc, 0.0 if v is not None and v.unsafe else 1.0) for sc, v in g] for g in got]
+        if len(guards) == 1:
+            return each[0]
+        assert isinstance(self.scorer, EnsembleScorer)
+        rule = self.scorer.combine
+        out = []
+        for k in range(len(examples)):
+            mine = [g[k] for g in got]
+            scores = tuple(combine_scores(turn, rule) for turn in zip(*(sc for sc, _ in mine), strict=True))
+            keep = 1.0
+            if verdicts:
+                keep = 0.0 if combine_verdicts([v for _, v in mine if v is not None], rule).unsafe else 1.0
+            out.append(ExampleScores(scores, keep, tuple(g[k] for g in each)))
+        return out
+
+    async def _guards(self) -> list[tuple[AsyncScorer, str]]:
+        """(scorer, fingerprint) of each guard: the ensemble's members, or the one scorer."""
+        if isinstance(self.scorer, EnsembleScorer):
+            infos = await self.scorer.member_infos()
+            return [(m, i.fingerprint) for m, i in zip(self.scorer.members, infos, strict=True)]
+        return [(self.scorer, self.fingerprint)]
+
+    async def _resolve(
+        self, scorer: AsyncScorer, fp: str, examples: Sequence[Example], star: bool, verdicts: bool
+    ) -> list[tuple[tuple[StarScores, ...], Verdict | None]]:
+        """One guard's scores (per turn) and verdict of each example."""
         scores: list[tuple[StarScores, ...]] = [() for _ in examples]
-        keeps = [1.0] * len(examples)
+        vs: list[Verdict | None] = [None] * len(examples)
         if star:
-            reqs = [t.request for e in examples for t in e.turns]
-            got = await self._scores(reqs)
+            got = await self._scores(scorer, fp, [t.request for e in examples for t in e.turns])
             i = 0
             for k, e in enumerate(examples):
                 scores[k] = tuple(got[i : i + len(e.turns)])
                 i += len(e.turns)
         if verdicts:
-            convs = [e.turns[-1].request.conversation for e in examples]
-            vs = await self._verdicts(convs)
-            keeps = [0.0 if v.unsafe else 1.0 for v in vs]
-        return [ExampleScores(s, k) for s, k in zip(scores, keeps, strict=True)]
+            vs = list(await self._verdicts(scorer, fp, [e.turns[-1].request.conversation for e in examples]))
+        return list(zip(scores, vs, strict=True))
 
-    async def _scores(self, reqs: list[ScoreRequest]) -> list[StarScores]:
-        keys = [score_key(self.fingerprint, r) for r in reqs]
+    async def _scores(self, scorer: AsyncScorer, fp: str, reqs: list[ScoreRequest]) -> list[StarScores]:
+        keys = [score_key(fp, r) for r in reqs]
         found: list[StarScores | None] = self.cache.get_scores(keys) if self.cache else [None] * len(reqs)
         loop = asyncio.get_running_loop()
         mine: dict[ScoreKey, int] = {}
@@ -110,7 +140,7 @@ class ScoreFetcher:
             try:
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
-                got = await self.scorer.score_many([reqs[i] for i in mine.values()])
+                got = await scorer.score_many([reqs[i] for i in mine.values()])
             except BaseException as e:
                 for k in mine:
                     fut = self._pending.pop(k)
@@ -128,22 +158,20 @@ class ScoreFetcher:
                 found[i] = await asyncio.shield(shared[i]) if i in shared else fresh[keys[i]]
         return [s for s in found if s is not None]
 
-    async def _verdicts(self, convs: list[Conversation]) -> list[Verdict]:
+    async def _verdicts(self, scorer: AsyncScorer, fp: str, convs: list[Conversation]) -> list[Verdict]:
         hashes = [conversation_hash(c) for c in convs]
-        found: list[Verdict | None] = (
-            self.cache.get_verdicts(self.fingerprint, hashes) if self.cache else [None] * len(convs)
-        )
+        found: list[Verdict | None] = [None] * len(convs)
+        if self.cache:
+            found = self.cache.get_verdicts(fp, hashes)
         miss = [i for i, v in enumerate(found) if v is None]
         if miss:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            fresh = await self.scorer.judge([convs[i] for i in miss])
+            fresh = await scorer.judge([convs[i] for i in miss])
             for i, v in zip(miss, fresh, strict=True):
                 found[i] = v
             if self.cache:
-                self.cache.put_verdicts(
-                    self.fingerprint, [(hashes[i], v) for i, v in zip(miss, fresh, strict=True)]
-                )
+                self.cache.put_verdicts(fp, [(hashes[i], v) for i, v in zip(miss, fresh, strict=True)])
         return [v for v in found if v is not None]
 
 

@@ -20,6 +20,9 @@ CONVENTIONS = ("raw", "published")
 MIXED = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 RS_NORMALIZE = ("all", "kept")
+COMBINES = ("mean", "min")
+_SEPARATORS = {"scorers": ";"}
+"""Fields whose string form splits on something other than ',' (a scorer group holds commas)."""
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,16 @@ class TrainConfig:
     # -- scoring --
     scorer: str | None = None
     """'host:port[,host:port...]' of scorer replicas, or 'local:GUARD_DIR' for an in-process guard."""
+    scorers: tuple[str, ...] = ()
+    """Several guards, one entry each (instead of `scorer`): 'host:port[,host:port...]' (one guard's
+    replicas) or 'local:GUARD_DIR[@PRESET]'. A YAML list; on the command line `a:1,a:2;local:/g`."""
+    combine: str = "mean"
+    """With `scorers`: how each cut's P(safe) is combined across the guards, 'mean' or 'min'. RS keeps
+    an example when the guards' verdicts, combined the same way on P(safe), give P(unsafe) < 0.5."""
     guard_preset: str = "llama-guard-3"
-    """Preset for 'local:' scorers."""
+    """Preset for 'local:' scorers (a `scorers` entry may name its own: 'local:DIR@PRESET')."""
     scores_file: str | None = None
-    """A JSONL from `star-score-dataset` (offline mode); used instead of `scorer`."""
+    """A JSONL from `star-score-dataset` (offline mode); used instead of `scorer` or `scorers`."""
     cache_path: str | None = None
     """sqlite score cache (default OUTPUT_DIR/score_cache.sqlite); '' disables it."""
     prefetch_batches: int = 4
@@ -169,13 +178,40 @@ class TrainConfig:
             (bool(self.model), "model is required"),
             (bool(self.data), "data is required"),
             (
-                self.method == "sft" or bool(self.scorer or self.scores_file),
-                f"method {self.method!r} needs scores: set scorer (host:port or local:DIR) or scores_file",
+                self.method == "sft" or bool(self.scorer or self.scorers or self.scores_file),
+                f"method {self.method!r} needs scores: set scorer (host:port or local:DIR), scorers "
+                "(several guards) or scores_file",
             ),
+            *self._scorers_checks(),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+    def _scorers_checks(self) -> list[tuple[bool, str]]:
+        """`scorers` and `combine`: several guards, one entry each, and the rule that combines them."""
+        s = self.scorers
+        twice = sorted({x for x in s if s.count(x) > 1})
+        return [
+            (self.combine in COMBINES, f"combine must be one of {COMBINES}, not {self.combine!r}"),
+            (
+                not (self.scorer and s),
+                "set scorer (one guard) or scorers (several guards), not both",
+            ),
+            (
+                len(s) != 1,
+                f"scorers names several guards; for the one guard {s[0] if s else ''!r} set scorer instead",
+            ),
+            (not twice, f"scorers lists {', '.join(map(repr, twice))} more than once"),
+            (
+                all(x.removeprefix("local:").strip() for x in s),
+                "every scorers entry needs host:port[,host:port] or local:GUARD_DIR",
+            ),
+            (
+                self.combine == "mean" or bool(s),
+                f"combine {self.combine!r} applies only to several guards: set scorers too",
+            ),
+        ]
 
     def example_options(self) -> dict[str, Any]:
         """`build_examples` keyword arguments: how this run tokenises, cuts and asks for scores."""
@@ -196,6 +232,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lora_targets"] = list(self.lora_targets)
+        d["scorers"] = list(self.scorers)
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -214,7 +251,7 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         inner = next(a for a in args if a is not type(None))
         return _coerce(name, inner, value)
     if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
+        items = value.split(_SEPARATORS.get(name, ",")) if isinstance(value, str) else list(value)
         return tuple(str(x).strip() for x in items if str(x).strip())
     if origin is dict or tp is dict:
         if not isinstance(value, dict):

@@ -33,7 +33,7 @@ from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores, Prefetch
 from trainer_client.scoring.select import scorer_from
 from trainer_client.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer_client.train.config import TrainConfig
-from trainer_client.train.metrics import run_summary, step_row
+from trainer_client.train.metrics import guard_disagreement, run_summary, step_row
 from trainer_client.train.model_setup import (
     allow_new_precision,
     load_trainee,
@@ -103,7 +103,8 @@ class Trainer:
         self.prefetcher: Prefetcher | None = None
         if cfg.method in ("dss", "rs"):
             self.prefetcher = Prefetcher(
-                scorer_factory or scorer_from(cfg.scores_file, cfg.scorer, cfg.guard_preset),
+                scorer_factory
+                or scorer_from(cfg.scores_file, cfg.scorer, cfg.guard_preset, cfg.scorers, cfg.combine),
                 self.examples,
                 self.cache,
                 star=cfg.method == "dss",
@@ -275,6 +276,7 @@ class Trainer:
         t0 = time.perf_counter()
         wait = 0.0
         stats: list[LossOutput] = []
+        got: list[ExampleScores] = []
         tokens = 0
         for k, mb in enumerate(group):
             scores = None
@@ -282,6 +284,7 @@ class Trainer:
                 idx, scores, waited = self.prefetcher.next()
                 assert idx == mb.indices, "prefetch order diverged from the sampler"
                 wait += waited
+                got.extend(scores)
             b = self._batch(mb, scores)
             tokens += int(b.attention_mask.sum())
             sync = nullcontext() if k == len(group) - 1 else self.acc.no_sync(self.model)
@@ -298,7 +301,8 @@ class Trainer:
             time.sleep(cfg.step_sleep_s)
         t1 = time.perf_counter()
         lr = float(self.scheduler.get_last_lr()[0])
-        return step_row(step, group[-1].epoch, lr, stats, tokens, wait, t0, t1)
+        row = step_row(step, group[-1].epoch, lr, stats, tokens, wait, t0, t1)
+        return {**row, **guard_disagreement(got, verdicts=cfg.method == "rs")}
 
     def _save(self, step: int, epoch: int) -> None:
         self.acc.wait_for_everyone()
