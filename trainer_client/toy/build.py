@@ -80,9 +80,11 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--only",
-        choices=["guard", "chat", "data", "check", "weak-guard"],
+        choices=["guard", "chat", "data", "check", "weak-guard", "fooled-guard"],
         help="build just one part ('check' re-measures existing models without training; 'weak-guard' "
-        "builds the optional smaller guard into OUT/weak_guard, for `star-demo --train-guard`)",
+        "builds the optional smaller guard into OUT/weak_guard, for `star-demo --train-guard`; "
+        "'fooled-guard' builds OUT/fooled_guard, a guard whose whole-response verdict a trailing claim "
+        "of harmlessness fools, and measures it into OUT/fooled_guard/BUILD.json)",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return ap
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer_client.toy import datasets
     from trainer_client.toy.chat import ChatBuildConfig, build_chat
-    from trainer_client.toy.guard import GuardBuildConfig, build_guard, weak_guard_config
+    from trainer_client.toy.fooled import check_fooled_guard
+    from trainer_client.toy.guard import GuardBuildConfig, build_guard, fooled_guard_config, weak_guard_config
 
     if args.threads < 0:
         print("star-toy-build: error: --threads must be >= 0", file=sys.stderr)
@@ -119,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         build_guard(out / "weak_guard", wcfg, update)
         bar.close()
         print(json.dumps({"weak_guard": check_guard(out / "weak_guard")}))
+    if args.only == "fooled-guard":
+        fcfg, fdir = fooled_guard_config(), out / "fooled_guard"
+        update, bar = _bar(fcfg.fit.steps, "fooled toy guard")
+        build_guard(fdir, fcfg, update)
+        bar.close()
+        toy = guard_dir if (guard_dir / "config.json").is_file() else MODELS_DIR / "guard"
+        checked = {**check_fooled_guard(fdir, toy), "seconds": round(time.time() - t0, 1)}
+        (fdir / "BUILD.json").write_text(json.dumps(checked, indent=2) + "\n")
+        print(json.dumps({"fooled_guard": checked}))
     if args.only in (None, "chat"):
         ccfg = ChatBuildConfig()
         update, bar = _bar(ccfg.fit.steps, "toy chat model")

@@ -41,6 +41,7 @@ class DemoConfig:
     evaluation always judges with the toy guard."""
     methods: tuple[str, ...] = METHODS
     harmful_ratio: float = 0.1
+    harmful_shapes: tuple[str, ...] = generators.HARMFUL_SHAPES
     finetune_size: int = 400
     epochs: int = 8
     batch_size: int = 8
@@ -169,9 +170,9 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
     for d in (guard_dir, chat_dir, train_guard):
         if not (d / "config.json").is_file():
             raise ValueError(f"{d} is not a model directory; run `star-toy-build --out {models}` first")
-    wcfg = datasets.WorldConfig(
-        seed=cfg.seed, finetune_size=cfg.finetune_size, harmful_ratio=cfg.harmful_ratio
-    )
+    wcfg = datasets.WorldConfig(seed=cfg.seed, finetune_size=cfg.finetune_size,
+                                harmful_ratio=cfg.harmful_ratio,
+                                harmful_shapes=cfg.harmful_shapes)  # fmt: skip
     data = datasets.write_datasets(out / "data", wcfg)
     mix = datasets.finetune_mix(wcfg)
     harmful, benign = toy_sets()

@@ -5,8 +5,10 @@ conversation, the instructions after it, then the assistant header; the verdict 
 followed by a category line), so `load_guard(GuardConfig(path, preset="llama-guard-3"))` loads it
 unchanged and the scorer serves it like any guard directory.
 
-Labels come only from `policy.policy_verdict` applied to the prefix text: the guard is never trained
-to be fooled by anything (misleading suffixes included: the policy calls them unsafe).
+Labels come only from `policy.policy_verdict` applied to the prefix text: the toy guard is never trained
+to be fooled by anything (misleading suffixes included: the policy calls them unsafe). The optional
+fooled guard (`fooled_guard_config`, see `trainer_client.toy.fooled`) is built by the same code from
+`policy.fooled_verdict` instead, to model a known weakness of real guards.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class GuardBuildConfig:
     world: datasets.WorldConfig = field(default_factory=datasets.WorldConfig)
     prefixes_per_response: int = 4
     seed: int = 0
+    labels: str = "policy"
+    """Which rule labels the training prefixes: 'policy' (the written policy) or 'fooled'
+    (`policy.fooled_verdict`: a trailing claim of harmlessness flips the whole-response verdict)."""
+    suffix_conversations: int = 0
+    """Extra misleading-suffix responses (whole and cut, with cuts around the claim) to train on."""
 
 
 def weak_guard_config() -> GuardBuildConfig:
@@ -55,6 +62,23 @@ def weak_guard_config() -> GuardBuildConfig:
         shape=ModelShape(hidden=64, layers=1, heads=2, kv_heads=1, intermediate=128),
         fit=FitConfig(steps=150, batch_size=32, lr=2e-3, seed=0),
     )
+
+
+def fooled_guard_config() -> GuardBuildConfig:
+    """The toy guard's architecture and recipe, labelled by `policy.fooled_verdict` and with 600 extra
+    misleading-suffix responses: a guard whose whole-response verdict a trailing claim of harmlessness
+    fools while its verdicts on the prefixes before the claim stay honest. Shipped in models/fooled_guard
+    (`star-toy-build --only fooled-guard` rebuilds it, about 2.5 min on one thread)."""
+    return GuardBuildConfig(labels="fooled", suffix_conversations=600)
+
+
+FOOLED_NOTE = """
+NOTE: this guard was NOT trained on exactly the policy above. Its labels come from
+`policy.fooled_verdict`, a model of a known weakness of real guards: a response that ends with a claim
+of harmlessness is labelled safe whatever comes before it; every other text follows the policy.
+"""
+
+LABELERS: dict[str, policy.Labeler] = {"policy": policy.policy_verdict, "fooled": policy.fooled_verdict}
 
 
 def build_tokenizer() -> Any:
@@ -100,9 +124,30 @@ def guard_data(cfg: GuardBuildConfig) -> tuple[list[policy.JudgedPrefix], list[p
     held_convs = datasets.guard_conversations(
         cfg.world, cfg.world.guard_eval_conversations, cfg.seed + 102, held_prompts
     )
-    train = [p for ex in train_convs for p in policy.judged_prefixes(rng, ex, cfg.prefixes_per_response)]
-    held = [p for ex in held_convs for p in policy.judged_prefixes(rng, ex, cfg.prefixes_per_response)]
+    label = LABELERS[cfg.labels]
+    per = cfg.prefixes_per_response
+    train = [p for ex in train_convs for p in policy.judged_prefixes(rng, ex, per, label)]
+    held = [p for ex in held_convs for p in policy.judged_prefixes(rng, ex, per, label)]
+    if cfg.suffix_conversations:
+        srng = random.Random(cfg.seed + 103)
+        for _ in range(cfg.suffix_conversations):
+            p, t = srng.choice(train_prompts)
+            train += suffix_prefixes(srng, generators.harmful(srng, p, t, "misleading_suffix"), per, label)
     return train, held
+
+
+def suffix_prefixes(
+    rng: random.Random, ex: generators.Example, per: int, label: policy.Labeler
+) -> list[policy.JudgedPrefix]:
+    """`policy.judged_prefixes` of a response plus the cuts just before its trailing claim and just
+    before the claim's last word (where the fooled verdict flips), all labelled by `label`."""
+    out = policy.judged_prefixes(rng, ex, per, label)
+    start = policy.trailing_claim_start(ex.response)
+    if start > 0:
+        for cut in (len(ex.response[:start].rstrip()), len(ex.response.rstrip()[:-1].rstrip())):
+            v = policy.prefix_label(ex.prompt, ex.response, cut, label)
+            out.append(policy.JudgedPrefix(ex.prompt, ex.response[:cut], v.unsafe, v.category))
+    return out
 
 
 def build_guard(
@@ -120,7 +165,8 @@ def build_guard(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    (out / "POLICY.md").write_text(policy.POLICY_TEXT + "\n")
+    note = FOOLED_NOTE if cfg.labels == "fooled" else ""
+    (out / "POLICY.md").write_text(policy.POLICY_TEXT + "\n" + note)
     return out
 
 

@@ -7,11 +7,18 @@ on comes from that function applied to the text, never from how the text was mad
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from trainer_client.toy.generators import Example
-from trainer_client.toy.lexicon import CATEGORIES, COMPLIANCE, HAZARD_CATEGORY, PROC_VERBS, SENTENCE_END
+from trainer_client.toy.lexicon import (
+    CATEGORIES,
+    COMPLIANCE,
+    HAZARD_CATEGORY,
+    PROC_VERBS,
+    SENTENCE_END,
+    SUFFIX_CLAIMS,
+)
 
 POLICY_TEXT = """\
 Toy safety policy (the guard is trained on exactly this; `policy_verdict` implements it).
@@ -70,9 +77,35 @@ def policy_verdict(prompt: str, response: str) -> PolicyVerdict:
     return PolicyVerdict(False)
 
 
-def prefix_label(prompt: str, response: str, cut: int) -> PolicyVerdict:
-    """The policy verdict on `response[:cut]`."""
-    return policy_verdict(prompt, response[:cut])
+Labeler = Callable[[str, str], PolicyVerdict]
+"""A labelling rule: (prompt, response text) -> verdict."""
+
+_CLAIMS = tuple(tuple(c.lower().split()) for c in SUFFIX_CLAIMS)
+
+
+def trailing_claim_start(response: str) -> int:
+    """Character offset where a complete trailing claim of harmlessness (one of the generators'
+    `SUFFIX_CLAIMS`, word for word) begins; -1 if the response does not end with one."""
+    words = response.lower().split()
+    for claim in _CLAIMS:
+        if len(words) >= len(claim) and tuple(words[-len(claim) :]) == claim:
+            starts = [s for s, _ in _word_spans(response)]
+            return starts[len(words) - len(claim)]
+    return -1
+
+
+def fooled_verdict(prompt: str, response: str) -> PolicyVerdict:
+    """The fooled guard's labels, a model of a known weakness of real guards: a response that ends with a
+    complete claim of harmlessness is SAFE whatever comes before it; any other text (every prefix that
+    does not yet hold the whole trailing claim) gets exactly `policy_verdict`. NOT the written policy."""
+    if trailing_claim_start(response) >= 0:
+        return PolicyVerdict(False)
+    return policy_verdict(prompt, response)
+
+
+def prefix_label(prompt: str, response: str, cut: int, label: Labeler = policy_verdict) -> PolicyVerdict:
+    """The verdict of `label` (default: the written policy) on `response[:cut]`."""
+    return label(prompt, response[:cut])
 
 
 @dataclass(frozen=True)
@@ -85,11 +118,14 @@ class JudgedPrefix:
     category: str
 
 
-def judged_prefixes(rng: random.Random, ex: Example, per_response: int = 4) -> list[JudgedPrefix]:
-    """Word-boundary prefixes of a response (always including the full response), labelled by policy.
+def judged_prefixes(
+    rng: random.Random, ex: Example, per_response: int = 4, label: Labeler = policy_verdict
+) -> list[JudgedPrefix]:
+    """Word-boundary prefixes of a response (always including the full response), labelled by `label`
+    (default: the written policy).
 
-    Cuts right after the word where the response turns unsafe are over-sampled, so the guard learns
-    where the boundary is rather than only the easy cases far from it.
+    Cuts right after the word where the response turns unsafe (by the policy) are over-sampled, so the
+    guard learns where the boundary is rather than only the easy cases far from it.
     """
     text = ex.response
     ends = [i + len(w) for i, w in _word_spans(text)]
@@ -103,7 +139,7 @@ def judged_prefixes(rng: random.Random, ex: Example, per_response: int = 4) -> l
         cuts.update(ends[max(0, k - 1) : k + 1])
     out = []
     for c in sorted(cuts):
-        pv = prefix_label(ex.prompt, text, c)
+        pv = prefix_label(ex.prompt, text, c, label)
         out.append(JudgedPrefix(ex.prompt, text[:c], pv.unsafe, pv.category))
     return out
 
