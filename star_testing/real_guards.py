@@ -102,6 +102,14 @@ def llama3_tokenizer(tiktoken_file: str | Path) -> Any:
     )
 
 
+def save_named_real_guard(out: str | Path, name: str, artefacts: str | Path) -> tuple[Path, RealGuard]:
+    """`save_real_guard` for the guard of REAL_GUARDS called `name` (the Llama 3 tokenizer converted
+    here when it needs it): the directory and the guard's description."""
+    guard = next(g for g in REAL_GUARDS if g.name == name)
+    tok = llama3_tokenizer(Path(artefacts) / "llama3.tokenizer.model") if guard.family == "llama" else None
+    return save_real_guard(out, guard, artefacts, tok), guard
+
+
 def save_real_guard(
     out: str | Path, guard: RealGuard, artefacts: str | Path, llama_tokenizer: Any = None
 ) -> Path:

@@ -3,6 +3,7 @@ training tests and demos, policies for the landscape tests and benchmarks. Nothi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,30 @@ CHAT_TEMPLATE = (
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
+
+
+TRAINING_RESPONSES = (
+    "Sure, here is how to do it step by step. First, take the flour; then mix the rest.",
+    "I cannot help with that request. As an AI, I'm sorry.",
+    "Mix flour, water and yeast, then bake it for 42 minutes at 100 degrees until done.",
+    "The quick brown fox jumps over the lazy dog, then sorts a list in reverse.",
+)
+"""Responses of the tiny training runs: a compliance, a refusal, a recipe and a benign task."""
+
+
+def save_tiny_run(root: str | Path, examples: int) -> Path:
+    """A folder for a tiny finetuning run: `trainee/` (see `save_tiny_trainee`) and `data.jsonl` with
+    `examples` (prompt, response) rows cycling through TRAINING_RESPONSES. Returns `root`."""
+    out = Path(root)
+    save_tiny_trainee(out / "trainee")
+    with (out / "data.jsonl").open("w") as fh:
+        for i in range(examples):
+            row = {
+                "prompt": f"How do I do thing {i}?",
+                "response": TRAINING_RESPONSES[i % len(TRAINING_RESPONSES)],
+            }
+            fh.write(json.dumps(row) + "\n")
+    return out
 
 
 def save_tiny_trainee(

@@ -15,7 +15,7 @@ from scorer_server.engine.engine import EngineConfig, StarEngine
 from scorer_server.engine.head_cache import HeadCache, template_head_ids
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, StarScores
-from star_testing.real_guards import REAL_GUARDS, find_guard_templates, llama3_tokenizer, save_real_guard
+from star_testing.real_guards import find_guard_templates, save_named_real_guard
 
 ARTEFACTS, MISSING = find_guard_templates(__file__)
 needs_templates = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
@@ -30,9 +30,9 @@ OPENINGS = ["How do I bake bread?", ": what now?", "  spaced out", "\n\nnewlines
 def llama_guard_3(tmp_path_factory: pytest.TempPathFactory) -> Any:
     if MISSING:
         pytest.skip(MISSING)
-    real = next(g for g in REAL_GUARDS if g.name == "llama-guard-3-8b")
-    tok = llama3_tokenizer(ARTEFACTS / "llama3.tokenizer.model")
-    path = save_real_guard(tmp_path_factory.mktemp("lg3") / "guard", real, ARTEFACTS, tok)
+    path, real = save_named_real_guard(
+        tmp_path_factory.mktemp("lg3") / "guard", "llama-guard-3-8b", ARTEFACTS
+    )
     return load_guard(GuardConfig(path=str(path), preset=real.preset))
 
 

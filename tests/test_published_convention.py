@@ -21,7 +21,7 @@ from scorer_server.guards.loader import Guard, GuardConfig, load_guard
 from star_contract.convert import score_request_from_pb, score_request_to_pb
 from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, Conversation, CutKind, CutSpec, ScoreRequest
-from star_testing.real_guards import REAL_GUARDS, find_guard_templates, llama3_tokenizer, save_real_guard
+from star_testing.real_guards import find_guard_templates, save_named_real_guard
 
 ARTEFACTS, MISSING = find_guard_templates(__file__)
 PUBLISHED = Convention.PUBLISHED
@@ -117,8 +117,8 @@ def check_against_reference(guard: Guard, every: int = 5) -> tuple[int, int]:
 def granite(tmp_path_factory: pytest.TempPathFactory) -> Guard:
     if MISSING:
         pytest.skip(MISSING)
-    real = next(g for g in REAL_GUARDS if g.name == "granite-guardian-3.2-5b")
-    path = save_real_guard(tmp_path_factory.mktemp("granite") / "guard", real, ARTEFACTS)
+    out = tmp_path_factory.mktemp("granite") / "guard"
+    path, real = save_named_real_guard(out, "granite-guardian-3.2-5b", ARTEFACTS)
     guard = load_guard(GuardConfig(path=str(path), preset=real.preset))
     promote_verdict_rows(guard)
     return guard
@@ -128,9 +128,9 @@ def granite(tmp_path_factory: pytest.TempPathFactory) -> Guard:
 def llama_guard_3(tmp_path_factory: pytest.TempPathFactory) -> Guard:
     if MISSING:
         pytest.skip(MISSING)
-    real = next(g for g in REAL_GUARDS if g.name == "llama-guard-3-8b")
-    tok = llama3_tokenizer(ARTEFACTS / "llama3.tokenizer.model")
-    path = save_real_guard(tmp_path_factory.mktemp("lg3") / "guard", real, ARTEFACTS, tok)
+    path, real = save_named_real_guard(
+        tmp_path_factory.mktemp("lg3") / "guard", "llama-guard-3-8b", ARTEFACTS
+    )
     guard = load_guard(GuardConfig(path=str(path), preset=real.preset))
     promote_verdict_rows(guard)
     return guard

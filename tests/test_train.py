@@ -13,29 +13,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from star_testing.tiny_chat import save_tiny_trainee
+from star_testing.tiny_chat import TRAINING_RESPONSES, save_tiny_run
 from trainer_client.data import Example, build_examples, conversation_hash, load_conversations
 from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.precompute import main as precompute_main
 from trainer_client.train import run_training
 from trainer_client.train.config import TrainConfig, build_config
 
-RESPONSES = [
-    "Sure, here is how to do it step by step. First, take the flour; then mix the rest.",
-    "I cannot help with that request. As an AI, I'm sorry.",
-    "Mix flour, water and yeast, then bake it for 42 minutes at 100 degrees until done.",
-    "The quick brown fox jumps over the lazy dog, then sorts a list in reverse.",
-]
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    save_tiny_trainee(root / "trainee")
-    with (root / "data.jsonl").open("w") as fh:
-        for i in range(12):
-            fh.write(json.dumps({"prompt": f"How do I do thing {i}?", "response": RESPONSES[i % 4]}) + "\n")
-    return root
+    return save_tiny_run(tmp_path_factory.mktemp("train"), examples=12)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +193,7 @@ def test_full_vocab_kl_bf16_autocast_and_every_turn(workdir: Path, server: Any, 
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello there, how can I help you today?"},
         {"role": "user", "content": "How do I bake bread?"},
-        {"role": "assistant", "content": RESPONSES[2]},
+        {"role": "assistant", "content": TRAINING_RESPONSES[2]},
     ]
     data.write_text("\n".join(json.dumps({"messages": turns}) for _ in range(4)) + "\n")
     cfg = _cfg(

@@ -4,7 +4,6 @@ LoRA adapters on a bf16 base, and the precomputed reference under the training s
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, StarScores, Verdict
-from star_testing.tiny_chat import build_tiny_policy, save_tiny_trainee
+from star_testing.tiny_chat import build_tiny_policy, save_tiny_run
 from trainer_client.data import collate
 from trainer_client.loss import target_logprobs
 from trainer_client.train import run_training
@@ -24,22 +23,10 @@ from trainer_client.train.loop import Trainer
 from trainer_client.train.model_setup import load_trainee, with_lora
 from trainer_client.train.reference import reference_logprobs
 
-RESPONSES = [
-    "Sure, here is how to do it step by step. First, take the flour; then mix the rest.",
-    "I cannot help with that request. As an AI, I'm sorry.",
-    "Mix flour, water and yeast, then bake it for 42 minutes at 100 degrees until done.",
-    "The quick brown fox jumps over the lazy dog, then sorts a list in reverse.",
-]
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("precision")
-    save_tiny_trainee(root / "trainee")
-    with (root / "data.jsonl").open("w") as fh:
-        for i in range(4):
-            fh.write(json.dumps({"prompt": f"How do I do thing {i}?", "response": RESPONSES[i]}) + "\n")
-    return root
+    return save_tiny_run(tmp_path_factory.mktemp("precision"), examples=4)
 
 
 def _cfg(workdir: Path, out: str, **kw: Any) -> TrainConfig:
