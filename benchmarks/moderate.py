@@ -1,0 +1,131 @@
+"""Incremental STAR while a response streams in, against re-scoring the whole prefix at every cut.
+
+    python benchmarks/moderate.py [--quick] [--tokens 1000] [--delta-tokens 8] [--every 5]
+
+A response of about `--tokens` guard tokens arrives in deltas of `--delta-tokens` tokens; a cut every
+`--every` words. Ours: one IncrementalSession (the trunk's keys and values kept between deltas). The
+baseline is what existing streaming helpers do: one plain forward of the whole per-cut prompt at every
+cut. Both run on the same guard and threads in this run. The baseline is timed on an evenly spaced
+sample of cuts and scaled to all cuts (its cost per cut grows linearly along the response, and so does
+the sample); the token counts are exact. The JSON on the last line has `incremental_vs_rescore` (time),
+`incremental_vs_rescore_tokens`, `per_cut_ms_growth` (ours, last tenth of the cuts over the first) and
+`max_abs_diff` (ours against the per-cut definition on the sampled cuts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scorer_server.engine.engine import StarEngine
+from scorer_server.engine.forward import forward_prompts
+from scorer_server.engine.incremental import IncrementalSession
+from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.verdict import p_safe
+from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+
+WORDS = ["the", "a", "to", "of", "and", "mix", "heat", "step", "first", "then", "slowly", "next", "until"]
+WORDS += ["water", "flour", "yeast", "bread", "oven", "sure"]
+
+
+def _response(tokenizer: Any, tokens: int, seed: int) -> str:
+    rng = random.Random(seed)
+    words: list[str] = []
+    while len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) < tokens:
+        words.extend(rng.choice(WORDS) for _ in range(20))
+    return " ".join(words)
+
+
+def _deltas(tokenizer: Any, text: str, size: int) -> list[str]:
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    starts = [offsets[i][0] for i in range(0, len(offsets), size)] + [len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(starts) if b > a]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smaller guard and sample (< 45 s on 2 cores)")
+    ap.add_argument("--tokens", type=int, default=1000, help="response length in guard tokens")
+    ap.add_argument("--delta-tokens", type=int, default=8, help="guard tokens per arriving delta")
+    ap.add_argument("--every", type=int, default=5, help="a cut every M words")
+    ap.add_argument("--sample", type=int, default=None, help="baseline cuts timed (default 24, quick 12)")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    shape = (
+        dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=688, vocab=2000)
+        if args.quick
+        else dict(hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1408, vocab=4000)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = TinyGuardSpec(family="llama", init_range=0.02, **shape)  # type: ignore[arg-type]
+        guard = load_guard(GuardConfig(path=str(save_tiny_guard(Path(tmp) / "guard", spec))))
+    engine = StarEngine(guard)
+    text = _response(guard.tokenizer, args.tokens, seed=1)
+    conv = Conversation.from_pair("How do I bake bread?", text)
+    deltas = _deltas(guard.tokenizer, text, args.delta_tokens)
+
+    warm = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, args.every))
+    for delta in deltas[:20]:
+        warm.push(delta)
+    session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, args.every))
+    latencies: list[float] = []
+    ours: dict[int, float] = {}
+    t0 = time.perf_counter()
+    steps: list[str | None] = [*deltas, None]
+    for d in steps:
+        t = time.perf_counter()
+        segs = session.push(d) if d is not None else session.close()
+        if segs:
+            latencies.extend([(time.perf_counter() - t) / len(segs)] * len(segs))
+            ours.update({s.end: s.p_safe for s in segs})
+    t_ours = time.perf_counter() - t0
+
+    plan = engine.plan(ScoreRequest(conv, CutSpec(CutKind.WORDS, args.every)))
+    n_cuts = len(plan.cuts)
+    sample_n = min(n_cuts, args.sample or (12 if args.quick else 24))
+    sample = sorted({round(i * (n_cuts - 1) / max(sample_n - 1, 1)) for i in range(sample_n)})
+    forward_prompts(guard, [plan.prompt(sample[0])], engine.pad_id)  # warm-up
+    t_sample, diffs = 0.0, []
+    for i in sample:
+        t = time.perf_counter()
+        logits = forward_prompts(guard, [plan.prompt(i)], engine.pad_id)
+        t_sample += time.perf_counter() - t
+        ref = p_safe(float(logits[0, guard.safe_id] - logits[0, guard.unsafe_id]))
+        diffs.append(abs(ours[plan.cuts[i]] - ref))
+    t_rescore = t_sample / len(sample) * n_cuts
+    tenth = max(1, len(latencies) // 10)
+    computed = session.stats.trunk_tokens + session.stats.tail_tokens
+    result = {
+        "bench": "moderate",
+        "incremental_vs_rescore": round(t_rescore / t_ours, 2),
+        "incremental_vs_rescore_tokens": round(sum(plan.per_cut_tokens) / computed, 2),
+        "per_cut_ms_growth": round(
+            statistics.mean(latencies[-tenth:]) / statistics.mean(latencies[:tenth]), 3
+        ),
+        "max_abs_diff": max(diffs),
+        "per_cut_ms_first": round(1000 * statistics.mean(latencies[:tenth]), 2),
+        "per_cut_ms_last": round(1000 * statistics.mean(latencies[-tenth:]), 2),
+        "cuts": n_cuts,
+        "deltas": len(deltas),
+        "response_tokens": len(guard.encode([text])[0]),
+        "rollbacks": session.stats.rollbacks,
+        "baseline_cuts_timed": len(sample),
+        "shape": "quick" if args.quick else "cpu",
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

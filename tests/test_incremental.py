@@ -1,0 +1,133 @@
+"""Incremental STAR (a response scored while it arrives): every cut equals the per-cut definition.
+
+The reference is the engine's per-cut method on the finished response: one plain forward per cut of
+`tokenize(render(conversation, response[:c]))`. Deltas are split at random, down to single characters,
+so cuts fall inside BPE merges and the session has to roll its cache back.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scorer_server.engine.engine import StarEngine
+from scorer_server.engine.incremental import IncrementalSession
+from scorer_server.guards.loader import GuardConfig, load_guard
+from star_contract.errors import InvalidRequest
+from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, Segment
+from star_testing.real_guards import find_guard_templates, save_named_real_guard
+from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
+
+ARTEFACTS, MISSING = find_guard_templates(__file__)
+WORDS = ["Sure,", "first", "mix", "the", "flour", "then", "bake", "it.", "Done!", "ünï", "🙂", "x", "220"]
+SPACES = [" ", " ", " ", "  ", "\n", "\n\n", "\t"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> StarEngine:
+    # A byte-level BPE whose merges cross spaces: a delta can change the previous token.
+    spec = TinyGuardSpec(tokenizer="bytelevel-crossing")
+    return StarEngine(
+        load_guard(GuardConfig(path=str(save_tiny_guard(tmp_path_factory.mktemp("g") / "g", spec))))
+    )
+
+
+def stream(session: IncrementalSession, response: str, sizes: list[int]) -> list[Segment]:
+    out: list[Segment] = []
+    i = k = 0
+    while i < len(response):
+        n = sizes[k % len(sizes)]
+        out += session.push(response[i : i + n])
+        i, k = i + n, k + 1
+    return out + session.close()
+
+
+def assert_matches_per_cut(engine: StarEngine, conv: Conversation, got: list[Segment], every: int) -> None:
+    want = engine.score([ScoreRequest(conv, CutSpec(CutKind.WORDS, every))], method="per_cut")[0].segments
+    assert [s.end for s in got] == [s.end for s in want]
+    assert max(abs(a.p_safe - b.p_safe) for a, b in zip(got, want, strict=True)) <= 1e-5
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    words=st.lists(st.sampled_from(WORDS), min_size=0, max_size=18),
+    gaps=st.lists(st.sampled_from(SPACES), min_size=18, max_size=18),
+    trailing=st.sampled_from(["", " ", "\n"]),
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    every=st.integers(1, 4),
+)
+def test_random_deltas_equal_per_cut(
+    engine: StarEngine, words: list[str], gaps: list[str], trailing: str, sizes: list[int], every: int
+) -> None:
+    response = "".join(w + g for w, g in zip(words, gaps, strict=False)).rstrip() + trailing
+    conv = Conversation.from_pair("How do I bake bread?", response)
+    session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, every))
+    assert_matches_per_cut(engine, conv, stream(session, response, sizes), every)
+
+
+def test_single_characters_multi_turn_and_rollbacks(engine: StarEngine) -> None:
+    conv = Conversation.from_dicts(
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "How do I bake bread?"},
+            {"role": "assistant", "content": "Sure,  first mix the flour\n\nthen bake it at 220 C. Done!"},
+        ]
+    )
+    session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, 2))
+    got = stream(session, conv.response, [1])
+    assert_matches_per_cut(engine, conv, got, 2)
+
+
+def test_cache_rolls_back_to_the_common_prefix(engine: StarEngine) -> None:
+    """What a delta that re-merges cached tokens triggers: the cache is cut back to the prefix it shares
+    with the new input, and the next cut is still exact."""
+    conv = Conversation.from_pair("q", "one two three four")
+    session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, 1))
+    session._cut([5, 6, 7, 8, 9, 10], stable=5)
+    assert session.cache_tokens == 5 and session.stats.tail_tokens == 1
+    session._cut([5, 6, 11, 12], stable=3)
+    assert session.stats.rollbacks == 1 and session.cache_tokens == 3
+    assert session.stats.trunk_tokens == 5 + 1
+    assert_matches_per_cut(engine, conv, stream(session, conv.response, [2]), 1)
+
+
+def test_each_cut_costs_its_new_tokens_not_the_prefix(engine: StarEngine) -> None:
+    rng = random.Random(0)
+    response = " ".join(rng.choice(WORDS[:9]) for _ in range(200))
+    conv = Conversation.from_pair("How do I bake bread?", response)
+    session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, 5))
+    got = stream(session, response, [8])
+    prompt = len(engine.guard.encode([engine.guard.template.render(conv)])[0])
+    plan = engine.plan(ScoreRequest(conv, CutSpec(CutKind.WORDS, 5)))
+    rescore = sum(plan.per_cut_tokens)
+    computed = session.stats.trunk_tokens + session.stats.tail_tokens
+    assert len(got) == 40 and computed < rescore / 5  # measured: about 1/13 of re-scoring each prefix
+    assert session.cache_tokens < prompt  # the cache holds the stable trunk, never a tail
+
+
+def test_cut_spacing_and_closed_sessions(engine: StarEngine) -> None:
+    conv = Conversation.from_pair("q", "")
+    with pytest.raises(InvalidRequest, match="every M words"):
+        IncrementalSession(engine, conv, CutSpec(CutKind.GUARD_TOKENS, 3))
+    session = IncrementalSession(engine, conv, CutSpec(CutKind.WORDS, 5))
+    assert session.close()[0].end == 0  # an empty response still gets its one cut
+    with pytest.raises(InvalidRequest, match="closed"):
+        session.push("more")
+
+
+def test_real_llama_guard_3_template_and_tokenizer(tmp_path: Path) -> None:
+    if MISSING:
+        pytest.skip(MISSING)
+    path, real = save_named_real_guard(tmp_path / "lg3", "llama-guard-3-1b", ARTEFACTS)
+    engine: Any = StarEngine(load_guard(GuardConfig(path=str(path), preset=real.preset)))
+    conv = Conversation.from_pair(
+        "How do I bake bread?", "Voilà — mix 200g flour,\n\n then bake 🙂 at 220°C!"
+    )
+    session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, 1))
+    assert_matches_per_cut(engine, conv, stream(session, conv.response, [3, 1, 2]), 1)
