@@ -102,6 +102,9 @@ class BatchingSettings:
     )
     threads: int = _opt(0, "torch intra-op threads for the local backend; 0 keeps torch's default")
     warmup: bool = _opt(True, "run one request through the model before reporting SERVING")
+    max_sessions: int = _opt(
+        64, "live-moderation sessions open at once before new ones get RESOURCE_EXHAUSTED"
+    )
     head_cache: bool = _opt(
         True, "keep the template head's keys and values once and start every request from them"
     )
@@ -112,7 +115,7 @@ class BatchingSettings:
         )
 
     def check(self) -> None:
-        for name in ("max_batch_tokens", "max_row_tokens", "max_queue", "max_pending_tokens"):
+        for name in ("max_batch_tokens", "max_row_tokens", "max_queue", "max_pending_tokens", "max_sessions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.max_wait_ms < 0:

@@ -8,16 +8,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from star_client.channel import Replica, reconnect_delay
 from star_client.config import ClientConfig
 from star_client.errors import RETRYABLE, ConnectionLost, RetryableReply, ScorerCallError
+from star_client.moderation import ModerationSession
 from star_contract import convert
 from star_contract.errors import InvalidRequest
-from star_contract.types import Conversation, GuardInfo, ScoreRequest, StarScores, Verdict
+from star_contract.types import Conversation, GuardInfo, ModerateOptions, ScoreRequest, StarScores, Verdict
 from star_proto import scorer_pb2 as pb
 
 T = TypeVar("T")
@@ -128,6 +129,18 @@ class AsyncScorerClient:
         req = convert.judge_request_to_pb(conversations)
         resp = await self._unary(lambda r, t: r.stub.Judge(req, timeout=t, metadata=r.metadata))
         return [convert.verdict_from_pb(v) for v in resp.verdicts]
+
+    def moderate(
+        self, conversation: Conversation, options: ModerateOptions | None = None
+    ) -> ModerationSession:
+        """A live-moderation session on one replica: `async with client.moderate(conversation) as s:`."""
+
+        async def open_call() -> Any:
+            await self._ensure_started()
+            replica = await self._pick(time.monotonic() + self.config.deadline_s)
+            return replica.stub.Moderate(metadata=self._metadata, timeout=self.config.deadline_s)
+
+        return ModerationSession(open_call, conversation, options or ModerateOptions())
 
     async def close(self) -> None:
         for r in self._replicas:

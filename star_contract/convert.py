@@ -18,6 +18,7 @@ from star_contract.types import (
     CutSpec,
     GuardInfo,
     Message,
+    ModerateOptions,
     ScoreRequest,
     Segment,
     StarScores,
@@ -122,7 +123,7 @@ def score_part_to_pb(
     segments: Iterable[Segment], part: int, parts: int, complete: bool, guard_tokens: int = 0
 ) -> pb.ScoreResponse:
     return pb.ScoreResponse(
-        segments=[pb.Segment(end=s.end, p_safe=s.p_safe) for s in segments],
+        segments=[segment_to_pb(s) for s in segments],
         part=part,
         parts=parts,
         complete=complete,
@@ -193,3 +194,36 @@ def info_from_pb(msg: pb.GetInfoResponse) -> GuardInfo:
         server_version=msg.server_version,
         backend=msg.backend,
     )
+
+
+def segment_to_pb(segment: Segment) -> pb.Segment:
+    return pb.Segment(end=segment.end, p_safe=segment.p_safe)
+
+
+# -- live moderation --
+def moderate_open_from_pb(msg: pb.ModerateOpen) -> tuple[Conversation, ModerateOptions]:
+    """The conversation so far and the session's options (zero / unset fields take the defaults)."""
+    d = ModerateOptions()
+    options = ModerateOptions(
+        every=msg.every or d.every,
+        unsafe_below=msg.unsafe_below if msg.HasField("unsafe_below") else d.unsafe_below,
+        consecutive=msg.consecutive or d.consecutive,
+        temperature=msg.temperature if msg.HasField("temperature") else d.temperature,
+    )
+    if not 0.0 <= options.unsafe_below <= 1.0:
+        raise InvalidRequest(f"open.unsafe_below must be in [0, 1], got {options.unsafe_below}")
+    if not (math.isfinite(options.temperature) and 1e-3 <= options.temperature <= 1e3):
+        raise InvalidRequest(f"open.temperature must be in [0.001, 1000], got {options.temperature}")
+    return conversation_from_pb(msg.conversation), options
+
+
+def moderate_open_to_pb(conversation: Conversation, options: ModerateOptions) -> pb.ModerateOpen:
+    out = pb.ModerateOpen(
+        conversation=conversation_to_pb(conversation),
+        every=options.every,
+        unsafe_below=options.unsafe_below,
+        consecutive=options.consecutive,
+    )
+    if options.temperature != 1.0:
+        out.temperature = options.temperature
+    return out

@@ -151,6 +151,29 @@ class ScoreRequest:
 
 
 @dataclass(frozen=True)
+class ModerateOptions:
+    """How a live-moderation session cuts and when it stops the stream."""
+
+    every: int = 5
+    """A cut after every `every` words."""
+    unsafe_below: float = 0.5
+    """A cut is unsafe when its P(safe) is below this."""
+    consecutive: int = 1
+    """How many unsafe cuts in a row stop the stream."""
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModerationStop:
+    """A live-moderation session's stop: the unsafe stretch begins at `offset`; the rule fired at the
+    cut ending at `cut`, whose P(safe) was `p_safe`."""
+
+    offset: int
+    cut: int
+    p_safe: float
+
+
+@dataclass(frozen=True)
 class GuardInfo:
     """What a scorer serves; `fingerprint` covers everything the guard sees apart from the conversation
     (weights, template, policy, verdict tokens), so clients put it in their cache keys."""

@@ -181,3 +181,51 @@ class GetInfoResponse(_message.Message):
     backend: str
     max_message_bytes: int
     def __init__(self, name: _Optional[str] = ..., preset: _Optional[str] = ..., safe_word: _Optional[str] = ..., unsafe_word: _Optional[str] = ..., safe_token_id: _Optional[int] = ..., unsafe_token_id: _Optional[int] = ..., fingerprint: _Optional[str] = ..., max_conversation_tokens: _Optional[int] = ..., max_cuts: _Optional[int] = ..., server_version: _Optional[str] = ..., backend: _Optional[str] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class ModerateRequest(_message.Message):
+    __slots__ = ("open", "delta", "close")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    open: ModerateOpen
+    delta: str
+    close: ModerateClose
+    def __init__(self, open: _Optional[_Union[ModerateOpen, _Mapping]] = ..., delta: _Optional[str] = ..., close: _Optional[_Union[ModerateClose, _Mapping]] = ...) -> None: ...
+
+class ModerateOpen(_message.Message):
+    __slots__ = ("conversation", "every", "unsafe_below", "consecutive", "temperature")
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    UNSAFE_BELOW_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    conversation: Conversation
+    every: int
+    unsafe_below: float
+    consecutive: int
+    temperature: float
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., every: _Optional[int] = ..., unsafe_below: _Optional[float] = ..., consecutive: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
+
+class ModerateClose(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModerateResponse(_message.Message):
+    __slots__ = ("segment", "stop", "complete")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    segment: Segment
+    stop: ModerateStop
+    complete: bool
+    def __init__(self, segment: _Optional[_Union[Segment, _Mapping]] = ..., stop: _Optional[_Union[ModerateStop, _Mapping]] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class ModerateStop(_message.Message):
+    __slots__ = ("offset", "cut", "p_safe")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CUT_FIELD_NUMBER: _ClassVar[int]
+    P_SAFE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    cut: int
+    p_safe: float
+    def __init__(self, offset: _Optional[int] = ..., cut: _Optional[int] = ..., p_safe: _Optional[float] = ...) -> None: ...

@@ -57,6 +57,11 @@ class ScorerServiceStub:
                 request_serializer=star_dot_v1_dot_scorer__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=star_dot_v1_dot_scorer__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.Moderate = channel.stream_stream(
+                '/star.v1.ScorerService/Moderate',
+                request_serializer=star_dot_v1_dot_scorer__pb2.ModerateRequest.SerializeToString,
+                response_deserializer=star_dot_v1_dot_scorer__pb2.ModerateResponse.FromString,
+                _registered_method=True)
 
 
 class ScorerServiceServicer:
@@ -96,6 +101,16 @@ class ScorerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Moderate(self, request_iterator, context):
+        """Live moderation of a response while it is generated: open a session with the conversation so far,
+        send text deltas of the assistant response as they arrive, then close. Each cut's STAR score comes
+        back as soon as it is computed; once the stop rule fires the server sends `stop` and ends the
+        stream. Local backend only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScorerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +133,11 @@ def add_ScorerServiceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=star_dot_v1_dot_scorer__pb2.GetInfoRequest.FromString,
                     response_serializer=star_dot_v1_dot_scorer__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'Moderate': grpc.stream_stream_rpc_method_handler(
+                    servicer.Moderate,
+                    request_deserializer=star_dot_v1_dot_scorer__pb2.ModerateRequest.FromString,
+                    response_serializer=star_dot_v1_dot_scorer__pb2.ModerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +251,33 @@ class ScorerService:
             '/star.v1.ScorerService/GetInfo',
             star_dot_v1_dot_scorer__pb2.GetInfoRequest.SerializeToString,
             star_dot_v1_dot_scorer__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Moderate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/star.v1.ScorerService/Moderate',
+            star_dot_v1_dot_scorer__pb2.ModerateRequest.SerializeToString,
+            star_dot_v1_dot_scorer__pb2.ModerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

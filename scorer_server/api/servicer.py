@@ -10,13 +10,14 @@ from typing import Any
 import grpc
 
 from scorer_server.api.status import status_for
-from scorer_server.api.validation import validate_judge, validate_score_request
+from scorer_server.api.validation import validate_conversation, validate_judge, validate_score_request
 from scorer_server.backends.base import ScoringBackend
 from scorer_server.limits import Limits
 from scorer_server.metrics import ServerMetrics
+from scorer_server.moderation import StopRule
 from star_contract import convert
-from star_contract.errors import NotReady
-from star_contract.types import ScoreRequest
+from star_contract.errors import InvalidRequest, NotReady
+from star_contract.types import ScoreRequest, Segment
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
 
@@ -159,6 +160,52 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
             reader.cancel()
             for task in list(tasks.values()):
                 task.cancel()
+
+    async def Moderate(
+        self, request_iterator: AsyncIterator[pb.ModerateRequest], context: Any
+    ) -> AsyncIterator[pb.ModerateResponse]:
+        self._check_ready()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "open":
+            raise InvalidRequest("the first Moderate message must be `open` (the conversation so far)")
+        conversation, options = convert.moderate_open_from_pb(first.open)
+        validate_conversation(conversation, self.limits, "open.conversation")
+        session = self.backend.open_session(conversation, options)
+        rule = StopRule(options)
+        self._enter()
+        try:
+            async for msg in request_iterator:
+                kind = msg.WhichOneof("kind")
+                if kind != "delta" and kind != "close":
+                    raise InvalidRequest("after `open`, send `delta` messages and then `close`")
+                segments = await (session.push(msg.delta) if kind == "delta" else session.close())
+                async for out in self._moderated(segments, rule):
+                    yield out
+                    if out.complete:
+                        return
+                if kind == "close":
+                    break
+            else:  # the caller ended the stream without `close`: the response is complete
+                async for out in self._moderated(await session.close(), rule):
+                    yield out
+                    if out.complete:
+                        return
+            yield pb.ModerateResponse(complete=True)
+        finally:
+            session.release()
+            self._leave()
+
+    async def _moderated(self, segments: list[Segment], rule: StopRule) -> AsyncIterator[pb.ModerateResponse]:
+        """Each new cut's score, then the stop (complete = true) if the rule fires on it."""
+        for seg in segments:
+            self.metrics.cuts_scored.inc()
+            yield pb.ModerateResponse(segment=convert.segment_to_pb(seg))
+            stop = rule.observe(seg)
+            if stop is not None:
+                yield pb.ModerateResponse(
+                    stop=pb.ModerateStop(offset=stop.offset, cut=stop.cut, p_safe=stop.p_safe), complete=True
+                )
+                return
 
     # -- helpers --
     def _decode(self, msg: pb.ScoreRequest) -> tuple[ScoreRequest, int]:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+from star_contract.types import Conversation, GuardInfo, ModerateOptions, ScoreRequest, Segment, Verdict
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,17 @@ class ScoringBackend(Protocol):
     async def judge(self, conversations: list[Conversation]) -> list[Verdict]:
         """Whole-response verdicts."""
         ...
+
+    def open_session(self, conversation: Conversation, options: ModerateOptions) -> Session:
+        """A live-moderation session (InvalidRequest where the backend cannot hold one)."""
+        ...
+
+
+class Session(Protocol):
+    """A live-moderation session: the STAR scores of the cuts each delta completes."""
+
+    async def push(self, delta: str) -> list[Segment]: ...
+
+    async def close(self) -> list[Segment]: ...
+
+    def release(self) -> None: ...

@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 from scorer_server import __version__
 from scorer_server.backends.base import ScorePart
+from scorer_server.backends.moderation import ModerationSession, SessionSlots
 from scorer_server.batcher import Batcher, BatchObserver
 from scorer_server.config import BatchingSettings
 from scorer_server.guards.loader import GuardConfig, describe_guard
 from scorer_server.limits import Limits
 from star_contract.errors import NotReady
-from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+from star_contract.types import Conversation, GuardInfo, ModerateOptions, ScoreRequest, Segment, Verdict
 
 log = logging.getLogger("star.backend")
 WARMUP = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast, then bake it.")
@@ -55,6 +56,7 @@ class LocalBackend:
         self._engine: Any = None
         self._batcher: Batcher[Any, list[Segment]] | None = None
         self._info: GuardInfo | None = None
+        self._slots = SessionSlots(config.batching.max_sessions)
 
     def info(self) -> GuardInfo:
         if self._info is None:
@@ -124,6 +126,12 @@ class LocalBackend:
             },
         )
         return engine
+
+    def open_session(self, conversation: Conversation, options: ModerateOptions) -> ModerationSession:
+        """A live-moderation session on this backend's guard (its forwards share the forward thread)."""
+        if self._engine is None:
+            raise NotReady("the guard is still loading")
+        return ModerationSession(self._engine, conversation, options, self._forward_pool, self._slots)
 
     async def stop(self, grace_s: float) -> None:
         if self._batcher is not None:

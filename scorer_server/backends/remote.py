@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from scorer_server.backends.base import ScorePart
+from scorer_server.backends.base import ScorePart, Session
 from scorer_server.backends.http import Dispatcher, RetryPolicy
 from scorer_server.backends.prompts import PromptGuard
 from scorer_server.engine.prepare import prepare
@@ -23,7 +23,15 @@ from scorer_server.guards.loader import describe_guard
 from scorer_server.guards.verdict import p_safe, read_verdict
 from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest, NotReady
-from star_contract.types import Convention, Conversation, GuardInfo, ScoreRequest, Segment, Verdict
+from star_contract.types import (
+    Convention,
+    Conversation,
+    GuardInfo,
+    ModerateOptions,
+    ScoreRequest,
+    Segment,
+    Verdict,
+)
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,12 @@ class RemoteBackend(ABC):
                 task.cancel()
             # Retrieve every outcome, so a failure beside the one raised is not reported as unhandled.
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def open_session(self, conversation: Conversation, options: ModerateOptions) -> Session:
+        raise InvalidRequest(
+            "live moderation keeps the guard's keys and values between deltas, which remote engines do "
+            "not expose; serve it with --backend local"
+        )
 
     async def judge(self, conversations: list[Conversation]) -> list[Verdict]:
         if not self._started:

@@ -1,0 +1,88 @@
+"""Live moderation from the client side: one Moderate stream per response being generated.
+
+async with client.moderate(conversation) as session:
+    async for text in session.guard(completion_chunks):   # stops at the guard's stop
+        send_to_user(text)
+print(session.stop)                                         # None, or where it stopped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from star_contract import convert
+from star_contract.types import Conversation, ModerateOptions, ModerationStop, Segment
+from star_proto import scorer_pb2 as pb
+
+
+class ModerationSession:
+    """An open Moderate stream: `push` text as it is generated, read `segments` and `stop` as the
+    server scores each cut, `close` when the response is complete."""
+
+    def __init__(
+        self, open_call: Callable[[], Awaitable[Any]], conversation: Conversation, options: ModerateOptions
+    ) -> None:
+        self._open_call = open_call
+        self._call: Any = None
+        self._open = pb.ModerateRequest(open=convert.moderate_open_to_pb(conversation, options))
+        self.segments: list[Segment] = []
+        self.stop: ModerationStop | None = None
+        self.complete = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._writing = True
+
+    async def __aenter__(self) -> ModerationSession:
+        self._call = await self._open_call()
+        await self._call.write(self._open)
+        self._reader = asyncio.ensure_future(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._call is not None and not self.complete.is_set():
+            self._call.cancel()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def push(self, text: str) -> None:
+        """Send the next characters of the response (ignored once the session has stopped)."""
+        if self._writing and not self.complete.is_set():
+            await self._call.write(pb.ModerateRequest(delta=text))
+
+    async def close(self) -> None:
+        """The response is complete: wait for the last cut's score (and a stop it may fire)."""
+        if self._writing and not self.complete.is_set():
+            self._writing = False
+            await self._call.write(pb.ModerateRequest(close=pb.ModerateClose()))
+            await self._call.done_writing()
+        await self.complete.wait()
+        if self._reader is not None:
+            await self._reader  # re-raises a failed stream
+
+    async def guard(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Pass `chunks` (e.g. an OpenAI-compatible streaming completion) through, pushing each to the
+        guard, and end as soon as the server has stopped the session. Text already passed before the
+        stop arrived stays passed: the stop is as early as the guard's latency allows."""
+        async for text in chunks:
+            if self.stop is not None:
+                return
+            await self.push(text)
+            yield text
+        if self.stop is None:
+            await self.close()
+
+    async def _read(self) -> None:
+        try:
+            async for reply in self._call:
+                if reply.HasField("segment"):
+                    self.segments.append(Segment(reply.segment.end, reply.segment.p_safe))
+                if reply.HasField("stop"):
+                    s = reply.stop
+                    self.stop = ModerationStop(s.offset, s.cut, s.p_safe)
+                if reply.complete:
+                    break
+        finally:
+            self.complete.set()
