@@ -176,7 +176,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         try:
             async for msg in request_iterator:
                 kind = msg.WhichOneof("kind")
-                if kind != "delta" and kind != "close":
+                if kind not in ("delta", "close"):
                     raise InvalidRequest("after `open`, send `delta` messages and then `close`")
                 segments = await (session.push(msg.delta) if kind == "delta" else session.close())
                 async for out in self._moderated(segments, rule):

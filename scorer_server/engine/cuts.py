@@ -8,7 +8,8 @@ from typing import Any
 from star_contract.errors import InvalidRequest
 from star_contract.types import CutKind, CutSpec
 
-_WORD = re.compile(r"\S+")
+WORD = re.compile(r"\S+")
+"""A word: a maximal run of non-whitespace (what `str.split()` splits into)."""
 
 
 def plan_cuts(response: str, spec: CutSpec, tokenizer: Any | None = None) -> list[int]:
@@ -24,7 +25,7 @@ def plan_cuts(response: str, spec: CutSpec, tokenizer: Any | None = None) -> lis
         if spec.every < 1:
             raise InvalidRequest(f"cut spacing must be >= 1, got {spec.every}")
         if spec.kind is CutKind.WORDS:
-            ends = [m.end() for m in _WORD.finditer(response)]
+            ends = [m.end() for m in WORD.finditer(response)]
         else:
             if tokenizer is None:
                 raise InvalidRequest("guard-token cuts need the guard tokenizer")

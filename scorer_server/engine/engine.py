@@ -140,7 +140,7 @@ class StarEngine:
         vocabulary's processed scores for the published one (computed for those reads only)."""
         g = self.guard
         published = [k for k, (p, _) in enumerate(reads) if p.request.convention is Convention.PUBLISHED]
-        raw = [k for k in range(len(reads)) if k not in set(published)]
+        raw = [k for k, (p, _) in enumerate(reads) if p.request.convention is not Convention.PUBLISHED]
         out = [0.0] * len(reads)
         if raw:
             if hidden is not None:

@@ -1,13 +1,13 @@
 """The guard's template head (policy, category list, role labels before the first message), computed once.
 
-Every guard prompt starts with the same few hundred tokens: Llama Guard 3 spends about 300 on its task
-line and category list before the conversation begins. A prefix-caching engine such as vLLM reuses their
-keys and values across requests; `HeadCache` does the same for the prefix_cache layout. The head's ids
-are the longest common token prefix of the prompts of two conversations that differ from their first
-character, so they hold nothing a conversation can change. At forward time each batch starts from the
-longest head prefix that every trunk in it really begins with (checked token by token), so a request
-whose first characters merge with the head's last token under the tokenizer is still exact: it only
-reuses fewer tokens.
+Every guard prompt starts with the same tokens: Llama Guard 3 spends 138 (1B template) or 146 (8B) on
+its task line and category list before the conversation begins (real Llama 3 tokenizer). A
+prefix-caching engine such as vLLM reuses their keys and values across requests; `HeadCache` does the
+same for the prefix_cache layout. The head's ids are the longest common token prefix of the prompts of
+two conversations that differ from their first character, so they hold nothing a conversation can
+change. At forward time each batch starts from the longest head prefix that every trunk in it really
+begins with (checked token by token), so a request whose first characters merge with the head's last
+token under the tokenizer is still exact: it only reuses fewer tokens.
 """
 
 from __future__ import annotations

@@ -16,20 +16,18 @@ emits the final cut at the response's end.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from scorer_server.engine.cuts import plan_cuts
 from scorer_server.engine.engine import StarEngine
 from scorer_server.engine.plan import common_prefix
 from scorer_server.guards.head import verdict_logit_diff
 from scorer_server.guards.verdict import p_safe
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, Segment
-
-_WORD = re.compile(r"\S+")
 
 
 @dataclass
@@ -77,10 +75,9 @@ class IncrementalSession:
         return self._score([n] if not self._emitted or self._emitted[-1] < n else [])
 
     def _ready_cuts(self) -> list[int]:
-        """Word-end cuts that are final: every M-th word's end, once another word has begun."""
-        ends = [m.end() for m in _WORD.finditer(self.text)]
-        every = self.cuts.every
-        return [ends[k - 1] for k in range(every, len(ends), every)]
+        """Cuts that later text can no longer move: all of `plan_cuts`'s but the last (the response's
+        current end), i.e. every M-th word's end once another word has begun."""
+        return plan_cuts(self.text, self.cuts)[:-1]
 
     @torch.inference_mode()
     def _score(self, cuts: list[int]) -> list[Segment]:

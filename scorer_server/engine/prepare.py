@@ -6,19 +6,17 @@ same messages and render the same prompts.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
-from scorer_server.engine.cuts import plan_cuts
+from scorer_server.engine.cuts import WORD, plan_cuts
 from scorer_server.guards.template import GuardTemplate
 from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, Conversation, CutKind, ScoreRequest
-
-_WORD = re.compile(r"\S+")
 
 
 @dataclass(frozen=True)
@@ -44,12 +42,11 @@ def prepare(
     then the full prompt's token limit, and only then a rendering per cut."""
     conv = request.conversation
     conv.require_response()  # in-process callers skip the API's validation
-    if request.convention is Convention.PUBLISHED:
-        _check_published(request)
     cuts = plan_cuts(conv.response, request.cuts, tokenizer)
     limits.check_cuts(len(cuts))
     shown, shown_cuts = conv, cuts
     if request.convention is Convention.PUBLISHED:
+        _check_published(request)
         shown, shown_cuts = _space_joined(conv, cuts)
     full = template.render(shown, shown_cuts[-1])
     trunk = encode(full)
@@ -73,10 +70,10 @@ def _space_joined(conv: Conversation, cuts: list[int]) -> tuple[Conversation, li
     """What the released code shows the guard: the words that end at or before each cut, joined by
     single spaces (newlines and runs of spaces lost). The conversation with the whole response joined,
     and each cut's offset in it; the last cut shows every word."""
-    words = _WORD.findall(conv.response)
-    ends = [m.end() for m in _WORD.finditer(conv.response)]
-    joined_ends = [0]
-    for w in words:
-        joined_ends.append(joined_ends[-1] + len(w) + (1 if len(joined_ends) > 1 else 0))
+    matches = list(WORD.finditer(conv.response))
+    words = [m.group() for m in matches]
+    ends = [m.end() for m in matches]
+    # joined_ends[k]: the length of the first k words joined by single spaces
+    joined_ends = [0, *(n - 1 for n in accumulate(len(w) + 1 for w in words))]
     shown = [joined_ends[bisect_right(ends, c)] for c in cuts[:-1]] + [joined_ends[-1]]
     return conv.with_response(" ".join(words)), shown
