@@ -1,6 +1,7 @@
 """`star-eval`: harmful rate, keyword-refusal rate and task accuracy of a chat model.
 
 star-eval --model out/dss --scorer 127.0.0.1:50051 --harmful advbench.csv --benign items.jsonl
+star-eval --model out/dss --scorer 127.0.0.1:50051 --harmful advbench   (read from the installed pyrit)
 star-eval --model trainer_client/toy/models/chat --guard trainer_client/toy/models/guard --toy
 """
 
@@ -24,6 +25,8 @@ from trainer_client.evaluation.runner import (
     EvalResult,
     evaluate,
 )
+from trainer_client.evaluation.sources import HELP as HARMFUL_HELP
+from trainer_client.evaluation.sources import load_harmful
 from trainer_client.generation import GenerationConfig
 from trainer_client.judges import VerdictJudge, guard_service_judge, in_process_guard_judge
 
@@ -38,11 +41,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--model", required=True, help="chat model directory (Hugging Face format, with a chat template)"
     )
-    ap.add_argument(
-        "--harmful",
-        help="harmful prompts: AdvBench-style CSV (column `goal`), HEx-PHI-style JSONL "
-        "(`prompt`/`instruction`/`messages`, optional `category`) or a text file, one per line",
-    )
+    ap.add_argument("--harmful", help=HARMFUL_HELP)
     ap.add_argument(
         "--benign",
         help="benign items JSONL: `prompt` (or `messages`), `answer` (a phrase a correct "
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.toy:
             harmful, benign = toy_sets()
         if args.harmful:
-            harmful = load_harmful_prompts(args.harmful)
+            harmful = load_harmful(args.harmful)
         if args.benign:
             benign = load_benign_items(args.benign)
         if args.limit:

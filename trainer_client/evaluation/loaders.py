@@ -1,9 +1,13 @@
-"""Reading evaluation sets: harmful prompts (AdvBench-style CSV, HEx-PHI-style JSONL) and benign items."""
+"""Reading evaluation sets: harmful prompts (AdvBench-style CSV, HEx-PHI-style JSONL) and benign items.
+
+Named sets in installed packages are in named_sets.py, `datasets` directories and parquet in hf_sets.py;
+sources.py picks among them."""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,38 @@ def _prompt_of(rec: Any, where: str) -> str:
     raise ValueError(f"{where}: expected a string, an object with one of {PROMPT_KEYS}, or `messages`")
 
 
+def category_of(rec: Any) -> str:
+    """A record's category: a string as is; BeaverTails' {name: bool} flags -> the true names joined by
+    `,`; a list joined by `,`; anything else (a HEx-PHI category number) as its string."""
+    cat = rec.get("category") if isinstance(rec, dict) else None
+    if cat is None:
+        return ""
+    if isinstance(cat, dict):
+        return ",".join(str(k) for k, v in cat.items() if v)
+    if isinstance(cat, list | tuple):
+        return ",".join(str(c) for c in cat)
+    return str(cat)
+
+
+def harmful_from_records(records: Iterable[tuple[str, Any]]) -> list[HarmfulPrompt]:
+    """Harmful prompts from (where, record) pairs. Records with `is_safe` (BeaverTails' prompt-response
+    rows) count only when unsafe, each prompt once (its first unsafe row's category)."""
+    out: list[HarmfulPrompt] = []
+    seen: set[str] = set()
+    for where, rec in records:
+        if isinstance(rec, dict) and "is_safe" in rec:
+            if rec["is_safe"]:
+                continue
+            prompt = _prompt_of(rec, where).strip()
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            out.append(HarmfulPrompt(prompt, category_of(rec)))
+        else:
+            out.append(HarmfulPrompt(_prompt_of(rec, where).strip(), category_of(rec)))
+    return out
+
+
 def _jsonl(path: Path) -> list[tuple[str, Any]]:
     out = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
@@ -77,9 +113,7 @@ def load_harmful_prompts(path: str | Path, limit: int | None = None) -> list[Har
             if suffix == ".jsonl"
             else [(f"{p}[{i}]", r) for i, r in enumerate(json.loads(p.read_text()))]
         )
-        for where, rec in records:
-            cat = str(rec.get("category", "")) if isinstance(rec, dict) else ""
-            out.append(HarmfulPrompt(_prompt_of(rec, where).strip(), cat))
+        out = harmful_from_records(records)
     else:
         out = [HarmfulPrompt(line.strip()) for line in p.read_text().splitlines()]
     out = [h for h in out if h.prompt]

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from star_contract.cli_errors import RUN_ERRORS, fail
-from trainer_client.evaluation.loaders import load_harmful_prompts
+from trainer_client.evaluation.sources import HELP as PROMPTS_HELP
+from trainer_client.evaluation.sources import load_harmful
 from trainer_client.generation import GenerationConfig
 from trainer_client.judges import Judge, KeywordJudge, guard_service_judge, in_process_guard_judge
 from trainer_client.landscape.grid import linspace
@@ -20,6 +21,7 @@ from trainer_client.landscape.visage import BASIN_RULES, DEFAULT_BASIN_RULE, DEF
 EPILOG = """\
 examples:
   star-landscape ./llama-3-8b-instruct --prompts advbench.csv --out runs/aligned --scorer 10.0.0.5:50051
+  star-landscape ./aligned --prompts advbench --out runs/aligned --judge keyword   (pyrit installed)
   star-landscape ./aligned --prompts harmful.txt --out runs/2d --mode 2d --judge keyword --steps 11
   star-landscape ./aligned --prompts harmful.txt --out runs/path --mode interp --finetuned ./sft-lora \\
       --guard ./llama-guard-3-1b
@@ -43,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "model", help="local model directory (Hugging Face causal LM) or a peft LoRA adapter directory"
     )
-    ap.add_argument(
-        "--prompts", required=True, help="harmful prompts: .txt (one per line), .json, .jsonl or .csv"
-    )
+    ap.add_argument("--prompts", required=True, help=PROMPTS_HELP)
     ap.add_argument(
         "--max-prompts", type=int, default=None, help="use only the first N prompts (default: all)"
     )
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         system = args.system_prompt
         if args.system_prompt_file:
             system = Path(args.system_prompt_file).read_text().strip()
-        prompts = [h.prompt for h in load_harmful_prompts(args.prompts, args.max_prompts)]
+        prompts = [h.prompt for h in load_harmful(args.prompts, args.max_prompts)]
         cfg = LandscapeConfig(
             mode=args.mode,
             alphas=linspace(args.alpha_min, args.alpha_max, args.steps),
