@@ -16,7 +16,7 @@ import pytest
 
 from star_testing.tiny_chat import save_tiny_policy
 from trainer_client.evaluation import cli as eval_cli
-from trainer_client.evaluation.named_sets import NamedSetError, load_named_set, locate
+from trainer_client.evaluation.named_sets import NAMED_SETS, NamedSetError, load_named_set, locate
 from trainer_client.evaluation.sources import load_harmful
 from trainer_client.landscape import cli as landscape_cli
 
@@ -174,3 +174,17 @@ def test_star_landscape_on_harmbench(policy: Path, tmp_path: Path) -> None:
     first = [h.prompt for h in load_harmful("harmbench", limit=2)]
     assert meta["n_prompts"] == 2
     assert meta["prompts_sha256"] == hashlib.sha256("\x00".join(first).encode()).hexdigest()
+
+
+def test_docs_and_help_list_every_named_set() -> None:
+    """docs/evaluation.md has a row per named set with its package, version and file; both --help say."""
+    rows = [
+        line for line in (ROOT / "docs" / "evaluation.md").read_text().splitlines() if line.startswith("| `")
+    ]
+    for name, entry in NAMED_SETS.items():
+        row = next((r for r in rows if r.startswith(f"| `{name}")), None)
+        assert row is not None, name
+        assert f"{entry.package} {entry.tested_version}" in row and f"`{entry.package}/{entry.path}" in row
+    for text in (eval_cli.parser().format_help(), landscape_cli.build_parser().format_help()):
+        flat = " ".join(text.split())
+        assert all(f"{name} ({entry.package})" in flat for name, entry in NAMED_SETS.items()), flat
