@@ -54,6 +54,10 @@ def test_star_index_survives_column_removal_by_design(workdir: Path) -> None:
     batch = next(iter(tr.get_train_dataloader()))
     assert STAR_INDEX in batch and "junk" not in batch
     assert sorted(batch) == ["attention_mask", "input_ids", "labels", STAR_INDEX]
+    tr.model.train()
+    del batch[STAR_INDEX]
+    with pytest.raises(RuntimeError, match=STAR_INDEX):  # never silently trained without its weights
+        tr.compute_loss(tr.model, batch)
 
 
 def test_assistant_only_loss_labels_every_assistant_turn(workdir: Path) -> None:
@@ -81,13 +85,46 @@ def test_assistant_only_loss_labels_every_assistant_turn(workdir: Path) -> None:
         ({"packing": True}, "packing"),
         ({"completion_only_loss": False}, "completion_only_loss"),
         ({"pad_to_multiple_of": 8}, "pad_to_multiple_of"),
+        ({"padding_free": True}, "padding_free"),
+        ({"truncation_mode": "keep_end"}, "keep_start"),
+        ({"data_collator": object()}, "collator"),
     ],
 )
 def test_refuses_options_it_cannot_honour(workdir: Path, kw: dict[str, Any], words: str) -> None:
     rows = _rows(workdir)
     ds = Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows]})
+    collator = kw.pop("data_collator", None)
     with pytest.raises(ValueError, match=words):
-        _trainer(workdir, ds, **kw)
+        StarDSSTrainer(
+            str(workdir / "trainee"),
+            args=_args(workdir / "out", **kw),
+            data_collator=collator,
+            train_dataset=ds,
+            star=StarDSSConfig(method="sft"),
+        )
+
+
+def test_eval_loss_is_the_plain_ce_over_label_tokens(workdir: Path) -> None:
+    import torch
+
+    from trainer_client.loss import sft_loss, shift_for_causal_lm
+
+    rows = _rows(workdir)
+    ds = Dataset.from_dict({"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows]})
+    tr = StarDSSTrainer(
+        str(workdir / "trainee"),
+        args=_args(workdir / "eval", per_device_eval_batch_size=6, bf16=False),
+        train_dataset=ds,
+        eval_dataset=ds,
+        star=StarDSSConfig(method="sft"),
+    )
+    assert tr.eval_dataset["labels"] == tr.train_dataset["labels"]  # star-train's labels, no star_index
+    got = tr.evaluate()["eval_loss"]
+    b = next(iter(tr.get_eval_dataloader()))
+    with torch.no_grad():
+        logits = tr.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    lg, tg, mask = shift_for_causal_lm(logits, b["input_ids"], b["labels"] != -100)
+    assert abs(got - float(sft_loss(lg, tg, mask).loss)) < 1e-5
 
 
 def test_refuses_plain_text_and_a_missing_scorer(workdir: Path) -> None:
@@ -164,3 +201,69 @@ def test_dss_against_a_real_scorer_process(workdir: Path, start_server: Any) -> 
     assert len(ours) == len(theirs) == 3
     # scores may differ in the last float bits with the server's batch composition (seen: 4.8e-7)
     assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-5, (ours, theirs)
+
+
+def test_example_script_help_and_a_lora_step(workdir: Path, tiny_guard_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "examples" / "trl_star_dss.py"
+    helped = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=root)
+    assert helped.returncode == 0 and "--scorer" in helped.stdout
+    import runpy
+
+    main = runpy.run_path(str(script))["main"]
+    out = workdir / "example-run"
+    argv = ["--model", str(workdir / "trainee"), "--data", str(workdir / "data.jsonl")]
+    argv += ["--scorer", f"local:{tiny_guard_dir}", "--output-dir", str(out), "--lora", "--max-steps", "2"]
+    assert main([*argv, "--cpu", "--no-bf16", "--lr", "1e-3"]) == 0
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+_TWO_RANKS = """
+import json, sys
+from datasets import Dataset
+from trl import SFTConfig
+from trainer_client.integrations.trl import StarDSSConfig, StarDSSTrainer
+rows = [json.loads(x) for x in open(sys.argv[1])]
+ds = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "response")})
+args = SFTConfig(output_dir=sys.argv[3], per_device_train_batch_size=2, num_train_epochs=2, bf16=False,
+                 use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, seed=0)
+star = StarDSSConfig(scorer=sys.argv[4], cache_path="")
+tr = StarDSSTrainer(sys.argv[2], args=args, train_dataset=ds, star=star)
+tr.train()
+got = [args.world_size, tr._star.out_of_order, len(tr.star_rows)]
+open(f"{sys.argv[3]}/rank{args.process_index}.json", "w").write(json.dumps(got))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_prefetch_their_own_shards_in_order(workdir: Path, tiny_guard_dir: Path) -> None:
+    """torchrun with two CPU processes (gloo): each process's batches come in the predicted order
+    (accelerate's batch sharding, the last round completed from the epoch's start)."""
+    import os
+    import subprocess
+    import sys
+
+    script = workdir / "two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    root = Path(__file__).resolve().parents[1]
+    from star_testing.scorer_process import free_port
+
+    port = str(free_port())  # not torchrun's fixed default, which another job may hold
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    cmd += [str(script)]
+    cmd += [
+        str(workdir / "data.jsonl"),
+        str(workdir / "trainee"),
+        str(workdir / "two"),
+        f"local:{tiny_guard_dir}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 6 examples, 2 per batch, 2 ranks: 3 batches an epoch, rank 1's second one completed from the start;
+    # per rank: world 2, no batch out of the predicted order, 4 optimizer steps in 2 epochs
+    for rank in (0, 1):
+        assert json.loads((workdir / "two" / f"rank{rank}.json").read_text()) == [2, 0, 4]

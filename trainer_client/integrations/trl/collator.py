@@ -14,15 +14,16 @@ from trainer_client.integrations.trl.dataset import STAR_INDEX
 @dataclass
 class StarDataCollator(DataCollatorForLanguageModeling):
     """Right-pads `input_ids` and `labels` as TRL does and adds `star_index` (a long tensor, one per row),
-    by which `StarDSSTrainer` looks up the rows' STAR weights, keep flags and reference log-probs."""
+    by which `StarDSSTrainer` looks up the rows' STAR weights, keep flags and reference log-probs.
+    A training batch without it is an error in `StarDSSTrainer.compute_loss`."""
 
     columns: tuple[str, ...] = (STAR_INDEX,)
-    """The dataset columns this collator needs beyond the model inputs (the trainer keeps them)."""
+    """The dataset columns this collator passes on beyond the model inputs (the trainer keeps them
+    through `remove_unused_columns`); evaluation rows have none."""
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        missing = [c for c in self.columns if c not in examples[0]]
-        if missing:
-            raise ValueError(f"StarDataCollator: the batch lacks the column(s) {missing}")
         out = super().torch_call([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
-        out[STAR_INDEX] = torch.tensor([int(e[STAR_INDEX]) for e in examples], dtype=torch.long)
+        for c in self.columns:
+            if c in examples[0]:
+                out[c] = torch.tensor([int(e[c]) for e in examples], dtype=torch.long)
         return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from torch.utils.data import Sampler
 
@@ -29,12 +29,27 @@ class StarEpochSampler(Sampler[int]):
 
 
 def batch_order(
-    n: int, seed: int, batch_size: int, epochs: int, rank: int = 0, world: int = 1
+    n: int,
+    seed: int,
+    batch_size: int,
+    epochs: int,
+    rank: int = 0,
+    world: int = 1,
+    drop_last: bool = False,
+    even_batches: bool = True,
 ) -> Iterator[list[int]]:
     """The example indices of each micro-batch this process will see, in order: each epoch's permutation
-    cut into `batch_size` batches, and with several processes every `world`-th batch from `rank` (as
-    accelerate shards a batch sampler). A batch that turns out otherwise is fetched when it comes."""
+    cut into `batch_size` batches and, with several processes, sharded as accelerate shards a batch
+    sampler (`BatchSamplerShard`: every `world`-th batch from `rank`, the last round completed from the
+    epoch's first examples when `even_batches`). A batch that comes otherwise is fetched when it comes."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
     for epoch in range(epochs):
         perm = EpochSampler(n, 1, 1, seed).epoch_indices(epoch)
-        chunks = [perm[i : i + batch_size] for i in range(0, n, batch_size)]
-        yield from chunks[rank::world]
+        batches: Iterable[list[int]] = BatchSampler(perm, batch_size, drop_last)
+        if world > 1:
+            batches = BatchSamplerShard(
+                BatchSampler(perm, batch_size, drop_last), world, rank, even_batches=even_batches
+            )
+        yield from (list(b) for b in batches)

@@ -16,6 +16,7 @@ hyperparameters (tests/test_trl_integration.py):
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any, cast
@@ -91,7 +92,7 @@ class StarDSSTrainer(SFTTrainer):
         self._open: list[tuple[int, LossOutput, int, float]] = []
         try:
             # Scoring starts now, in the order the sampler will use, while the rest is set up.
-            self._star.start(list(batch_order(len(self.star_examples), args.seed, *_order_shape(self, args))))
+            self._star.start(_order(len(self.star_examples), args))
             peft = kwargs.get("peft_config") is not None or _is_peft(model)
             self._needs_ref = star.method == "dss" and star.lambda_kl > 0
             self._ref = ref_model
@@ -156,6 +157,8 @@ class StarDSSTrainer(SFTTrainer):
         labels = inputs.pop("labels")
         ids, attn = inputs["input_ids"], inputs.get("attention_mask")
         outputs = model(input_ids=ids, attention_mask=attn, use_cache=False)
+        if index is None and model.training:
+            raise RuntimeError(f"StarDSSTrainer: a training batch without its {STAR_INDEX!r} column")
         if index is None or not model.training:  # evaluation: plain CE over the label tokens
             lg, tg, mask = shift_for_causal_lm(outputs.logits, ids, labels != -100)
             loss = compute_loss("sft", lg, tg, mask).loss
@@ -228,15 +231,15 @@ def _model_and_tokenizer(model: Any, args: SFTConfig, processing_class: Any) -> 
     return model, tok
 
 
-def _order_shape(trainer: StarDSSTrainer, args: SFTConfig) -> tuple[int, int, int, int]:
-    """(batch size, epochs, rank, world) of the micro-batches this process will see."""
+def _order(n: int, args: SFTConfig) -> list[list[int]]:
+    """The micro-batches this process will see over the whole run (see `batch_order`)."""
     bs, world = args.per_device_train_batch_size, max(1, args.world_size)
-    n = len(trainer.star_examples)
-    per_epoch = -(-(-(-n // bs) // world) // args.gradient_accumulation_steps)
-    epochs = int(-(-args.num_train_epochs // 1))
-    if args.max_steps > 0:
-        epochs = -(-args.max_steps // max(1, per_epoch))
-    return bs, max(1, epochs), args.process_index, world
+    per_epoch = math.ceil(math.ceil(n / bs / world) / args.gradient_accumulation_steps)
+    epochs = math.ceil(args.max_steps / per_epoch) if args.max_steps > 0 else math.ceil(args.num_train_epochs)
+    acc = args.accelerator_config
+    even = bool(getattr(acc, "even_batches", True)) if acc is not None else True
+    drop = bool(args.dataloader_drop_last)
+    return list(batch_order(n, args.seed, bs, max(1, epochs), args.process_index, world, drop, even))
 
 
 def _eval_rows(eval_dataset: Any, tokenizer: Any, opts: Mapping[str, Any]) -> Any:
