@@ -3,13 +3,18 @@
 Tiny trainee and guard, the same data, one epoch each of:
   sft        plain SFT (the baseline, measured in this run);
   dss cold   STAR-DSS, live scorer, empty score cache, a reference forward each step (LoRA, adapter off);
-  dss warm   STAR-DSS, warm score cache and precomputed reference log-probs (what epochs 2.. cost).
+  dss warm   STAR-DSS, warm score cache and precomputed reference log-probs (what epochs 2.. cost);
+  trl sft    TRL's own SFTTrainer on the same data (prompt-completion conversations);
+  trl dss    StarDSSTrainer (trainer_client.integrations.trl), warm cache, precomputed reference.
 The scorer is a `star-scorer serve` subprocess; trainer and scorer get one torch thread each and, where
 the machine has two or more cores, separate cores. Times are the training loop's own wall time (setup,
 model loading and the one-off reference precompute excluded), best of `--repeats`.
 
+The TRL times are `trainer.train()`'s wall time (the trainer's set-up excluded), with the same
+SFTConfig for both (bf16 and gradient checkpointing off, as in star-train's runs here).
+
 Last line: {"bench": "train_overhead", "dss_vs_sft_cold": X, "dss_vs_sft_warm": Y,
-            "scorer_wait_share": Z, ...}
+            "trl_dss_vs_trl_sft_warm": W, "scorer_wait_share": Z, ...}
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,58 @@ RESPONSES = [
 
 
 PIN = True
+
+
+def trl_epoch(
+    root: Path, trainee: Path, n: int, name: str, finetune: str, star: dict[str, Any] | None
+) -> float:
+    """Wall seconds of one TRL epoch: SFTTrainer (`star` None) or StarDSSTrainer with `star`."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer_client.integrations.trl import StarDSSConfig, StarDSSTrainer
+
+    ds = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": f"How do I do thing {i}?"}] for i in range(n)],
+            "completion": [[{"role": "assistant", "content": RESPONSES[i % 4]}] for i in range(n)],
+        }
+    )
+    args = SFTConfig(
+        output_dir=str(root / name),
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr": 1e-6},
+        adam_beta2=0.95,
+        optim="adamw_torch",
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+    kw: dict[str, Any] = {}
+    if finetune == "lora":
+        from peft import LoraConfig
+
+        kw["peft_config"] = LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"
+        )
+    if star is None:
+        trainer: Any = SFTTrainer(str(trainee), args=args, train_dataset=ds, **kw)
+    else:
+        trainer = StarDSSTrainer(str(trainee), args=args, train_dataset=ds, star=StarDSSConfig(**star), **kw)
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    if star is not None and trainer.star_guard_requests:
+        raise RuntimeError(f"the warm TRL run sent {trainer.star_guard_requests} guard requests")
+    return wall
 
 
 def _pin(core: int) -> None:
@@ -110,13 +168,16 @@ def main(argv: list[str] | None = None) -> int:
                 return run_training(cfg).metrics
 
             run("warmup", method="sft", max_examples=8)
-            sfts, colds, warms = [], [], []
+            sfts, colds, warms, trl_sfts, trl_warms = [], [], [], [], []
             for r in range(repeats):  # interleaved, so load changes on the machine hit all three alike
                 sfts.append(run(f"sft{r}", method="sft")["wall_s"])
                 cache = str(root / f"cache{r}.sqlite")
                 colds.append(run(f"cold{r}", method="dss", scorer=address, cache_path=cache))
                 warm_kw = dict(method="dss", scorer=address, cache_path=cache, reference="precomputed")
                 warms.append(run(f"warm{r}", **warm_kw))
+                trl_sfts.append(trl_epoch(root, trainee, n, f"trl-sft{r}", args.finetune, None))
+                trl_kw = dict(scorer=address, cache_path=cache, reference="precomputed")
+                trl_warms.append(trl_epoch(root, trainee, n, f"trl-warm{r}", args.finetune, trl_kw))
             sft = min(sfts)
             cold = min(colds, key=lambda m: m["wall_s"])
             warm = min(warms, key=lambda m: m["wall_s"])
@@ -126,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "train_overhead",
         "dss_vs_sft_cold": round(cold["wall_s"] / sft, 3),
         "dss_vs_sft_warm": round(warm["wall_s"] / sft, 3),
+        "trl_dss_vs_trl_sft_warm": round(min(trl_warms) / min(trl_sfts), 3),
         "scorer_wait_share": round(cold["scorer_wait_share"], 3),
         "sft_s": round(sft, 3),
         "dss_cold_s": round(cold["wall_s"], 3),
         "dss_warm_s": round(warm["wall_s"], 3),
+        "trl_sft_s": round(min(trl_sfts), 3),
+        "trl_dss_warm_s": round(min(trl_warms), 3),
         "warm_guard_requests": int(warm["guard_requests"]),
         "examples": n,
         "trainee": f"llama hidden {args.hidden} x {args.layers} layers, {args.finetune} finetuning",

@@ -242,6 +242,11 @@ class Prefetcher:
         self.total_wait_s += waited
         return idx, result, waited
 
+    def fetch_now(self, indices: Sequence[int]) -> list[ExampleScores]:
+        """The scores of these examples, fetched at once (cache first), outside the prefetch order."""
+        exs = [self.examples[i] for i in indices]
+        return self._call(self.fetcher.fetch(exs, self.star, self.verdicts))
+
     def close(self) -> None:
         for _, fut in self._queue:
             fut.cancel()

@@ -13,24 +13,18 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 
 from star_contract.model_dir import require_model_dir
-from trainer_client.data import Batch, build_examples, collate, example_weights, load_conversations
-from trainer_client.loss import (
-    KLEstimator,
-    LossOutput,
-    RSNormalize,
-    compute_loss,
-    shift_for_causal_lm,
-    target_logprobs,
-)
+from trainer_client.data import Batch, build_examples, load_conversations
+from trainer_client.loss import LossOutput
 from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores, Prefetcher
 from trainer_client.scoring.select import scorer_from
+from trainer_client.train.batching import batch_loss, scored_batch
 from trainer_client.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer_client.train.config import TrainConfig
 from trainer_client.train.metrics import guard_disagreement, run_summary, step_row
@@ -157,44 +151,17 @@ class Trainer:
     # -- one micro-batch --
     def _batch(self, mb: MicroBatch, scores: list[ExampleScores] | None) -> Batch:
         exs = [self.examples[i] for i in mb.indices]
-        weights = keep = refs = None
-        if scores is not None and self.cfg.method == "dss":
-            weights = [example_weights(e, s.scores) for e, s in zip(exs, scores, strict=True)]
-        if scores is not None and self.cfg.method == "rs":
-            keep = [s.keep for s in scores]
-        if self.ref_lp is not None:
-            refs = [self.ref_lp[e.index] for e in exs]
-        return collate(exs, self.pad_id, weights, keep, refs)
+        return scored_batch(exs, self.pad_id, self.cfg.method, scores, self.ref_lp)
 
     def _loss(self, b: Batch) -> LossOutput:
         dev = self.acc.device
         ids, attn = b.input_ids.to(dev), b.attention_mask.to(dev)
         with self.acc.autocast():
             logits = self.model(input_ids=ids, attention_mask=attn).logits
-        ref_logits = ref_lp = None
-        if self.needs_ref:
-            if b.ref_logprobs is not None:
-                ref_lp = b.ref_logprobs[:, 1:].to(dev)
-            else:
-                ref_logits = self._ref_logits(ids, attn)
-        lg, tg, mask, w = shift_for_causal_lm(logits, ids, b.label_mask.to(dev), b.weights.to(dev))
-        if ref_logits is not None:
-            ref_logits = ref_logits[:, :-1]
-            if self.cfg.kl_estimator != "full":
-                ref_lp, ref_logits = target_logprobs(ref_logits, tg), None
-        return compute_loss(
-            self.cfg.method,
-            lg,
-            tg,
-            mask,
-            weights=w,
-            keep=b.keep.to(dev),
-            ref_logprobs=ref_lp,
-            ref_logits=ref_logits,
-            lambda_kl=self.cfg.lambda_kl,
-            estimator=_estimator(self.cfg.kl_estimator),
-            rs_normalize=cast(RSNormalize, self.cfg.rs_normalize),  # checked by TrainConfig
-        )
+        ref_logits = None
+        if self.needs_ref and b.ref_logprobs is None:
+            ref_logits = self._ref_logits(ids, attn)
+        return batch_loss(self.cfg, logits, ids, b, ref_logits)
 
     @torch.no_grad()
     def _ref_logits(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -329,12 +296,6 @@ class Trainer:
         if self.cache is not None:
             self.cache.close()
             self.cache = None
-
-
-def _estimator(name: str) -> KLEstimator:
-    if name not in ("k1", "k2", "k3", "full"):
-        raise ValueError(f"unknown KL estimator {name!r}")
-    return name  # type: ignore[return-value]
 
 
 def run_training(cfg: TrainConfig, scorer_factory: Callable[[], AsyncScorer] | None = None) -> TrainResult:

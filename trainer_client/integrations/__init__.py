@@ -1,0 +1,1 @@
+"""STAR-DSS inside other training frameworks (optional extras)."""
