@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         diffs.append(abs(ours[plan.cuts[i]] - ref))
     t_rescore = t_sample / len(sample) * n_cuts
     tenth = max(1, len(latencies) // 10)
-    computed = session.stats.trunk_tokens + session.stats.tail_tokens
+    computed = session.state.trunk_tokens + session.state.tail_tokens
     result = {
         "bench": "moderate",
         "incremental_vs_rescore": round(t_rescore / t_ours, 2),
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "cuts": n_cuts,
         "deltas": len(deltas),
         "response_tokens": len(guard.encode([text])[0]),
-        "rollbacks": session.stats.rollbacks,
+        "rollbacks": session.state.rollbacks,
         "baseline_cuts_timed": len(sample),
         "shape": "quick" if args.quick else "cpu",
         "threads": torch.get_num_threads(),

@@ -23,6 +23,10 @@ from typing import Generic, Protocol, TypeVar
 
 from star_contract.errors import NotReady, Overloaded
 
+INTERACTIVE = 2**31 - 1
+"""The priority of live-moderation work (the largest int32: above any ScoreRequest.priority)."""
+INTERACTIVE_HOLD_S = 1.0
+"""How long after the last interactive item batches of other work stay capped (see `_take`)."""
 I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
 log = logging.getLogger("star.batcher")
@@ -41,6 +45,9 @@ class BatcherConfig:
     max_pending_tokens: int = 2_000_000
     """Guard tokens of all outstanding requests' rows (what their plans hold in memory); a request that
     would go beyond it gets Overloaded, unless nothing else is outstanding."""
+    bulk_batch_tokens_interactive: int = 2048
+    """Padded tokens of a batch of non-interactive work while interactive work is arriving: a forward
+    cannot be interrupted, so this bounds how long a moderation cut waits behind bulk work."""
 
 
 class BatchObserver(Protocol):
@@ -112,6 +119,7 @@ class Batcher(Generic[I, R]):
         self._closed = False
         self._forward_s = 0.05  # running estimate, for retry hints
         self._progress_at = time.monotonic()
+        self._interactive_at = -INTERACTIVE_HOLD_S
 
     # -- submitting --
     def submit(self, items: list[I], priority: int = 0) -> Ticket[R]:
@@ -134,6 +142,8 @@ class Batcher(Generic[I, R]):
         loop = asyncio.get_running_loop()
         ticket: Ticket[R] = Ticket([loop.create_future() for _ in items], priority)
         now = time.monotonic()
+        if priority >= INTERACTIVE:
+            self._interactive_at = now
         for item, cost, fut in zip(items, costs, ticket.futures, strict=True):
             self._queue.append(_Entry(priority, next(self._seq), item, cost, ticket, fut, now))
         if not self._outstanding:
@@ -248,7 +258,8 @@ class Batcher(Generic[I, R]):
     def _take(self) -> list[_Entry[I, R]]:
         """The oldest item of the highest priority always goes; the rest of the budget is filled with
         items of that priority closest in length to it (less padding), then lower priorities. Padded
-        tokens stay within the budget (a lone oversize row still runs on its own)."""
+        tokens stay within the budget (a lone oversize row still runs on its own). While interactive
+        work arrives, a batch led by other work gets the smaller `bulk_batch_tokens_interactive`."""
         self._drop_cancelled()
         if not self._queue:
             return []
@@ -258,6 +269,8 @@ class Batcher(Generic[I, R]):
         rest: list[_Entry[I, R]] = []
         longest = 0
         budget = self.config.max_batch_tokens
+        if head.priority < INTERACTIVE and time.monotonic() - self._interactive_at < INTERACTIVE_HOLD_S:
+            budget = min(budget, self.config.bulk_batch_tokens_interactive)
         for e in self._queue:
             if not batch or (len(batch) + 1) * max(longest, e.tokens) <= budget:
                 batch.append(e)

@@ -1,5 +1,6 @@
 """`star-scorer serve`: serve a guard's STAR scores over gRPC.
 
+`star-scorer moderate`: guard text arriving on stdin against a running server, as it arrives.
 Scoring a file against a running server is `star-client score` (the client package, no torch needed).
 """
 
@@ -23,6 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
         "reflection and Prometheus metrics. Every flag can also be set as STAR_<FLAG_IN_UPPER_SNAKE>.",
     )
     add_server_arguments(serve)
+    from star_client.moderate_cli import __doc__ as moderate_doc
+    from star_client.moderate_cli import add_moderate_arguments
+
+    moderate = sub.add_parser(
+        "moderate",
+        help="guard a response read from stdin as it arrives (live moderation)",
+        description=moderate_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_moderate_arguments(moderate)
     return ap
 
 
@@ -46,6 +57,8 @@ def _exit_past_stuck_threads(code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "moderate":
+        return _moderate(args)
     try:
         import os
 
@@ -61,6 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_past_stuck_threads(asyncio.run(serve(config)))
     except USER_ERRORS as exc:
         return fail(f"star-scorer {args.command}", exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _moderate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from star_client.moderate_cli import moderate
+
+    try:
+        return asyncio.run(moderate(args))
+    except (*USER_ERRORS, grpc.RpcError) as exc:
+        return fail("star-scorer moderate", exc)
     except KeyboardInterrupt:
         return 130
 

@@ -105,21 +105,40 @@ class BatchingSettings:
     max_sessions: int = _opt(
         64, "live-moderation sessions open at once before new ones get RESOURCE_EXHAUSTED"
     )
+    session_cache_mib: float = _opt(
+        4096.0,
+        "memory for the keys and values live-moderation sessions keep; beyond it the least recently "
+        "used session's are dropped and recomputed on its next delta",
+    )
+    bulk_batch_tokens_interactive: int = _opt(
+        2048,
+        "padded tokens of a batch of Score work while live-moderation cuts arrive (bounds how long a "
+        "cut waits behind bulk work)",
+    )
+    session_idle_s: float = _opt(120.0, "a live-moderation session with no message for this long is closed")
     head_cache: bool = _opt(
         True, "keep the template head's keys and values once and start every request from them"
     )
 
     def batcher_config(self) -> BatcherConfig:
         return BatcherConfig(
-            self.max_batch_tokens, self.max_wait_ms / 1000.0, self.max_queue, self.max_pending_tokens
+            self.max_batch_tokens,
+            self.max_wait_ms / 1000.0,
+            self.max_queue,
+            self.max_pending_tokens,
+            self.bulk_batch_tokens_interactive,
         )
 
     def check(self) -> None:
-        for name in ("max_batch_tokens", "max_row_tokens", "max_queue", "max_pending_tokens", "max_sessions"):
+        names = ["max_batch_tokens", "max_row_tokens", "max_queue", "max_pending_tokens", "max_sessions"]
+        names.append("bulk_batch_tokens_interactive")
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.max_wait_ms < 0:
-            raise ValueError("--max-wait-ms must be >= 0")
+        if self.max_wait_ms < 0 or self.session_cache_mib < 0:
+            raise ValueError("--max-wait-ms and --session-cache-mib must be >= 0")
+        if self.session_idle_s <= 0:
+            raise ValueError("--session-idle-s must be > 0")
 
 
 @dataclass(frozen=True)

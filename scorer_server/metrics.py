@@ -42,6 +42,35 @@ class ServerMetrics:
             "star_head_tokens_reused", "Guard tokens read from the head cache instead of computed", registry=r
         )
 
+        self.sessions_open = Gauge("star_moderation_sessions", "Live-moderation sessions open", registry=r)
+        self.session_cache_bytes = Gauge(
+            "star_session_cache_bytes",
+            "Memory of the keys and values live-moderation sessions keep",
+            registry=r,
+        )
+        self.session_evictions = Counter(
+            "star_session_cache_evictions",
+            "Session caches dropped for the memory budget (recomputed on their next cut)",
+            registry=r,
+        )
+        self.session_cut_seconds = Histogram(
+            "star_moderation_cut_seconds",
+            "From the delta that completes a cut to its score",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self._evictions_seen = 0
+
+    def on_sessions(self, open_sessions: int, cache_bytes: int, evictions: int) -> None:
+        self.sessions_open.set(open_sessions)
+        self.session_cache_bytes.set(cache_bytes)
+        if evictions > self._evictions_seen:
+            self.session_evictions.inc(evictions - self._evictions_seen)
+            self._evictions_seen = evictions
+
+    def on_session_cut(self, seconds: float) -> None:
+        self.session_cut_seconds.observe(seconds)
+
     def on_head_cache(self, tokens: int, nbytes: int) -> None:
         self.head_cache_tokens.set(tokens)
         self.head_cache_bytes.set(nbytes)

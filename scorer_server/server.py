@@ -96,7 +96,11 @@ class ScorerServer:
         self.metrics = ServerMetrics()
         self.backend = build_backend(config, self.metrics)
         self.servicer = ScorerServicer(
-            self.backend, config.limits, self.metrics, config.network.max_message_bytes
+            self.backend,
+            config.limits,
+            self.metrics,
+            config.network.max_message_bytes,
+            config.batching.session_idle_s,
         )
         self.health = health_aio.HealthServicer()
         self._stop = asyncio.Event()

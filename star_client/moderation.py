@@ -4,6 +4,9 @@ async with client.moderate(conversation) as session:
     async for text in session.guard(completion_chunks):   # stops at the guard's stop
         send_to_user(text)
 print(session.stop)                                         # None, or where it stopped
+
+Callers that drive the stream themselves `push(text)` and `close()`, and read each cut's score (and the
+stop) as it arrives with `async for event in session`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ModerationSession:
         self.complete = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._writing = True
+        self._events: asyncio.Queue[Segment | ModerationStop | None] = asyncio.Queue()
 
     async def __aenter__(self) -> ModerationSession:
         self._call = await self._open_call()
@@ -74,15 +78,25 @@ class ModerationSession:
         if self.stop is None:
             await self.close()
 
+    async def __aiter__(self) -> AsyncIterator[Segment | ModerationStop]:
+        """Each cut's Segment as the server scores it, then the ModerationStop if the rule fired; ends
+        with the stream (one reader: events are handed out once)."""
+        while (event := await self._events.get()) is not None:
+            yield event
+
     async def _read(self) -> None:
         try:
             async for reply in self._call:
                 if reply.HasField("segment"):
-                    self.segments.append(Segment(reply.segment.end, reply.segment.p_safe))
+                    segment = Segment(reply.segment.end, reply.segment.p_safe)
+                    self.segments.append(segment)
+                    self._events.put_nowait(segment)
                 if reply.HasField("stop"):
                     s = reply.stop
                     self.stop = ModerationStop(s.offset, s.cut, s.p_safe)
+                    self._events.put_nowait(self.stop)
                 if reply.complete:
                     break
         finally:
             self.complete.set()
+            self._events.put_nowait(None)

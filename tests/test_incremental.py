@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from scorer_server.engine.engine import StarEngine
 from scorer_server.engine.incremental import IncrementalSession
+from scorer_server.engine.session_kv import TailJob, forward_tails
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, Segment
@@ -89,12 +90,49 @@ def test_cache_rolls_back_to_the_common_prefix(engine: StarEngine) -> None:
     with the new input, and the next cut is still exact."""
     conv = Conversation.from_pair("q", "one two three four")
     session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, 1))
-    session._cut([5, 6, 7, 8, 9, 10], stable=5)
-    assert session.cache_tokens == 5 and session.stats.tail_tokens == 1
-    session._cut([5, 6, 11, 12], stable=3)
-    assert session.stats.rollbacks == 1 and session.cache_tokens == 3
-    assert session.stats.trunk_tokens == 5 + 1
+    forward_tails(engine.guard, [TailJob(session.state, [5, 6, 7, 8, 9, 10], 5)])
+    assert session.cache_tokens == 5 and session.state.tail_tokens == 1
+    forward_tails(engine.guard, [TailJob(session.state, [5, 6, 11, 12], 3)])
+    assert session.state.rollbacks == 1 and session.cache_tokens == 3
+    assert session.state.trunk_tokens == 5 + 1
     assert_matches_per_cut(engine, conv, stream(session, conv.response, [2]), 1)
+
+
+def test_sessions_batched_in_one_forward_with_evictions_equal_per_cut(engine: StarEngine) -> None:
+    """What the server does: the next cut of every open session in one forward (rows padded to the
+    longest cached trunk), with caches evicted at random between rounds (recomputed, still exact)."""
+    rng = random.Random(3)
+    convs = [
+        Conversation.from_pair("How do I bake bread?", " ".join(rng.choice(WORDS) for _ in range(n)))
+        for n in (0, 3, 12, 25, 40)
+    ]
+    sessions = [IncrementalSession(engine, c.with_response(""), CutSpec(CutKind.WORDS, 2)) for c in convs]
+    got: list[list[Segment]] = [[] for _ in sessions]
+    sent = [0] * len(sessions)
+    widest = 0
+    while not all(s.closed for s in sessions):
+        pending = []
+        for k, s in enumerate(sessions):
+            if s.closed:
+                continue
+            text, n = convs[k].response, rng.randint(1, 7)
+            pending.append(
+                (k, s.plan_push(text[sent[k] : sent[k] + n]) if sent[k] < len(text) else s.plan_close())
+            )
+            sent[k] += n
+        while any(inputs for _, inputs in pending):
+            batch = [(k, inputs.pop(0)) for k, inputs in pending if inputs]
+            widest = max(widest, len(batch))
+            diffs = forward_tails(
+                engine.guard, [TailJob(sessions[k].state, i.ids, i.stable) for k, i in batch]
+            )
+            for (k, i), d in zip(batch, diffs, strict=True):
+                got[k].append(sessions[k].segment(i, d))
+        if rng.random() < 0.4:
+            rng.choice(sessions).state.evict()
+    for conv, segs in zip(convs, got, strict=True):
+        assert_matches_per_cut(engine, conv, segs, 2)
+    assert widest >= 3 and sum(s.state.evictions for s in sessions) >= 2
 
 
 def test_each_cut_costs_its_new_tokens_not_the_prefix(engine: StarEngine) -> None:
@@ -106,7 +144,7 @@ def test_each_cut_costs_its_new_tokens_not_the_prefix(engine: StarEngine) -> Non
     prompt = len(engine.guard.encode([engine.guard.template.render(conv)])[0])
     plan = engine.plan(ScoreRequest(conv, CutSpec(CutKind.WORDS, 5)))
     rescore = sum(plan.per_cut_tokens)
-    computed = session.stats.trunk_tokens + session.stats.tail_tokens
+    computed = session.state.trunk_tokens + session.state.tail_tokens
     assert len(got) == 40 and computed < rescore / 5  # measured: about 1/13 of re-scoring each prefix
     assert session.cache_tokens < prompt  # the cache holds the stable trunk, never a tail
 

@@ -30,9 +30,15 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
     """star.v1.ScorerService over a ScoringBackend."""
 
     def __init__(
-        self, backend: ScoringBackend, limits: Limits, metrics: ServerMetrics, max_message_bytes: int
+        self,
+        backend: ScoringBackend,
+        limits: Limits,
+        metrics: ServerMetrics,
+        max_message_bytes: int,
+        session_idle_s: float = 120.0,
     ) -> None:
         self.backend = backend
+        self.session_idle_s = session_idle_s
         self.limits = limits
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
@@ -165,7 +171,8 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModerateRequest], context: Any
     ) -> AsyncIterator[pb.ModerateResponse]:
         self._check_ready()
-        first = await anext(aiter(request_iterator), None)
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
         if first is None or first.WhichOneof("kind") != "open":
             raise InvalidRequest("the first Moderate message must be `open` (the conversation so far)")
         conversation, options = convert.moderate_open_from_pb(first.open)
@@ -174,7 +181,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         rule = StopRule(options)
         self._enter()
         try:
-            async for msg in request_iterator:
+            while (msg := await self._next_message(requests)) is not None:
                 kind = msg.WhichOneof("kind")
                 if kind not in ("delta", "close"):
                     raise InvalidRequest("after `open`, send `delta` messages and then `close`")
@@ -194,6 +201,18 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         finally:
             session.release()
             self._leave()
+
+    async def _next_message(self, requests: AsyncIterator[pb.ModerateRequest]) -> pb.ModerateRequest | None:
+        """The session's next message, None at the end of the stream; an idle session is closed."""
+        try:
+            return await asyncio.wait_for(anext(requests), self.session_idle_s)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise TimeoutError(
+                f"no message on this moderation session for {self.session_idle_s:g} s (--session-idle-s); "
+                "it is closed"
+            ) from None
 
     async def _moderated(self, segments: list[Segment], rule: StopRule) -> AsyncIterator[pb.ModerateResponse]:
         """Each new cut's score, then the stop (complete = true) if the rule fires on it."""

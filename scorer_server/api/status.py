@@ -48,7 +48,7 @@ def status_for(exc: BaseException) -> Status:
     if isinstance(exc, asyncio.CancelledError):
         return Status(grpc.StatusCode.CANCELLED, "cancelled")
     if isinstance(exc, TimeoutError):
-        return Status(grpc.StatusCode.DEADLINE_EXCEEDED, "the work did not finish in time")
+        return Status(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "the work did not finish in time")
     if type(exc).__name__ == "OutOfMemoryError":
         return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, "the guard ran out of memory on this request", 1.0)
     log.error("internal error", exc_info=exc)

@@ -16,7 +16,13 @@ from typing import Any, Protocol
 
 from scorer_server import __version__
 from scorer_server.backends.base import ScorePart
-from scorer_server.backends.moderation import ModerationSession, SessionSlots
+from scorer_server.backends.moderation import (
+    ModerationSession,
+    SessionObserver,
+    SessionPool,
+    SessionWork,
+    run_session_work,
+)
 from scorer_server.batcher import Batcher, BatchObserver
 from scorer_server.config import BatchingSettings
 from scorer_server.guards.loader import GuardConfig, describe_guard
@@ -37,8 +43,9 @@ class LocalBackendConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-class EngineObserver(BatchObserver, Protocol):
-    """What the local backend reports besides batches: the head cache's size and its reuse."""
+class EngineObserver(BatchObserver, SessionObserver, Protocol):
+    """What the local backend reports besides batches: the head cache's size and its reuse, and the
+    live-moderation sessions."""
 
     def on_head_cache(self, tokens: int, nbytes: int) -> None: ...
     def on_head_reused(self, tokens: int) -> None: ...
@@ -56,7 +63,8 @@ class LocalBackend:
         self._engine: Any = None
         self._batcher: Batcher[Any, list[Segment]] | None = None
         self._info: GuardInfo | None = None
-        self._slots = SessionSlots(config.batching.max_sessions)
+        budget = int(config.batching.session_cache_mib * 2**20)
+        self._sessions = SessionPool(config.batching.max_sessions, budget, observer)
 
     def info(self) -> GuardInfo:
         if self._info is None:
@@ -89,11 +97,21 @@ class LocalBackend:
         )
 
     def _run(self, items: list[Any]) -> list[list[Segment]]:
-        head = self._engine.head
-        before = head.reused if head is not None else 0
-        out: list[list[Segment]] = self._engine.run(items)
-        if head is not None and self._observer is not None:
-            self._observer.on_head_reused(head.reused - before)
+        """One batch: Score work through the engine, moderation work as one forward over its tails."""
+        sessions = [k for k, it in enumerate(items) if isinstance(it, SessionWork)]
+        scores = [k for k, it in enumerate(items) if not isinstance(it, SessionWork)]
+        out: list[list[Segment]] = [[] for _ in items]
+        if sessions:
+            done = run_session_work([items[k] for k in sessions], self._sessions)
+            for k, segs in zip(sessions, done, strict=True):
+                out[k] = segs
+        if scores:
+            head = self._engine.head
+            before = head.reused if head is not None else 0
+            for k, segs in zip(scores, self._engine.run([items[k] for k in scores]), strict=True):
+                out[k] = segs
+            if head is not None and self._observer is not None:
+                self._observer.on_head_reused(head.reused - before)
         return out
 
     def _load(self) -> Any:
@@ -128,10 +146,18 @@ class LocalBackend:
         return engine
 
     def open_session(self, conversation: Conversation, options: ModerateOptions) -> ModerationSession:
-        """A live-moderation session on this backend's guard (its forwards share the forward thread)."""
-        if self._engine is None:
+        """A live-moderation session on this backend's guard (its work goes through the batcher)."""
+        if self._engine is None or self._batcher is None:
             raise NotReady("the guard is still loading")
-        return ModerationSession(self._engine, conversation, options, self._forward_pool, self._slots)
+        return ModerationSession(
+            self._engine,
+            conversation,
+            options,
+            self._plan_pool,
+            self._batcher,
+            self._sessions,
+            self._observer,
+        )
 
     async def stop(self, grace_s: float) -> None:
         if self._batcher is not None:

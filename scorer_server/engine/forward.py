@@ -42,7 +42,7 @@ def _layout(item: WorkItem) -> _Row:
     return _Row(ids, pos, tails, reads)
 
 
-def _sliding_window(model: Any) -> tuple[int | None, bool]:
+def sliding_window_of(model: Any) -> tuple[int | None, bool]:
     """(window, whether the model takes a per-layer-type mask dict)."""
     cfg = model.config
     window = getattr(cfg, "sliding_window", None)
@@ -71,7 +71,7 @@ def build_masks(rows: list[_Row], length: int, model: Any, dtype: torch.dtype) -
             allowed[r, start : start + n, start : start + n] = causal[:n, :n]
         pad = torch.arange(len(row.ids), length)
         allowed[r, pad, pad] = True  # padding attends to itself only, so no row is all -inf
-    window, as_dict = _sliding_window(model)
+    window, as_dict = sliding_window_of(model)
     neg = torch.finfo(dtype).min
     full = torch.zeros(b, 1, length, length, dtype=dtype).masked_fill_(~allowed[:, None], neg)
     if window is None:
@@ -141,7 +141,7 @@ def _tail_rows(
 
 def supports_prefix_cache(model: Any) -> bool:
     """Whether the two-stage layout applies: no sliding-window layers (their caches drop old keys)."""
-    return _sliding_window(model)[0] is None
+    return sliding_window_of(model)[0] is None
 
 
 @torch.inference_mode()

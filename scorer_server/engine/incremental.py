@@ -17,39 +17,44 @@ emits the final cut at the response's end.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
 
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.engine.engine import StarEngine
+from scorer_server.engine.forward import sliding_window_of
 from scorer_server.engine.plan import common_prefix
-from scorer_server.guards.head import verdict_logit_diff
+from scorer_server.engine.session_kv import KVState, TailJob, forward_tails
 from scorer_server.guards.verdict import p_safe
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, Segment
 
 
-@dataclass
-class SessionStats:
-    """Guard tokens a session has computed, for the moderation benchmark and metrics."""
+@dataclass(frozen=True)
+class CutInput:
+    """One cut a delta completed, tokenised: what the guard must compute for it."""
 
-    trunk_tokens: int = 0
-    tail_tokens: int = 0
-    rollbacks: int = 0
-    cuts: int = 0
+    end: int
+    """Character offset of the cut in the response."""
+    ids: list[int]
+    """The per-cut prompt: tokenize(render(conversation, response[:end]))."""
+    stable: int
+    """Leading tokens shared with the response so far (later cuts start from them); < len(ids)."""
 
 
 @dataclass
 class IncrementalSession:
-    """STAR scores of a response arriving in deltas of any size (down to single characters)."""
+    """STAR scores of a response arriving in deltas of any size (down to single characters).
+
+    `push` and `close` do everything in the calling thread; a server splits each into `plan_push` /
+    `plan_close` (tokenisation) and `forward_tails` over many sessions' `jobs` (see backends/moderation).
+    """
 
     engine: StarEngine
     conversation: Conversation
     """The conversation so far, ending with the assistant message being generated (usually empty)."""
     cuts: CutSpec = field(default_factory=CutSpec)
     temperature: float = 1.0
-    stats: SessionStats = field(default_factory=SessionStats)
+    state: KVState = field(default_factory=KVState)
+    """The guard's keys and values for the stable trunk (evictable: the next cut then recomputes)."""
 
     def __post_init__(self) -> None:
         self.conversation.require_response()
@@ -57,80 +62,75 @@ class IncrementalSession:
             raise InvalidRequest("incremental scoring cuts every M words; use CUT_KIND_WORDS")
         self.text = self.conversation.response
         self.closed = False
-        self._emitted: list[int] = []
-        self._cached: list[int] = []
-        self._cache: Any = None
+        self.cuts_scored = 0
+        self._planned = -1
+        self._window = sliding_window_of(self.engine.guard.model)[0]
 
     def push(self, delta: str) -> list[Segment]:
         """Append `delta` to the response; the scores of the cuts it completes."""
-        if self.closed:
-            raise InvalidRequest("the session is closed")
-        self.text += delta
-        return self._score([c for c in self._ready_cuts() if not self._emitted or c > self._emitted[-1]])
+        return self.run(self.plan_push(delta))
 
     def close(self) -> list[Segment]:
         """The response is complete: the score of its final cut (its end)."""
+        return self.run(self.plan_close())
+
+    def plan_push(self, delta: str) -> list[CutInput]:
+        """Append `delta`; the tokenised cuts it completes (to run in order, once each)."""
+        if self.closed:
+            raise InvalidRequest("the session is closed")
+        self.text += delta
+        return self._inputs([c for c in self._ready_cuts() if c > self._planned])
+
+    def plan_close(self) -> list[CutInput]:
+        """Close the response; its final cut, unless a pushed cut already ended there."""
+        if self.closed:
+            raise InvalidRequest("the session is closed")
         self.closed = True
         n = len(self.text)
-        return self._score([n] if not self._emitted or self._emitted[-1] < n else [])
+        return self._inputs([n] if self._planned < n else [])
+
+    def jobs(self, inputs: list[CutInput]) -> list[TailJob]:
+        return [TailJob(self.state, inp.ids, inp.stable) for inp in inputs]
+
+    def segment(self, inp: CutInput, logit_diff: float) -> Segment:
+        """The cut's STAR segment from its verdict logit difference."""
+        self.cuts_scored += 1
+        return Segment(end=inp.end, p_safe=p_safe(logit_diff, self.temperature))
+
+    def run(self, inputs: list[CutInput]) -> list[Segment]:
+        """Score `inputs` one forward each, in this thread."""
+        g = self.engine.guard
+        return [
+            self.segment(i, forward_tails(g, [job], self.engine.pad_id)[0])
+            for i, job in zip(inputs, self.jobs(inputs), strict=True)
+        ]
 
     def _ready_cuts(self) -> list[int]:
         """Cuts that later text can no longer move: all of `plan_cuts`'s but the last (the response's
         current end), i.e. every M-th word's end once another word has begun."""
         return plan_cuts(self.text, self.cuts)[:-1]
 
-    @torch.inference_mode()
-    def _score(self, cuts: list[int]) -> list[Segment]:
+    def _inputs(self, cuts: list[int]) -> list[CutInput]:
         if not cuts:
             return []
         g = self.engine.guard
         now = g.encode([g.template.render(self.conversation.with_response(self.text))])[0]
         self.engine.config.limits.check_tokens(len(now))
-        out: list[Segment] = []
+        if self._window is not None and len(now) >= self._window:
+            raise InvalidRequest(
+                f"the guard prompt has reached {len(now)} tokens, the guard's attention window "
+                f"({self._window}); live moderation on this guard covers prompts below it"
+            )
+        out: list[CutInput] = []
         for c in cuts:
             ids = g.encode([g.template.render(self.conversation.with_response(self.text[:c]))])[0]
             # Tokens this cut shares with the response so far stay valid for later cuts; at least the
             # last token is left to the tail, whose final hidden state is the verdict position.
-            stable = min(common_prefix(ids, now), len(ids) - 1)
-            diff = self._cut(ids, stable)
-            out.append(Segment(end=c, p_safe=p_safe(diff, self.temperature)))
-            self._emitted.append(c)
-            self.stats.cuts += 1
+            out.append(CutInput(c, ids, min(common_prefix(ids, now), len(ids) - 1)))
+            self._planned = c
         return out
-
-    @torch.inference_mode()
-    def _cut(self, ids: list[int], stable: int) -> float:
-        """logit(safe) - logit(unsafe) at the end of `ids`, in one forward from the cache, which then
-        holds exactly `ids[:stable]` (the tail's keys and values are dropped again)."""
-        self._roll_back(ids[:stable])
-        start = len(self._cached)
-        hidden = self._forward(ids[start:], start)
-        self._cache.crop(stable - len(ids))
-        self.stats.trunk_tokens += stable - start
-        self.stats.tail_tokens += len(ids) - stable
-        self._cached = list(ids[:stable])
-        return float(verdict_logit_diff(self.engine.guard, hidden[:, -1])[0])
-
-    def _roll_back(self, ids: list[int]) -> None:
-        """Cut the cache back to the longest prefix it shares with `ids`."""
-        from transformers import DynamicCache
-
-        if self._cache is None:
-            self._cache = DynamicCache(config=self.engine.guard.model.config)
-        keep = common_prefix(self._cached, ids)
-        if keep < len(self._cached):
-            self._cache.crop(keep - len(self._cached))
-            self._cached = self._cached[:keep]
-            self.stats.rollbacks += 1
-
-    def _forward(self, ids: list[int], start: int) -> torch.Tensor:
-        g = self.engine.guard
-        x = torch.tensor([ids], device=g.device)
-        pos = torch.arange(start, start + len(ids), device=g.device)[None]
-        out = g.model.base_model(input_ids=x, position_ids=pos, cache=self._cache, use_cache=True)
-        return out.last_hidden_state
 
     @property
     def cache_tokens(self) -> int:
         """Guard tokens whose keys and values the session holds."""
-        return len(self._cached)
+        return len(self.state.ids)
