@@ -152,7 +152,9 @@ def test_per_cut_and_one_pass_agree_and_differ_from_raw(llama_guard_3: Guard) ->
     pub = ScoreRequest(conv, CutSpec(CutKind.WORDS, 3), convention=PUBLISHED)
     one, per = engine.score([pub])[0], engine.score([pub], method="per_cut")[0]
     for a, b in zip(one.segments, per.segments, strict=True):
-        assert a.p_safe == pytest.approx(b.p_safe, abs=1e-5)
+        assert a.p_safe == pytest.approx(
+            b.p_safe, abs=TOLERANCE
+        )  # temperature 0.2 amplifies layout noise (see TOLERANCE)
     raw = engine.score([ScoreRequest(conv, CutSpec(CutKind.WORDS, 3))])[0]
     assert max(abs(a.p_safe - b.p_safe) for a, b in zip(one.segments, raw.segments, strict=True)) > 0.05
 
