@@ -44,15 +44,6 @@ class SessionPool:
         self._states: OrderedDict[int, KVState] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()  # opened and closed on the event loop, evicted on the forward thread
 
-    @property
-    def open(self) -> int:
-        return len(self._states)
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return sum(s.nbytes for s in self._states.values())
-
     def take(self, state: KVState) -> None:
         with self._lock:
             if len(self._states) >= self.limit:
