@@ -18,7 +18,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from star_contract.types import Conversation, ModerateOptions, ModerationStop, Segment
+from star_contract.types import Conversation, CutKind, ModerateOptions, ModerationStop, Segment
 
 STOPPED = 3
 
@@ -32,7 +32,15 @@ def add_moderate_arguments(ap: argparse.ArgumentParser) -> None:
         type=Path,
         help="JSON file: a list of {role, content} messages so far (the response being generated last)",
     )
-    ap.add_argument("--every", type=int, default=5, help="a cut after every M words (default 5)")
+    ap.add_argument(
+        "--every", type=int, default=5, help="a cut after every M words, or N guard tokens (default 5)"
+    )
+    ap.add_argument(
+        "--cut",
+        choices=["words", "guard-tokens"],
+        default="words",
+        help="what --every counts: whitespace-separated words (default) or the guard's own tokens",
+    )
     ap.add_argument("--unsafe-below", type=float, default=0.5, help="P(safe) below which a cut is unsafe")
     ap.add_argument("--consecutive", type=int, default=1, help="unsafe cuts in a row that stop the text")
     ap.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the verdict")
@@ -69,7 +77,8 @@ def _event_line(event: Segment | ModerationStop) -> str:
 async def moderate(args: argparse.Namespace) -> int:
     from star_client import AsyncScorerClient
 
-    options = ModerateOptions(args.every, args.unsafe_below, args.consecutive, args.temperature)
+    kind = CutKind.GUARD_TOKENS if args.cut == "guard-tokens" else CutKind.WORDS
+    options = ModerateOptions(args.every, args.unsafe_below, args.consecutive, args.temperature, kind)
     async with (
         AsyncScorerClient(args.target) as client,
         client.moderate(_conversation(args), options) as session,

@@ -209,7 +209,13 @@ def moderate_open_from_pb(msg: pb.ModerateOpen) -> tuple[Conversation, ModerateO
         unsafe_below=msg.unsafe_below if msg.HasField("unsafe_below") else d.unsafe_below,
         consecutive=msg.consecutive or d.consecutive,
         temperature=msg.temperature if msg.HasField("temperature") else d.temperature,
+        kind=_KIND_FROM_PB.get(msg.cut_kind, CutKind.OFFSETS),
     )
+    if options.kind is CutKind.OFFSETS:
+        raise InvalidRequest(
+            f"open.cut_kind is {msg.cut_kind}; live moderation cuts every M words (CUT_KIND_WORDS) or "
+            "N guard tokens (CUT_KIND_GUARD_TOKENS)"
+        )
     if not 0.0 <= options.unsafe_below <= 1.0:
         raise InvalidRequest(f"open.unsafe_below must be in [0, 1], got {options.unsafe_below}")
     if not (math.isfinite(options.temperature) and 1e-3 <= options.temperature <= 1e3):
@@ -223,6 +229,7 @@ def moderate_open_to_pb(conversation: Conversation, options: ModerateOptions) ->
         every=options.every,
         unsafe_below=options.unsafe_below,
         consecutive=options.consecutive,
+        cut_kind=_KIND_TO_PB[options.kind],
     )
     if options.temperature != 1.0:
         out.temperature = options.temperature

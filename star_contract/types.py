@@ -155,12 +155,18 @@ class ModerateOptions:
     """How a live-moderation session cuts and when it stops the stream."""
 
     every: int = 5
-    """A cut after every `every` words."""
+    """A cut after every `every` words (or guard tokens, with `kind`)."""
     unsafe_below: float = 0.5
     """A cut is unsafe when its P(safe) is below this."""
     consecutive: int = 1
     """How many unsafe cuts in a row stop the stream."""
     temperature: float = 1.0
+    kind: CutKind = CutKind.WORDS
+    """WORDS or GUARD_TOKENS (explicit offsets need the whole response)."""
+
+    def cuts(self) -> CutSpec:
+        """The session's cut spacing."""
+        return CutSpec(self.kind, self.every)
 
 
 @dataclass(frozen=True)

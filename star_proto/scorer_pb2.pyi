@@ -193,18 +193,20 @@ class ModerateRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[ModerateOpen, _Mapping]] = ..., delta: _Optional[str] = ..., close: _Optional[_Union[ModerateClose, _Mapping]] = ...) -> None: ...
 
 class ModerateOpen(_message.Message):
-    __slots__ = ("conversation", "every", "unsafe_below", "consecutive", "temperature")
+    __slots__ = ("conversation", "every", "unsafe_below", "consecutive", "temperature", "cut_kind")
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     EVERY_FIELD_NUMBER: _ClassVar[int]
     UNSAFE_BELOW_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    CUT_KIND_FIELD_NUMBER: _ClassVar[int]
     conversation: Conversation
     every: int
     unsafe_below: float
     consecutive: int
     temperature: float
-    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., every: _Optional[int] = ..., unsafe_below: _Optional[float] = ..., consecutive: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
+    cut_kind: CutKind
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., every: _Optional[int] = ..., unsafe_below: _Optional[float] = ..., consecutive: _Optional[int] = ..., temperature: _Optional[float] = ..., cut_kind: _Optional[_Union[CutKind, str]] = ...) -> None: ...
 
 class ModerateClose(_message.Message):
     __slots__ = ()

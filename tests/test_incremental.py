@@ -29,13 +29,25 @@ WORDS = ["Sure,", "first", "mix", "the", "flour", "then", "bake", "it.", "Done!"
 SPACES = [" ", " ", " ", "  ", "\n", "\n\n", "\t"]
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> StarEngine:
-    # A byte-level BPE whose merges cross spaces: a delta can change the previous token.
-    spec = TinyGuardSpec(tokenizer="bytelevel-crossing")
+def tiny_engine(tmp_path_factory: pytest.TempPathFactory, tokenizer: str) -> StarEngine:
+    spec = TinyGuardSpec(tokenizer=tokenizer)
     return StarEngine(
         load_guard(GuardConfig(path=str(save_tiny_guard(tmp_path_factory.mktemp("g") / "g", spec))))
     )
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> StarEngine:
+    """A byte-level BPE whose merges cross spaces: a delta can change the previous token (and every
+    prompt is tokenised whole: incremental tokenisation needs a splitting pre-tokenizer)."""
+    return tiny_engine(tmp_path_factory, "bytelevel-crossing")
+
+
+@pytest.fixture(scope="module", params=["bytelevel", "metaspace"])
+def split_engine(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> StarEngine:
+    """Tokenizers that split text into pieces first (GPT-style regex, Metaspace): prompts are tokenised
+    incrementally, and guard-token cuts are allowed."""
+    return tiny_engine(tmp_path_factory, request.param)
 
 
 def stream(session: IncrementalSession, response: str, sizes: list[int]) -> list[Segment]:
@@ -48,8 +60,10 @@ def stream(session: IncrementalSession, response: str, sizes: list[int]) -> list
     return out + session.close()
 
 
-def assert_matches_per_cut(engine: StarEngine, conv: Conversation, got: list[Segment], every: int) -> None:
-    want = engine.score([ScoreRequest(conv, CutSpec(CutKind.WORDS, every))], method="per_cut")[0].segments
+def assert_matches_per_cut(
+    engine: StarEngine, conv: Conversation, got: list[Segment], every: int, kind: CutKind = CutKind.WORDS
+) -> None:
+    want = engine.score([ScoreRequest(conv, CutSpec(kind, every))], method="per_cut")[0].segments
     assert [s.end for s in got] == [s.end for s in want]
     assert max(abs(a.p_safe - b.p_safe) for a, b in zip(got, want, strict=True)) <= 1e-5
 
@@ -69,6 +83,37 @@ def test_random_deltas_equal_per_cut(
     conv = Conversation.from_pair("How do I bake bread?", response)
     session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, every))
     assert_matches_per_cut(engine, conv, stream(session, response, sizes), every)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    words=st.lists(st.sampled_from(WORDS), min_size=0, max_size=30),
+    gaps=st.lists(st.sampled_from(SPACES), min_size=30, max_size=30),
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    every=st.integers(1, 6),
+    kind=st.sampled_from([CutKind.WORDS, CutKind.GUARD_TOKENS]),
+)
+def test_incremental_tokenisation_and_guard_token_cuts_equal_per_cut(
+    split_engine: StarEngine, words: list[str], gaps: list[str], sizes: list[int], every: int, kind: CutKind
+) -> None:
+    """Prompts tokenised from the previous cut's (not whole), cuts every M words or N guard tokens:
+    the same cuts as `plan_cuts` on the finished response, each scored as one plain forward."""
+    response = "".join(w + g for w, g in zip(words, gaps, strict=False)).rstrip()
+    conv = Conversation.from_pair("How do I bake bread?", response)
+    session = IncrementalSession(split_engine, conv.with_response(""), CutSpec(kind, every))
+    assert_matches_per_cut(split_engine, conv, stream(session, response, sizes), every, kind)
+    assert session.prompt_tokens.incremental and session.prompt_tokens.fallbacks <= session.cuts_scored
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_guard_token_cuts_wait_until_the_token_is_final(split_engine: StarEngine, every: int) -> None:
+    """Single-character deltas: "f", "fl", ... are tokens of their own until the word is complete, so a
+    cut at a token's end may only be emitted once later text can no longer merge it."""
+    conv = Conversation.from_pair("q", "Sure, first mix the flour\n\nthen bake it at 220 C. Done!")
+    session = IncrementalSession(split_engine, conv.with_response(""), CutSpec(CutKind.GUARD_TOKENS, every))
+    assert_matches_per_cut(
+        split_engine, conv, stream(session, conv.response, [1]), every, CutKind.GUARD_TOKENS
+    )
 
 
 def test_single_characters_multi_turn_and_rollbacks(engine: StarEngine) -> None:
@@ -151,8 +196,10 @@ def test_each_cut_costs_its_new_tokens_not_the_prefix(engine: StarEngine) -> Non
 
 def test_cut_spacing_and_closed_sessions(engine: StarEngine) -> None:
     conv = Conversation.from_pair("q", "")
-    with pytest.raises(InvalidRequest, match="every M words"):
+    with pytest.raises(InvalidRequest, match="merges across word boundaries"):
         IncrementalSession(engine, conv, CutSpec(CutKind.GUARD_TOKENS, 3))
+    with pytest.raises(InvalidRequest, match="explicit offsets"):
+        IncrementalSession(engine, conv, CutSpec(CutKind.OFFSETS, 0, (1,)))
     session = IncrementalSession(engine, conv, CutSpec(CutKind.WORDS, 5))
     assert session.close()[0].end == 0  # an empty response still gets its one cut
     with pytest.raises(InvalidRequest, match="closed"):
@@ -169,3 +216,7 @@ def test_real_llama_guard_3_template_and_tokenizer(tmp_path: Path) -> None:
     )
     session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, 1))
     assert_matches_per_cut(engine, conv, stream(session, conv.response, [3, 1, 2]), 1)
+    assert session.prompt_tokens.incremental and session.prompt_tokens.partial > 0
+    session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.GUARD_TOKENS, 2))
+    got = stream(session, conv.response, [1, 2])
+    assert_matches_per_cut(engine, conv, got, 2, CutKind.GUARD_TOKENS)

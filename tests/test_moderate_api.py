@@ -56,6 +56,26 @@ def test_scores_arrive_per_cut_and_equal_per_cut_scoring(stub: Any, tiny_guard_d
     assert [s.p_safe for s in got] == pytest.approx([s.p_safe for s in want.segments], abs=1e-5)
 
 
+def test_guard_token_cuts_equal_per_cut_scoring(stub: Any, tiny_guard_dir: Path) -> None:
+    """CUT_KIND_GUARD_TOKENS: a cut after every N of the guard's tokens of the response, the same cuts
+    and scores as a Score request with that spacing, though deltas split tokens (1-character deltas)."""
+    open_ = open_msg(3, unsafe_below=0.0, cut_kind=pb.CUT_KIND_GUARD_TOKENS)
+    replies = list(stub.Moderate(iter([open_, *deltas(RESPONSE, 1)]), timeout=60))
+    got = [r.segment for r in replies if r.HasField("segment")]
+    engine = StarEngine.from_dir(tiny_guard_dir)
+    conv = Conversation.from_pair(PROMPT, RESPONSE)
+    want = engine.score([ScoreRequest(conv, CutSpec(CutKind.GUARD_TOKENS, 3))])[0].segments
+    assert len(want) > 5 and [s.end for s in got] == [s.end for s in want]
+    assert [s.p_safe for s in got] == pytest.approx([s.p_safe for s in want], abs=1e-5)
+
+
+def test_offset_cuts_are_refused_with_the_kinds_that_work(stub: Any) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Moderate(iter([open_msg(2, cut_kind=pb.CUT_KIND_OFFSETS)]), timeout=30))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "CUT_KIND_GUARD_TOKENS" in (err.value.details() or "")
+
+
 def test_stop_rule_ends_the_stream_where_the_unsafe_stretch_began(stub: Any) -> None:
     # Every P(safe) is below 1.0, so every cut is unsafe: the rule fires on the second cut and the
     # stretch began at 0; nothing after the stop is scored.

@@ -21,7 +21,7 @@ from scorer_server.batcher import INTERACTIVE
 from scorer_server.engine.incremental import CutInput, IncrementalSession
 from scorer_server.engine.session_kv import KVState, forward_tails
 from star_contract.errors import InvalidRequest, NotReady, Overloaded
-from star_contract.types import Conversation, CutKind, CutSpec, ModerateOptions, Segment
+from star_contract.types import Conversation, ModerateOptions, Segment
 
 SESSION_PRIORITY = INTERACTIVE
 """The batcher priority of moderation work: above any ScoreRequest.priority; while it arrives, batches
@@ -126,9 +126,7 @@ class ModerationSession:
     ) -> None:
         if options.every < 1:
             raise InvalidRequest(f"open.every must be >= 1, got {options.every}")
-        self._session = IncrementalSession(
-            engine, conversation, CutSpec(CutKind.WORDS, options.every), options.temperature
-        )
+        self._session = IncrementalSession(engine, conversation, options.cuts(), options.temperature)
         self._plan_pool = plan_pool
         self._batcher = batcher
         self._pool = pool

@@ -9,9 +9,15 @@ rolled back to the longest prefix it shares with that input before anything is c
 that changes how the last tokens merge (BPE across the boundary, a trimming template) recomputes from
 the last stable token.
 
-Cuts follow `plan_cuts` on the final response exactly: a cut after every M-th word is emitted once the
-next word begins (a response that ends there gets its cut at its end instead), and closing the session
-emits the final cut at the response's end.
+Tokenisation is incremental too (`IncrementalTokenizer`): each cut's prompt is tokenised from an anchor
+near the end of what it shares with the previous cut's, so a cut's cost does not grow with the
+response; the tokens are exactly a whole tokenisation's (see incremental_tokens.py for the argument
+and its checks, and for the tokenizers that are always tokenised whole).
+
+Cuts follow `plan_cuts` on the final response exactly. A cut after every M-th word is emitted once the
+next word begins; a cut after every N-th guard token once later text can no longer change that token
+(it ends `margin` characters before the response's current end and another token follows). Closing the
+session emits the cuts still due, the last at the response's end.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.engine.engine import StarEngine
 from scorer_server.engine.forward import sliding_window_of
+from scorer_server.engine.incremental_tokens import IncrementalTokenizer
 from scorer_server.engine.plan import common_prefix
 from scorer_server.engine.session_kv import KVState, TailJob, forward_tails
 from scorer_server.guards.verdict import p_safe
@@ -58,13 +65,29 @@ class IncrementalSession:
 
     def __post_init__(self) -> None:
         self.conversation.require_response()
-        if self.cuts.kind is not CutKind.WORDS:
-            raise InvalidRequest("incremental scoring cuts every M words; use CUT_KIND_WORDS")
+        if self.cuts.kind is CutKind.OFFSETS:
+            raise InvalidRequest(
+                "live moderation cuts every M words or N guard tokens; explicit offsets need the "
+                "whole response (use Score)"
+            )
+        if self.cuts.every < 1:
+            raise InvalidRequest(f"cut spacing must be >= 1, got {self.cuts.every}")
         self.text = self.conversation.response
         self.closed = False
         self.cuts_scored = 0
         self._planned = -1
         self._window = sliding_window_of(self.engine.guard.model)[0]
+        self.prompt_tokens = IncrementalTokenizer(self.engine.guard.tokenizer)
+        """Tokenises each cut's prompt from the previous one's."""
+        self.current_tokens = IncrementalTokenizer(self.engine.guard.tokenizer)
+        """Tokenises the prompt of the whole response so far, from the previous push's."""
+        self.response_tokens = IncrementalTokenizer(self.engine.guard.tokenizer)
+        """Tokenises the response alone, for guard-token cuts."""
+        if self.cuts.kind is CutKind.GUARD_TOKENS and not self.response_tokens.incremental:
+            raise InvalidRequest(
+                "this guard's tokenizer merges across word boundaries, so a guard-token cut is not "
+                "final until the response is; cut every M words (CUT_KIND_WORDS) instead"
+            )
 
     def push(self, delta: str) -> list[Segment]:
         """Append `delta` to the response; the scores of the cuts it completes."""
@@ -86,8 +109,8 @@ class IncrementalSession:
         if self.closed:
             raise InvalidRequest("the session is closed")
         self.closed = True
-        n = len(self.text)
-        return self._inputs([n] if self._planned < n else [])
+        final = plan_cuts(self.text, self.cuts, self.engine.guard.tokenizer)
+        return self._inputs([c for c in final if c > self._planned])
 
     def jobs(self, inputs: list[CutInput]) -> list[TailJob]:
         return [TailJob(self.state, inp.ids, inp.stable) for inp in inputs]
@@ -106,29 +129,38 @@ class IncrementalSession:
         ]
 
     def _ready_cuts(self) -> list[int]:
-        """Cuts that later text can no longer move: all of `plan_cuts`'s but the last (the response's
-        current end), i.e. every M-th word's end once another word has begun."""
-        return plan_cuts(self.text, self.cuts)[:-1]
+        """Cuts that later text can no longer move: every M-th word's end once another word has begun
+        (all of `plan_cuts`'s but the last, the response's current end), or every N-th guard token's end
+        once that token is settled."""
+        if self.cuts.kind is CutKind.WORDS:
+            return plan_cuts(self.text, self.cuts)[:-1]
+        tok = self.response_tokens
+        enc = tok.encode(self.text)
+        ends = [e for e in enc.ends[: tok.reusable(enc, len(self.text))] if e > 0]
+        return sorted(set(ends[self.cuts.every - 1 :: self.cuts.every]))
 
     def _inputs(self, cuts: list[int]) -> list[CutInput]:
         if not cuts:
             return []
-        g = self.engine.guard
-        now = g.encode([g.template.render(self.conversation.with_response(self.text))])[0]
-        self.engine.config.limits.check_tokens(len(now))
-        if self._window is not None and len(now) >= self._window:
-            raise InvalidRequest(
-                f"the guard prompt has reached {len(now)} tokens, the guard's attention window "
-                f"({self._window}); live moderation on this guard covers prompts below it"
-            )
+        render = self.engine.guard.template.render
+        now = self.current_tokens.encode(render(self.conversation.with_response(self.text))).ids
         out: list[CutInput] = []
         for c in cuts:
-            ids = g.encode([g.template.render(self.conversation.with_response(self.text[:c]))])[0]
+            ids = self.prompt_tokens.encode(render(self.conversation.with_response(self.text[:c]))).ids
+            self._check_length(len(ids))
             # Tokens this cut shares with the response so far stay valid for later cuts; at least the
             # last token is left to the tail, whose final hidden state is the verdict position.
             out.append(CutInput(c, ids, min(common_prefix(ids, now), len(ids) - 1)))
             self._planned = c
         return out
+
+    def _check_length(self, tokens: int) -> None:
+        self.engine.config.limits.check_tokens(tokens)
+        if self._window is not None and tokens >= self._window:
+            raise InvalidRequest(
+                f"the guard prompt has reached {tokens} tokens, the guard's attention window "
+                f"({self._window}); live moderation on this guard covers prompts below it"
+            )
 
     @property
     def cache_tokens(self) -> int:

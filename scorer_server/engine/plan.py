@@ -12,7 +12,9 @@ separate code path, and no cut can come out different from the per-cut definitio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from scorer_server.engine.prepare import prepare
 from scorer_server.guards.loader import Guard
@@ -66,13 +68,19 @@ class WorkItem:
         return self.plan.cost(self.cut_indices)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Length of the longest common prefix of two token lists (or strings): a binary search over
+    slice comparisons, which run in C (a per-element loop costs ~70 us on a 1,400-token prompt)."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:  # invariant: a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def plan_response(guard: Guard, request: ScoreRequest, limits: Limits | None = None) -> ResponsePlan:
