@@ -4,8 +4,11 @@ Each session holds the guard's keys and values for the stable trunk of its promp
 costs only the tokens after that trunk: `forward_tails` runs the new tokens of any number of sessions
 in one forward, each row attending to its own session's cached keys (left-aligned and padded to the
 longest) and causally to its own new tokens, and reads the verdict logits at each row's last token.
-The keys and values of the tokens a cut marks stable are appended to the session's state; the rest
-(the template suffix after the cut) are dropped again. The scores equal one plain forward per cut.
+The keys and values of the tokens a cut marks stable are written into the session's buffers after its
+trunk; the rest (the template suffix after the cut) stay in the scratch space past the trunk, which the
+next cut overwrites. One session alone writes its new keys there during the forward and attention reads
+a view of its buffers: nothing is concatenated, so a cut's cost does not grow with a copy of the cache.
+The scores equal one plain forward per cut.
 """
 
 from __future__ import annotations
@@ -14,19 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from scorer_server.engine.forward import sliding_window_of
 from scorer_server.engine.plan import common_prefix
 from scorer_server.guards.head import verdict_logit_diff
 from scorer_server.guards.loader import Guard
 
+GROWTH_TOKENS = 256
+"""A session's buffers grow by at least this many tokens (or a quarter of their size) at a time."""
+
 
 @dataclass(eq=False)
 class KVState:
-    """One session's cached trunk: its token ids and, per layer, keys and values [1, kv_heads, n, d]."""
+    """One session's cached trunk: its token ids and, per layer, key and value buffers
+    [1, kv_heads, capacity, head_dim] whose first `len(ids)` positions hold the trunk's keys and values.
+
+    Positions past the trunk are scratch: a cut's tail is written there during its forward (attention
+    reads a view of the buffer, nothing is concatenated) and overwritten by the next cut."""
 
     ids: list[int] = field(default_factory=list)
-    layers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     trunk_tokens: int = 0
     """Trunk tokens computed over the session's life (recomputation after eviction included)."""
     tail_tokens: int = 0
@@ -36,25 +47,49 @@ class KVState:
 
     @property
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+        """Bytes the buffers hold (their capacity, which is what the memory budget pays for)."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.buffers)
+
+    def view(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` cached keys and values of `layer` (no copy)."""
+        k, v = self.buffers[layer]
+        return k[:, :, :n], v[:, :, :n]
+
+    def write(
+        self, layer: int, at: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put `keys`/`values` [1, kv_heads, t, head_dim] at positions at..at+t of `layer` (growing its
+        buffers if needed, keeping the first `at`); returns views of positions 0..at+t."""
+        need = at + keys.shape[2]
+        if layer == len(self.buffers):
+            self.buffers.append((_empty_like(keys, need), _empty_like(values, need)))
+        k, v = self.buffers[layer]
+        if k.shape[2] < need:
+            cap = max(need, k.shape[2] + max(GROWTH_TOKENS, k.shape[2] // 4))
+            k2, v2 = _empty_like(keys, cap), _empty_like(values, cap)
+            k2[:, :, :at], v2[:, :, :at] = k[:, :, :at], v[:, :, :at]
+            k, v = k2, v2
+            self.buffers[layer] = (k, v)
+        k[:, :, at:need], v[:, :, at:need] = keys, values
+        return k[:, :, :need], v[:, :, :need]
 
     def evict(self) -> None:
         """Drop the keys and values; the next cut recomputes the trunk from the start (still exact)."""
         if self.ids:
             self.evictions += 1
-        self.ids, self.layers = [], []
+        self.ids, self.buffers = [], []
 
     def roll_back(self, ids: list[int]) -> None:
-        """Keep only the longest prefix of the cached trunk that `ids` begins with."""
+        """Keep only the longest prefix of the cached trunk that `ids` begins with (the positions after
+        it become scratch; nothing is copied)."""
         keep = common_prefix(self.ids, ids)
-        if keep == len(self.ids):
-            return
-        self.rollbacks += 1
-        self.ids = self.ids[:keep]
-        # clone: a view would keep the whole old buffer alive and the byte count would lie
-        self.layers = (
-            [(k[:, :, :keep].clone(), v[:, :, :keep].clone()) for k, v in self.layers] if keep else []
-        )
+        if keep < len(self.ids):
+            self.rollbacks += 1
+            self.ids = self.ids[:keep]
+
+
+def _empty_like(t: torch.Tensor, length: int) -> torch.Tensor:
+    return t.new_empty(1, t.shape[1], length, t.shape[3])
 
 
 @dataclass(frozen=True)
@@ -77,7 +112,10 @@ def forward_tails(guard: Guard, jobs: list[TailJob], pad_id: int = 0) -> list[fl
     new = [job.ids[s:] for job, s in zip(jobs, starts, strict=True)]
     cached, length = max(starts), max(len(n) for n in new)
     device, model = guard.device, guard.model
-    cache = _padded_cache([job.state for job in jobs], cached)
+    if len(jobs) == 1:  # one session: its own buffers, the new keys written in place after its cache
+        cache = _in_place_cache(jobs[0].state, starts[0], model.config.get_text_config().num_hidden_layers)
+    else:
+        cache = _padded_cache([job.state for job in jobs], starts, cached)
     ids = torch.tensor([n + [pad_id] * (length - len(n)) for n in new], device=device)
     pos = torch.tensor([list(range(s, s + length)) for s in starts], device=device)
     mask: Any = None  # one session alone: plain causal attention over its cache, the model's own path
@@ -89,48 +127,56 @@ def forward_tails(guard: Guard, jobs: list[TailJob], pad_id: int = 0) -> list[fl
     diffs = verdict_logit_diff(guard, last).float().tolist()
     for row, (job, start) in enumerate(zip(jobs, starts, strict=True)):
         keep = job.stable - start
-        if len(jobs) == 1:  # the forward already concatenated cache and new keys: keep a view, no copy
-            job.state.layers = [
-                (la.keys[:, :, : job.stable], la.values[:, :, : job.stable]) for la in cache.layers
-            ]
-        else:
-            job.state.layers = [
-                _append(
-                    job.state.layers[i] if job.state.layers else None,
-                    layer.keys,
-                    layer.values,
-                    row,
-                    cached,
-                    keep,
-                )
-                for i, layer in enumerate(cache.layers)
-            ]
+        if len(jobs) > 1:  # the stable part of this row's new keys and values, after its cache
+            for i, layer in enumerate(cache.layers):
+                k = layer.keys[row : row + 1, :, cached : cached + keep]
+                job.state.write(i, start, k, layer.values[row : row + 1, :, cached : cached + keep])
         job.state.ids = list(job.ids[: job.stable])
         job.state.trunk_tokens += keep
         job.state.tail_tokens += len(job.ids) - job.stable
     return diffs
 
 
-def _padded_cache(states: list[KVState], cached: int) -> Any:
-    """A DynamicCache whose row i holds state i's keys and values, left-aligned, zero-padded to
-    `cached` (the padding is masked out). One session alone is used as it is, without a copy."""
+class _InPlaceLayer(DynamicLayer):
+    """A cache layer over one session's buffers: `update` writes the new keys and values after the
+    cached ones in place and hands attention a view (DynamicLayer would concatenate, copying the whole
+    cache on every forward)."""
+
+    def __init__(self, state: KVState, index: int, start: int) -> None:
+        super().__init__()
+        self._state, self._index, self._start = state, index, start
+        if start:
+            self.keys, self.values = state.view(index, start)
+            self.device = self.keys.device
+            self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.keys, self.values = self._state.write(self._index, self._start, key_states, value_states)
+        self.device, self.is_initialized = self.keys.device, True
+        return self.keys, self.values
+
+
+def _in_place_cache(state: KVState, start: int, layers: int) -> Any:
+    from transformers.cache_utils import Cache
+
+    return Cache(layers=[_InPlaceLayer(state, i, start) for i in range(layers)])
+
+
+def _padded_cache(states: list[KVState], starts: list[int], cached: int) -> Any:
+    """A DynamicCache whose row i holds state i's first starts[i] keys and values, left-aligned,
+    zero-padded to `cached` (the padding is masked out)."""
     from transformers import DynamicCache
 
     cache = DynamicCache()  # plain full-attention layers: the masks below say what each row sees
     if cached == 0:
         return cache
-    ref = next(s.layers for s in states if s.layers)
+    ref = next(s.buffers for s, n in zip(states, starts, strict=True) if n)
     for layer, (k0, v0) in enumerate(ref):
-        if len(states) == 1:
-            k, v = k0, v0
-        else:
-            k = k0.new_zeros(len(states), k0.shape[1], cached, k0.shape[3])
-            v = v0.new_zeros(len(states), v0.shape[1], cached, v0.shape[3])
-            for row, s in enumerate(states):
-                if s.layers:
-                    n = len(s.ids)
-                    k[row, :, :n] = s.layers[layer][0][0]
-                    v[row, :, :n] = s.layers[layer][1][0]
+        k = k0.new_zeros(len(states), k0.shape[1], cached, k0.shape[3])
+        v = v0.new_zeros(len(states), v0.shape[1], cached, v0.shape[3])
+        for row, (s, n) in enumerate(zip(states, starts, strict=True)):
+            if n:
+                k[row, :, :n], v[row, :, :n] = s.view(layer, n)
         cache.update(k, v, layer)
     return cache
 
@@ -153,19 +199,3 @@ def _mask(
     # Sessions on sliding-window guards are capped below the window (see IncrementalSession), where
     # sliding and full attention are the same mask.
     return {"full_attention": full, "sliding_attention": full} if as_dict else full
-
-
-def _append(
-    old: tuple[torch.Tensor, torch.Tensor] | None,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    row: int,
-    cached: int,
-    keep: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A session's layer after a cut: its old keys and values plus the first `keep` new ones of `row`."""
-    k_new = keys[row : row + 1, :, cached : cached + keep]
-    v_new = values[row : row + 1, :, cached : cached + keep]
-    if old is None:
-        return k_new.clone(), v_new.clone()
-    return torch.cat([old[0], k_new], dim=2), torch.cat([old[1], v_new], dim=2)
