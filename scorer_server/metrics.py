@@ -59,6 +59,16 @@ class ServerMetrics:
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
+        self.session_trunk_tokens = Counter(
+            "star_session_trunk_tokens",
+            "Guard tokens of sessions' trunks computed (cached for later cuts; recomputed after eviction)",
+            registry=r,
+        )
+        self.session_tail_tokens = Counter(
+            "star_session_tail_tokens",
+            "Guard tokens of sessions' cut tails computed (template suffix and unsettled response tokens)",
+            registry=r,
+        )
         self._evictions_seen = 0
 
     def on_sessions(self, open_sessions: int, cache_bytes: int, evictions: int) -> None:
@@ -70,6 +80,10 @@ class ServerMetrics:
 
     def on_session_cut(self, seconds: float) -> None:
         self.session_cut_seconds.observe(seconds)
+
+    def on_session_tokens(self, trunk: int, tail: int) -> None:
+        self.session_trunk_tokens.inc(trunk)
+        self.session_tail_tokens.inc(tail)
 
     def on_head_cache(self, tokens: int, nbytes: int) -> None:
         self.head_cache_tokens.set(tokens)

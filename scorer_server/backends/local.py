@@ -102,7 +102,7 @@ class LocalBackend:
         scores = [k for k, it in enumerate(items) if not isinstance(it, SessionWork)]
         out: list[list[Segment]] = [[] for _ in items]
         if sessions:
-            done = run_session_work([items[k] for k in sessions], self._sessions)
+            done = run_session_work([items[k] for k in sessions], self._sessions, self._observer)
             for k, segs in zip(sessions, done, strict=True):
                 out[k] = segs
         if scores:

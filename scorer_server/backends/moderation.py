@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,17 +31,42 @@ of Score work are kept small (`--bulk-batch-tokens-interactive`) so a cut never 
 class SessionObserver(Protocol):
     def on_sessions(self, open_sessions: int, cache_bytes: int, evictions: int) -> None: ...
     def on_session_cut(self, seconds: float) -> None: ...
+    def on_session_tokens(self, trunk: int, tail: int) -> None: ...
+
+
+@dataclass
+class _Use:
+    """When a session's cache was last used, and the smoothed gap between its uses."""
+
+    last: float
+    gap: float | None = None
 
 
 class SessionPool:
-    """The open sessions' keys and values: at most `limit` sessions and `budget_bytes` of cache."""
+    """The open sessions' keys and values: at most `limit` sessions and `budget_bytes` of cache.
 
-    def __init__(self, limit: int, budget_bytes: int, observer: SessionObserver | None = None) -> None:
+    Over the budget, the cache evicted first is the one whose next use looks furthest away: a session
+    that has been quiet for longer than its usual gap between pushes is expected to stay quiet as long
+    again, and one within its gap is expected back when the gap is over. Sessions that stream at the
+    same pace (the usual case: one generation each) are used in a cycle, where dropping the least
+    recently used cache drops the one needed next and every cut recomputes its whole trunk; this rule
+    drops the one just used instead, and the others keep theirs (tests/test_session_pool.py).
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        budget_bytes: int,
+        observer: SessionObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
         self.budget_bytes = budget_bytes
         self.evictions = 0
         self._observer = observer
-        self._states: OrderedDict[int, KVState] = OrderedDict()  # least recently used first
+        self._clock = clock
+        self._states: dict[int, KVState] = {}
+        self._uses: dict[int, _Use] = {}
         self._lock = threading.Lock()  # opened and closed on the event loop, evicted on the forward thread
 
     def take(self, state: KVState) -> None:
@@ -53,28 +78,48 @@ class SessionPool:
                     1.0,
                 )
             self._states[id(state)] = state
+            self._uses[id(state)] = _Use(self._clock())
             self._report()
 
     def give(self, state: KVState) -> None:
         with self._lock:
             self._states.pop(id(state), None)
+            self._uses.pop(id(state), None)
             self._report()
 
     def used(self, states: list[KVState]) -> None:
-        """Mark `states` most recently used, then evict least recently used caches over the budget."""
+        """Record that `states` were just used, then evict caches over the budget (see the class)."""
         with self._lock:
+            now = self._clock()
             for s in states:
-                if id(s) in self._states:
-                    self._states.move_to_end(id(s))
+                use = self._uses.get(id(s))
+                if use is not None:
+                    gap = now - use.last
+                    use.gap = gap if use.gap is None else 0.5 * use.gap + 0.5 * gap
+                    use.last = now
             total = sum(s.nbytes for s in self._states.values())
-            for s in list(self._states.values()):
-                if total <= self.budget_bytes:
-                    break
-                if s.ids:
+            if total > self.budget_bytes:
+                order = sorted(
+                    (k for k, s in self._states.items() if s.ids),
+                    key=lambda k: self._next_use(self._uses[k], now),
+                    reverse=True,
+                )
+                for k in order:
+                    if total <= self.budget_bytes:
+                        break
+                    s = self._states[k]
                     total -= s.nbytes
                     s.evict()
                     self.evictions += 1
             self._report(total)
+
+    @staticmethod
+    def _next_use(use: _Use, now: float) -> float:
+        """How far away the session's next use looks (larger: evicted first)."""
+        quiet = now - use.last
+        if use.gap is not None and quiet < use.gap:
+            return use.gap - quiet
+        return quiet
 
     def _report(self, total: int | None = None) -> None:
         """Tell the observer (under the lock, so counts arrive in order)."""
@@ -97,17 +142,24 @@ class SessionWork:
         return max(1, sum(len(i.ids) - min(cached, i.stable) for i in self.inputs))
 
 
-def run_session_work(works: list[SessionWork], pool: SessionPool) -> list[list[Segment]]:
+def run_session_work(
+    works: list[SessionWork], pool: SessionPool, observer: SessionObserver | None = None
+) -> list[list[Segment]]:
     """Score a batch's session work: one forward per round, round r holding each session's r-th cut."""
     out: list[list[Segment]] = [[] for _ in works]
     engine = works[0].session.engine
+    states = [w.session.state for w in works]
+    before = sum(s.trunk_tokens for s in states), sum(s.tail_tokens for s in states)
     for r in range(max(len(w.inputs) for w in works)):
         rows = [(k, w) for k, w in enumerate(works) if r < len(w.inputs)]
         jobs = [w.session.jobs([w.inputs[r]])[0] for _, w in rows]
         diffs = forward_tails(engine.guard, jobs, engine.pad_id)
         for (k, w), diff in zip(rows, diffs, strict=True):
             out[k].append(w.session.segment(w.inputs[r], diff))
-    pool.used([w.session.state for w in works])
+    pool.used(states)
+    if observer is not None:
+        trunk, tail = sum(s.trunk_tokens for s in states), sum(s.tail_tokens for s in states)
+        observer.on_session_tokens(trunk - before[0], tail - before[1])
     return out
 
 
