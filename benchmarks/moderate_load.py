@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         prompt_tokens = len(
             engine.guard.encode([engine.guard.template.render(Conversation.from_pair(PROMPT, texts[0]))])[0]
         )
+        suffix = engine.guard.template.split(Conversation.from_pair(PROMPT, texts[0])).suffix
+        trunk_len = prompt_tokens - len(engine.guard.encode([suffix])[0])
+        session_runs = 3 * args.sessions + 1  # alone, together, loaded, and one paced session
         per_token = 2 * spec.layers * spec.kv_heads * (spec.hidden // spec.heads) * 4  # float32 keys + values
         budget_mib = args.cache_fraction * args.sessions * prompt_tokens * per_token / 2**20
         bulk = (
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 phase(server.address, texts, deltas, True, pace_s, bulk)
             )
             evictions = metric(server.metrics_port, "star_session_cache_evictions_total")
+            trunk_tokens = metric(server.metrics_port, "star_session_trunk_tokens_total")
         finally:
             server.stop()
         want = engine.score(
@@ -197,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff": max(diffs),
         "lost": lost,
         "evictions": int(evictions),
+        # trunk tokens computed over what the sessions' trunks hold at their end: 1.0 when no cache was
+        # ever dropped, more for each recomputation after an eviction
+        "trunk_recompute_ratio": round(trunk_tokens / (session_runs * trunk_len), 3),
         "sessions": args.sessions,
         "cuts_per_session": round(cuts / args.sessions, 1),
         "score_cuts_beside": bulk_cuts,

@@ -24,8 +24,9 @@ from scorer_server.engine.plan import common_prefix
 from scorer_server.guards.head import verdict_logit_diff
 from scorer_server.guards.loader import Guard
 
-GROWTH_TOKENS = 256
-"""A session's buffers grow by at least this many tokens (or a quarter of their size) at a time."""
+GROWTH_TOKENS = 32
+"""A session's buffers grow by at least this many tokens (or an eighth of their size) at a time: slack
+is memory the budget pays for, and a growth copies the cache once."""
 
 
 @dataclass(eq=False)
@@ -65,7 +66,7 @@ class KVState:
             self.buffers.append((_empty_like(keys, need), _empty_like(values, need)))
         k, v = self.buffers[layer]
         if k.shape[2] < need:
-            cap = max(need, k.shape[2] + max(GROWTH_TOKENS, k.shape[2] // 4))
+            cap = max(need, k.shape[2] + max(GROWTH_TOKENS, k.shape[2] // 8))
             k2, v2 = _empty_like(keys, cap), _empty_like(values, cap)
             k2[:, :, :at], v2[:, :, :at] = k[:, :, :at], v[:, :, :at]
             k, v = k2, v2
