@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
+from star_client.streams import chunk_text
 from star_contract import convert
 from star_contract.types import Conversation, ModerateOptions, ModerationStop, Segment
 from star_proto import scorer_pb2 as pb
+
+T = TypeVar("T")
 
 
 class ModerationSession:
@@ -66,15 +70,22 @@ class ModerationSession:
         if self._reader is not None:
             await self._reader  # re-raises a failed stream
 
-    async def guard(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-        """Pass `chunks` (e.g. an OpenAI-compatible streaming completion) through, pushing each to the
-        guard, and end as soon as the server has stopped the session. Text already passed before the
-        stop arrived stays passed: the stop is as early as the guard's latency allows."""
-        async for text in chunks:
+    async def guard(self, chunks: AsyncIterable[T]) -> AsyncIterator[T]:
+        """Pass `chunks` through unchanged, pushing the text of each to the guard, and end as soon as the
+        server has stopped the session; at the end of `chunks`, close the session.
+
+        `chunks` is the stream the caller already has: text, or the chunk objects (or parsed JSON) of an
+        OpenAI-compatible streaming completion from vLLM, TGI, the `openai` SDK or huggingface_hub (see
+        `star_client.streams.chunk_text`). On a stop the stream is closed (`aclose()` / `close()`
+        where it has one), which ends the generation upstream. Text already passed before the stop
+        arrived stays passed: the stop is as early as the guard's latency allows."""
+        async for chunk in chunks:
             if self.stop is not None:
+                await _close(chunks)
                 return
-            await self.push(text)
-            yield text
+            if text := chunk_text(chunk):
+                await self.push(text)
+            yield chunk
         if self.stop is None:
             await self.close()
 
@@ -100,3 +111,12 @@ class ModerationSession:
         finally:
             self.complete.set()
             self._events.put_nowait(None)
+
+
+async def _close(stream: Any) -> None:
+    """Close a stream the caller handed in (async generators' aclose, the openai SDK's close)."""
+    closer = getattr(stream, "aclose", None) or getattr(stream, "close", None)
+    if closer is not None:
+        result = closer()
+        if inspect.isawaitable(result):
+            await result

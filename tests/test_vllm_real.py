@@ -105,6 +105,49 @@ def test_scores_and_verdicts_match_the_local_engine(vllm: Engine, start_server: 
     srv.stop()
 
 
+def test_a_real_vllm_chat_stream_is_guarded_chunk_for_chunk(
+    vllm: Engine, start_server: Any, guard_dir: Path
+) -> None:
+    """Live moderation of a real OpenAI-compatible stream: vLLM's /v1/chat/completions with
+    stream=True, read with huggingface_hub's client, passed through `session.guard` to our scorer
+    (the model vLLM serves is the tiny guard, generating as a chat model would). Every chunk passes
+    unchanged while the guard finds nothing unsafe, and the cuts cover exactly the streamed text; with
+    every cut unsafe the stream is stopped at the first cut and vLLM's request is closed."""
+    import asyncio
+
+    from huggingface_hub import AsyncInferenceClient
+
+    from star_client import AsyncScorerClient
+    from star_client.streams import chunk_text
+    from star_contract.types import ModerateOptions
+
+    srv = start_server("--guard", str(guard_dir), "--max-wait-ms", "2")
+    messages = [{"role": "user", "content": "How do I bake bread?"}]
+
+    async def run(unsafe_below: float) -> tuple[list[Any], Any]:
+        llm = AsyncInferenceClient(base_url=vllm.url, timeout=60)
+        stream = await llm.chat_completion(
+            messages, model=str(guard_dir), max_tokens=64, temperature=0.0, seed=0, stream=True
+        )
+        async with AsyncScorerClient(srv.address) as client:
+            conv = Conversation.from_pair(messages[0]["content"], "")
+            options = ModerateOptions(every=2, unsafe_below=unsafe_below)
+            async with client.moderate(conv, options) as session:
+                passed = [chunk async for chunk in session.guard(stream)]
+        await llm.close()
+        return passed, session
+
+    passed, session = asyncio.run(run(0.0))
+    text = "".join(chunk_text(c) for c in passed)
+    assert len(text.split()) >= 4, text  # a reply long enough for several cuts
+    assert session.stop is None and session.segments[-1].end == len(text)
+    assert len(session.segments) >= 2
+    stopped, session = asyncio.run(run(1.0))
+    assert session.stop is not None and session.stop.offset == 0
+    assert len("".join(chunk_text(c) for c in stopped)) < len(text)
+    srv.stop()
+
+
 def test_engine_killed_then_restarted(vllm: Engine, start_server: Any, guard_dir: Path) -> None:
     """Callers get UNAVAILABLE while the engine is gone and health turns NOT_SERVING; once it is back,
     health and scoring recover without a restart of ours. (Runs last: it kills the module's engine.)"""
