@@ -116,6 +116,24 @@ def test_guard_token_cuts_wait_until_the_token_is_final(split_engine: StarEngine
     )
 
 
+def test_sessions_start_from_the_shared_template_head(split_engine: StarEngine) -> None:
+    """A new session, and one whose cache was evicted, copies the template head's keys and values from
+    the engine's head cache instead of computing them; scores are unchanged."""
+    head = split_engine.head
+    assert head is not None and head.tokens > 10
+    conv = Conversation.from_pair("How do I bake bread?", "Sure, first mix the flour then bake it. Done!")
+    session = IncrementalSession(split_engine, conv.with_response(""), CutSpec(CutKind.WORDS, 2))
+    before = head.reused
+    got = session.push(conv.response[:20])
+    assert session.state.ids[: head.tokens] == head.ids
+    assert head.reused - before == head.tokens
+    assert session.state.trunk_tokens == len(session.state.ids) - head.tokens  # the head was not computed
+    session.state.evict()
+    got += session.push(conv.response[20:]) + session.close()
+    assert head.reused - before == 2 * head.tokens
+    assert_matches_per_cut(split_engine, conv, got, 2)
+
+
 def test_single_characters_multi_turn_and_rollbacks(engine: StarEngine) -> None:
     conv = Conversation.from_dicts(
         [

@@ -101,17 +101,17 @@ class LocalBackend:
         sessions = [k for k, it in enumerate(items) if isinstance(it, SessionWork)]
         scores = [k for k, it in enumerate(items) if not isinstance(it, SessionWork)]
         out: list[list[Segment]] = [[] for _ in items]
+        head = self._engine.head
+        before = head.reused if head is not None else 0
         if sessions:
             done = run_session_work([items[k] for k in sessions], self._sessions, self._observer)
             for k, segs in zip(sessions, done, strict=True):
                 out[k] = segs
         if scores:
-            head = self._engine.head
-            before = head.reused if head is not None else 0
             for k, segs in zip(scores, self._engine.run([items[k] for k in scores]), strict=True):
                 out[k] = segs
-            if head is not None and self._observer is not None:
-                self._observer.on_head_reused(head.reused - before)
+        if head is not None and self._observer is not None:
+            self._observer.on_head_reused(head.reused - before)
         return out
 
     def _load(self) -> Any:

@@ -153,7 +153,7 @@ def run_session_work(
     for r in range(max(len(w.inputs) for w in works)):
         rows = [(k, w) for k, w in enumerate(works) if r < len(w.inputs)]
         jobs = [w.session.jobs([w.inputs[r]])[0] for _, w in rows]
-        diffs = forward_tails(engine.guard, jobs, engine.pad_id)
+        diffs = forward_tails(engine.guard, jobs, engine.pad_id, engine.head)
         for (k, w), diff in zip(rows, diffs, strict=True):
             out[k].append(w.session.segment(w.inputs[r], diff))
     pool.used(states)

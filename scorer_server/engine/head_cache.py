@@ -59,6 +59,14 @@ class HeadCache:
             m = common_prefix(self.ids[:m], t)
         return max(m, 0)
 
+    def layers(self, m: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values [1, kv_heads, m, head_dim] of the first `m` head tokens
+        (views: copy them before writing); counted as reused."""
+        if m <= 0:
+            return []
+        self.reused += m
+        return [(k[:, :, :m], v[:, :, :m]) for k, v in self._layers]
+
     def cache_for(self, config: Any, m: int, batch: int) -> Any:
         """A fresh DynamicCache holding the first `m` head tokens for each of `batch` rows."""
         from transformers import DynamicCache

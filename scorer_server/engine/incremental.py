@@ -124,7 +124,7 @@ class IncrementalSession:
         """Score `inputs` one forward each, in this thread."""
         g = self.engine.guard
         return [
-            self.segment(i, forward_tails(g, [job], self.engine.pad_id)[0])
+            self.segment(i, forward_tails(g, [job], self.engine.pad_id, self.engine.head)[0])
             for i, job in zip(inputs, self.jobs(inputs), strict=True)
         ]
 

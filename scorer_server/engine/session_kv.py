@@ -20,6 +20,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from scorer_server.engine.forward import sliding_window_of
+from scorer_server.engine.head_cache import HeadCache
 from scorer_server.engine.plan import common_prefix
 from scorer_server.guards.head import verdict_logit_diff
 from scorer_server.guards.loader import Guard
@@ -104,11 +105,17 @@ class TailJob:
 
 
 @torch.inference_mode()
-def forward_tails(guard: Guard, jobs: list[TailJob], pad_id: int = 0) -> list[float]:
+def forward_tails(
+    guard: Guard, jobs: list[TailJob], pad_id: int = 0, head: HeadCache | None = None
+) -> list[float]:
     """logit(safe) - logit(unsafe) at the end of each job's prompt, in one forward; each job's state
-    then holds exactly `ids[:stable]`. The jobs' states must be distinct objects."""
+    then holds exactly `ids[:stable]`. The jobs' states must be distinct objects. A job whose state
+    holds nothing (a new session, or one whose cache was evicted) starts from the guard's template
+    head when `head` is given: its keys and values are copied in, not computed."""
     for job in jobs:
         job.state.roll_back(job.ids[: job.stable])
+        if head is not None and not job.state.ids:
+            _start_from_head(job, head)
     starts = [len(job.state.ids) for job in jobs]
     new = [job.ids[s:] for job, s in zip(jobs, starts, strict=True)]
     cached, length = max(starts), max(len(n) for n in new)
@@ -136,6 +143,15 @@ def forward_tails(guard: Guard, jobs: list[TailJob], pad_id: int = 0) -> list[fl
         job.state.trunk_tokens += keep
         job.state.tail_tokens += len(job.ids) - job.stable
     return diffs
+
+
+def _start_from_head(job: TailJob, head: HeadCache) -> None:
+    """Fill an empty state with the longest head prefix its prompt begins with (within the stable part,
+    so the verdict position is still computed)."""
+    m = head.usable([job.ids], job.stable + 1)
+    for i, (k, v) in enumerate(head.layers(m)):
+        job.state.write(i, 0, k, v)
+    job.state.ids = list(job.ids[:m])
 
 
 class _InPlaceLayer(DynamicLayer):
