@@ -18,7 +18,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from star_contract.types import Conversation, CutKind, ModerateOptions, ModerationStop, Segment
+from star_contract.types import Convention, Conversation, CutKind, ModerateOptions, ModerationStop, Segment
 
 STOPPED = 3
 
@@ -44,6 +44,12 @@ def add_moderate_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--unsafe-below", type=float, default=0.5, help="P(safe) below which a cut is unsafe")
     ap.add_argument("--consecutive", type=int, default=1, help="unsafe cuts in a row that stop the text")
     ap.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the verdict")
+    ap.add_argument(
+        "--convention",
+        choices=["raw", "published"],
+        default="raw",
+        help="how P(safe) is read: the paper's formula (raw, default) or the authors' released code's",
+    )
     ap.add_argument("--quiet", action="store_true", help="do not pass the text through to stdout")
 
 
@@ -78,7 +84,9 @@ async def moderate(args: argparse.Namespace) -> int:
     from star_client import AsyncScorerClient
 
     kind = CutKind.GUARD_TOKENS if args.cut == "guard-tokens" else CutKind.WORDS
-    options = ModerateOptions(args.every, args.unsafe_below, args.consecutive, args.temperature, kind)
+    options = ModerateOptions(
+        args.every, args.unsafe_below, args.consecutive, args.temperature, kind, Convention(args.convention)
+    )
     async with (
         AsyncScorerClient(args.target) as client,
         client.moderate(_conversation(args), options) as session,

@@ -210,7 +210,12 @@ def moderate_open_from_pb(msg: pb.ModerateOpen) -> tuple[Conversation, ModerateO
         consecutive=msg.consecutive or d.consecutive,
         temperature=msg.temperature if msg.HasField("temperature") else d.temperature,
         kind=_KIND_FROM_PB.get(msg.cut_kind, CutKind.OFFSETS),
+        convention=_CONVENTION_FROM_PB.get(msg.convention, Convention.RAW),
     )
+    if msg.convention not in _CONVENTION_FROM_PB:
+        raise InvalidRequest(
+            f"open.convention is {msg.convention}; use STAR_CONVENTION_RAW or STAR_CONVENTION_PUBLISHED"
+        )
     if options.kind is CutKind.OFFSETS:
         raise InvalidRequest(
             f"open.cut_kind is {msg.cut_kind}; live moderation cuts every M words (CUT_KIND_WORDS) or "
@@ -230,6 +235,7 @@ def moderate_open_to_pb(conversation: Conversation, options: ModerateOptions) ->
         unsafe_below=options.unsafe_below,
         consecutive=options.consecutive,
         cut_kind=_KIND_TO_PB[options.kind],
+        convention=_CONVENTION_TO_PB[options.convention],
     )
     if options.temperature != 1.0:
         out.temperature = options.temperature

@@ -163,6 +163,8 @@ class ModerateOptions:
     temperature: float = 1.0
     kind: CutKind = CutKind.WORDS
     """WORDS or GUARD_TOKENS (explicit offsets need the whole response)."""
+    convention: Convention = Convention.RAW
+    """How P(safe) is read (PUBLISHED: words cuts and the default temperature only)."""
 
     def cuts(self) -> CutSpec:
         """The session's cut spacing."""

@@ -193,20 +193,22 @@ class ModerateRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[ModerateOpen, _Mapping]] = ..., delta: _Optional[str] = ..., close: _Optional[_Union[ModerateClose, _Mapping]] = ...) -> None: ...
 
 class ModerateOpen(_message.Message):
-    __slots__ = ("conversation", "every", "unsafe_below", "consecutive", "temperature", "cut_kind")
+    __slots__ = ("conversation", "every", "unsafe_below", "consecutive", "temperature", "cut_kind", "convention")
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     EVERY_FIELD_NUMBER: _ClassVar[int]
     UNSAFE_BELOW_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     CUT_KIND_FIELD_NUMBER: _ClassVar[int]
+    CONVENTION_FIELD_NUMBER: _ClassVar[int]
     conversation: Conversation
     every: int
     unsafe_below: float
     consecutive: int
     temperature: float
     cut_kind: CutKind
-    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., every: _Optional[int] = ..., unsafe_below: _Optional[float] = ..., consecutive: _Optional[int] = ..., temperature: _Optional[float] = ..., cut_kind: _Optional[_Union[CutKind, str]] = ...) -> None: ...
+    convention: StarConvention
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., every: _Optional[int] = ..., unsafe_below: _Optional[float] = ..., consecutive: _Optional[int] = ..., temperature: _Optional[float] = ..., cut_kind: _Optional[_Union[CutKind, str]] = ..., convention: _Optional[_Union[StarConvention, str]] = ...) -> None: ...
 
 class ModerateClose(_message.Message):
     __slots__ = ()

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from scorer_server.engine.engine import StarEngine
 from scorer_server.engine.incremental import IncrementalSession
-from scorer_server.engine.session_kv import TailJob, forward_tails
+from scorer_server.engine.session_kv import TailJob, forward_tails, forward_tails_hidden
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, Segment
@@ -186,11 +186,11 @@ def test_sessions_batched_in_one_forward_with_evictions_equal_per_cut(engine: St
         while any(inputs for _, inputs in pending):
             batch = [(k, inputs.pop(0)) for k, inputs in pending if inputs]
             widest = max(widest, len(batch))
-            diffs = forward_tails(
+            hidden = forward_tails_hidden(
                 engine.guard, [TailJob(sessions[k].state, i.ids, i.stable) for k, i in batch]
             )
-            for (k, i), d in zip(batch, diffs, strict=True):
-                got[k].append(sessions[k].segment(i, d))
+            for row, (k, i) in enumerate(batch):
+                got[k] += sessions[k].segments([i], hidden[row : row + 1])
         if rng.random() < 0.4:
             rng.choice(sessions).state.evict()
     for conv, segs in zip(convs, got, strict=True):

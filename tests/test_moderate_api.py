@@ -13,7 +13,7 @@ import pytest
 
 from scorer_server.engine.engine import StarEngine
 from star_contract.convert import conversation_to_pb
-from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_contract.types import Convention, Conversation, CutKind, CutSpec, ScoreRequest
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
 
@@ -67,6 +67,25 @@ def test_guard_token_cuts_equal_per_cut_scoring(stub: Any, tiny_guard_dir: Path)
     want = engine.score([ScoreRequest(conv, CutSpec(CutKind.GUARD_TOKENS, 3))])[0].segments
     assert len(want) > 5 and [s.end for s in got] == [s.end for s in want]
     assert [s.p_safe for s in got] == pytest.approx([s.p_safe for s in want], abs=1e-5)
+
+
+def test_the_published_convention_over_the_wire(stub: Any, tiny_guard_dir: Path) -> None:
+    """STAR_CONVENTION_PUBLISHED on Moderate gives Score's published scores; with guard-token cuts
+    it is refused (it cuts between words)."""
+    open_ = open_msg(2, unsafe_below=0.0, convention=pb.STAR_CONVENTION_PUBLISHED)
+    replies = list(stub.Moderate(iter([open_, *deltas(RESPONSE, 5)]), timeout=60))
+    got = [r.segment for r in replies if r.HasField("segment")]
+    engine = StarEngine.from_dir(tiny_guard_dir)
+    conv = Conversation.from_pair(PROMPT, RESPONSE)
+    want = engine.score([ScoreRequest(conv, CutSpec(CutKind.WORDS, 2), convention=Convention.PUBLISHED)])
+    assert [s.end for s in got] == [s.end for s in want[0].segments]
+    assert [s.p_safe for s in got] == pytest.approx([s.p_safe for s in want[0].segments], abs=1e-4)
+    bad = open_msg(2, cut_kind=pb.CUT_KIND_GUARD_TOKENS, convention=pb.STAR_CONVENTION_PUBLISHED)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Moderate(iter([bad]), timeout=30))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "between words" in (
+        err.value.details() or ""
+    )
 
 
 def test_offset_cuts_are_refused_with_the_kinds_that_work(stub: Any) -> None:

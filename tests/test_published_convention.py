@@ -159,6 +159,36 @@ def test_per_cut_and_one_pass_agree_and_differ_from_raw(llama_guard_3: Guard) ->
     assert max(abs(a.p_safe - b.p_safe) for a, b in zip(one.segments, raw.segments, strict=True)) > 0.05
 
 
+@pytest.mark.parametrize("sizes", [[1], [3, 7, 2], [40]])
+def test_a_live_session_under_the_published_convention_equals_per_cut(
+    llama_guard_3: Guard, sizes: list[int]
+) -> None:
+    """Live moderation with STAR_CONVENTION_PUBLISHED: the prompts show the words joined by single
+    spaces (the response's double spaces and newlines collapse) and P(safe) comes from the processed
+    scores, cut for cut as Score's per-cut method gives them, however the text arrives."""
+    from scorer_server.engine.incremental import IncrementalSession
+
+    engine = StarEngine(llama_guard_3)
+    conv = Conversation.from_pair(PROMPT, RESPONSES[0])
+    session = IncrementalSession(
+        engine, conv.with_response(""), CutSpec(CutKind.WORDS, 2), convention=PUBLISHED
+    )
+    got, i, k = [], 0, 0
+    while i < len(conv.response):
+        got += session.push(conv.response[i : i + sizes[k % len(sizes)]])
+        i, k = i + sizes[k % len(sizes)], k + 1
+    got += session.close()
+    want = engine.score(
+        [ScoreRequest(conv, CutSpec(CutKind.WORDS, 2), convention=PUBLISHED)], method="per_cut"
+    )[0].segments
+    assert [s.end for s in got] == [s.end for s in want]
+    assert [s.p_safe for s in got] == pytest.approx([s.p_safe for s in want], abs=TOLERANCE)
+    raw = engine.score([ScoreRequest(conv, CutSpec(CutKind.WORDS, 2))])[0].segments
+    assert max(abs(a.p_safe - b.p_safe) for a, b in zip(got, raw, strict=True)) > 0.05
+    with pytest.raises(InvalidRequest, match="between words"):
+        IncrementalSession(engine, conv, CutSpec(CutKind.GUARD_TOKENS, 2), convention=PUBLISHED)
+
+
 def test_offsets_stay_in_the_original_response(llama_guard_3: Guard) -> None:
     response = "one  two\nthree four five six "
     conv = Conversation.from_pair("q", response)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from scorer_server.batcher import INTERACTIVE
 from scorer_server.engine.incremental import CutInput, IncrementalSession
-from scorer_server.engine.session_kv import KVState, forward_tails
+from scorer_server.engine.session_kv import KVState, forward_tails_hidden
 from star_contract.errors import InvalidRequest, NotReady, Overloaded
 from star_contract.types import Conversation, ModerateOptions, Segment
 
@@ -153,9 +153,9 @@ def run_session_work(
     for r in range(max(len(w.inputs) for w in works)):
         rows = [(k, w) for k, w in enumerate(works) if r < len(w.inputs)]
         jobs = [w.session.jobs([w.inputs[r]])[0] for _, w in rows]
-        diffs = forward_tails(engine.guard, jobs, engine.pad_id, engine.head)
-        for (k, w), diff in zip(rows, diffs, strict=True):
-            out[k].append(w.session.segment(w.inputs[r], diff))
+        hidden = forward_tails_hidden(engine.guard, jobs, engine.pad_id, engine.head)
+        for row, (k, w) in enumerate(rows):
+            out[k] += w.session.segments([w.inputs[r]], hidden[row : row + 1])
     pool.used(states)
     if observer is not None:
         trunk, tail = sum(s.trunk_tokens for s in states), sum(s.tail_tokens for s in states)
@@ -178,7 +178,9 @@ class ModerationSession:
     ) -> None:
         if options.every < 1:
             raise InvalidRequest(f"open.every must be >= 1, got {options.every}")
-        self._session = IncrementalSession(engine, conversation, options.cuts(), options.temperature)
+        self._session = IncrementalSession(
+            engine, conversation, options.cuts(), options.temperature, convention=options.convention
+        )
         self._plan_pool = plan_pool
         self._batcher = batcher
         self._pool = pool

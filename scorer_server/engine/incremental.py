@@ -24,15 +24,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scorer_server.engine.cuts import plan_cuts
+import torch
+
+from scorer_server.engine.cuts import WORD, plan_cuts
 from scorer_server.engine.engine import StarEngine
 from scorer_server.engine.forward import sliding_window_of
 from scorer_server.engine.incremental_tokens import IncrementalTokenizer
 from scorer_server.engine.plan import common_prefix
-from scorer_server.engine.session_kv import KVState, TailJob, forward_tails
+from scorer_server.engine.prepare import check_published
+from scorer_server.engine.session_kv import KVState, TailJob, forward_tails_hidden
+from scorer_server.guards.head import full_logits, verdict_logit_diff
+from scorer_server.guards.published import processed_p_safe
 from scorer_server.guards.verdict import p_safe
 from star_contract.errors import InvalidRequest
-from star_contract.types import Conversation, CutKind, CutSpec, Segment
+from star_contract.types import Convention, Conversation, CutKind, CutSpec, Segment
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,9 @@ class IncrementalSession:
     """The conversation so far, ending with the assistant message being generated (usually empty)."""
     cuts: CutSpec = field(default_factory=CutSpec)
     temperature: float = 1.0
+    convention: Convention = Convention.RAW
+    """RAW, or PUBLISHED: the guard sees the response's words joined by single spaces, and P(safe) is
+    read from generate()'s processed scores (see guards/published.py)."""
     state: KVState = field(default_factory=KVState)
     """The guard's keys and values for the stable trunk (evictable: the next cut then recomputes)."""
 
@@ -72,6 +80,8 @@ class IncrementalSession:
             )
         if self.cuts.every < 1:
             raise InvalidRequest(f"cut spacing must be >= 1, got {self.cuts.every}")
+        if self.convention is Convention.PUBLISHED:
+            check_published(self.cuts.kind, self.temperature)
         self.text = self.conversation.response
         self.closed = False
         self.cuts_scored = 0
@@ -115,18 +125,25 @@ class IncrementalSession:
     def jobs(self, inputs: list[CutInput]) -> list[TailJob]:
         return [TailJob(self.state, inp.ids, inp.stable) for inp in inputs]
 
-    def segment(self, inp: CutInput, logit_diff: float) -> Segment:
-        """The cut's STAR segment from its verdict logit difference."""
-        self.cuts_scored += 1
-        return Segment(end=inp.end, p_safe=p_safe(logit_diff, self.temperature))
+    @torch.inference_mode()
+    def segments(self, inputs: list[CutInput], hidden: torch.Tensor) -> list[Segment]:
+        """The cuts' STAR segments from the final hidden states [len(inputs), H] at their verdict
+        positions, under the session's convention."""
+        g = self.engine.guard
+        if self.convention is Convention.PUBLISHED:
+            ps = processed_p_safe(g, full_logits(g, hidden), [i.ids for i in inputs])
+        else:
+            ps = [p_safe(d, self.temperature) for d in verdict_logit_diff(g, hidden).float().tolist()]
+        self.cuts_scored += len(inputs)
+        return [Segment(end=i.end, p_safe=p) for i, p in zip(inputs, ps, strict=True)]
 
     def run(self, inputs: list[CutInput]) -> list[Segment]:
         """Score `inputs` one forward each, in this thread."""
-        g = self.engine.guard
-        return [
-            self.segment(i, forward_tails(g, [job], self.engine.pad_id, self.engine.head)[0])
-            for i, job in zip(inputs, self.jobs(inputs), strict=True)
-        ]
+        g, out = self.engine.guard, []
+        for inp, job in zip(inputs, self.jobs(inputs), strict=True):
+            hidden = forward_tails_hidden(g, [job], self.engine.pad_id, self.engine.head)
+            out += self.segments([inp], hidden)
+        return out
 
     def _ready_cuts(self) -> list[int]:
         """Cuts that later text can no longer move: every M-th word's end once another word has begun
@@ -142,17 +159,24 @@ class IncrementalSession:
     def _inputs(self, cuts: list[int]) -> list[CutInput]:
         if not cuts:
             return []
-        render = self.engine.guard.template.render
-        now = self.current_tokens.encode(render(self.conversation.with_response(self.text))).ids
+        now = self.current_tokens.encode(self._prompt(self.text)).ids
         out: list[CutInput] = []
         for c in cuts:
-            ids = self.prompt_tokens.encode(render(self.conversation.with_response(self.text[:c]))).ids
+            ids = self.prompt_tokens.encode(self._prompt(self.text[:c])).ids
             self._check_length(len(ids))
             # Tokens this cut shares with the response so far stay valid for later cuts; at least the
             # last token is left to the tail, whose final hidden state is the verdict position.
             out.append(CutInput(c, ids, min(common_prefix(ids, now), len(ids) - 1)))
             self._planned = c
         return out
+
+    def _prompt(self, response: str) -> str:
+        """The guard prompt for the response so far (under the published convention its words joined
+        by single spaces, as prepare's Score path shows them; cuts fall between words, so this is the
+        same text)."""
+        if self.convention is Convention.PUBLISHED:
+            response = " ".join(WORD.findall(response))
+        return self.engine.guard.template.render(self.conversation.with_response(response))
 
     def _check_length(self, tokens: int) -> None:
         self.engine.config.limits.check_tokens(tokens)

@@ -46,7 +46,7 @@ def prepare(
     limits.check_cuts(len(cuts))
     shown, shown_cuts = conv, cuts
     if request.convention is Convention.PUBLISHED:
-        _check_published(request)
+        check_published(request.cuts.kind, request.temperature)
         shown, shown_cuts = _space_joined(conv, cuts)
     full = template.render(shown, shown_cuts[-1])
     trunk = encode(full)
@@ -55,12 +55,13 @@ def prepare(
     return Prepared(cuts, texts, trunk)
 
 
-def _check_published(request: ScoreRequest) -> None:
-    if request.cuts.kind is CutKind.GUARD_TOKENS:
+def check_published(kind: CutKind, temperature: float) -> None:
+    """The published convention cuts between words and fixes its own temperature."""
+    if kind is CutKind.GUARD_TOKENS:
         raise InvalidRequest(
             "the published convention cuts between words; use CUT_KIND_WORDS or CUT_KIND_OFFSETS with it"
         )
-    if request.temperature != 1.0:
+    if temperature != 1.0:
         raise InvalidRequest(
             "the published convention fixes its own temperature (0.2); leave temperature unset"
         )

@@ -108,10 +108,18 @@ class TailJob:
 def forward_tails(
     guard: Guard, jobs: list[TailJob], pad_id: int = 0, head: HeadCache | None = None
 ) -> list[float]:
-    """logit(safe) - logit(unsafe) at the end of each job's prompt, in one forward; each job's state
-    then holds exactly `ids[:stable]`. The jobs' states must be distinct objects. A job whose state
-    holds nothing (a new session, or one whose cache was evicted) starts from the guard's template
-    head when `head` is given: its keys and values are copied in, not computed."""
+    """logit(safe) - logit(unsafe) at the end of each job's prompt (see `forward_tails_hidden`)."""
+    return verdict_logit_diff(guard, forward_tails_hidden(guard, jobs, pad_id, head)).float().tolist()
+
+
+@torch.inference_mode()
+def forward_tails_hidden(
+    guard: Guard, jobs: list[TailJob], pad_id: int = 0, head: HeadCache | None = None
+) -> torch.Tensor:
+    """The final hidden states [len(jobs), H] at the end of each job's prompt, in one forward; each
+    job's state then holds exactly `ids[:stable]`. The jobs' states must be distinct objects. A job
+    whose state holds nothing (a new session, or one whose cache was evicted) starts from the guard's
+    template head when `head` is given: its keys and values are copied in, not computed."""
     for job in jobs:
         job.state.roll_back(job.ids[: job.stable])
         if head is not None and not job.state.ids:
@@ -132,7 +140,6 @@ def forward_tails(
         mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(device)
     out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
     last = out.last_hidden_state[torch.arange(len(jobs)), torch.tensor([len(n) - 1 for n in new])]
-    diffs = verdict_logit_diff(guard, last).float().tolist()
     for row, (job, start) in enumerate(zip(jobs, starts, strict=True)):
         keep = job.stable - start
         if len(jobs) > 1:  # the stable part of this row's new keys and values, after its cache
@@ -142,7 +149,7 @@ def forward_tails(
         job.state.ids = list(job.ids[: job.stable])
         job.state.trunk_tokens += keep
         job.state.tail_tokens += len(job.ids) - job.stable
-    return diffs
+    return last
 
 
 def _start_from_head(job: TailJob, head: HeadCache) -> None:
