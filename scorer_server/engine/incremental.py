@@ -104,7 +104,7 @@ class IncrementalSession:
         return self.run(self.plan_push(delta))
 
     def close(self) -> list[Segment]:
-        """The response is complete: the score of its final cut (its end)."""
+        """The response is complete: the scores of the cuts still due, the last at its end."""
         return self.run(self.plan_close())
 
     def plan_push(self, delta: str) -> list[CutInput]:
@@ -115,7 +115,8 @@ class IncrementalSession:
         return self._inputs([c for c in self._ready_cuts() if c > self._planned])
 
     def plan_close(self) -> list[CutInput]:
-        """Close the response; its final cut, unless a pushed cut already ended there."""
+        """Close the response; the cuts of `plan_cuts` on it not yet planned (its end, and guard-token
+        cuts that were still unsettled)."""
         if self.closed:
             raise InvalidRequest("the session is closed")
         self.closed = True
