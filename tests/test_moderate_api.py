@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,24 @@ def test_the_published_convention_over_the_wire(stub: Any, tiny_guard_dir: Path)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "between words" in (
         err.value.details() or ""
     )
+
+
+@pytest.mark.parametrize(
+    ("delta", "every", "says"),
+    [("x" * 300_000, 5, "--max-conversation-tokens"), ("a " * 600, 1, "over the limit of 512")],
+    ids=["delta-longer-than-any-prompt", "one-delta-of-600-cuts"],
+)
+def test_hostile_deltas_are_refused_before_the_work(stub: Any, delta: str, every: int, says: str) -> None:
+    """A delta no prompt within the token limit can hold is refused before it is tokenised; one that
+    would queue more cuts than a Score request may make (--max-cuts) before any is computed. The
+    server goes on serving."""
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Moderate(iter([open_msg(every), pb.ModerateRequest(delta=delta)]), timeout=60))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and says in (err.value.details() or "")
+    assert time.monotonic() - t0 < 5
+    replies = list(stub.Moderate(iter([open_msg(2, unsafe_below=0.0), *deltas(RESPONSE, 9)]), timeout=30))
+    assert replies[-1].complete and replies[-2].segment.end == len(RESPONSE)
 
 
 def test_offset_cuts_are_refused_with_the_kinds_that_work(stub: Any) -> None:

@@ -85,6 +85,7 @@ class IncrementalSession:
         self.text = self.conversation.response
         self.closed = False
         self.cuts_scored = 0
+        self.cuts_planned = 0
         self._planned = -1
         self._window = sliding_window_of(self.engine.guard.model)[0]
         self.prompt_tokens = IncrementalTokenizer(self.engine.guard.tokenizer)
@@ -112,6 +113,12 @@ class IncrementalSession:
         if self.closed:
             raise InvalidRequest("the session is closed")
         self.text += delta
+        limits = self.engine.config.limits
+        if len(self.text) > limits.max_conversation_chars:  # before any tokenising of it
+            raise InvalidRequest(
+                f"the response has reached {len(self.text)} characters, more than any prompt within "
+                f"--max-conversation-tokens ({limits.max_conversation_tokens}) can hold"
+            )
         return self._inputs([c for c in self._ready_cuts() if c > self._planned])
 
     def plan_close(self) -> list[CutInput]:
@@ -160,6 +167,9 @@ class IncrementalSession:
     def _inputs(self, cuts: list[int]) -> list[CutInput]:
         if not cuts:
             return []
+        # the session's cuts in all, like one Score request's: one delta cannot queue thousands
+        self.engine.config.limits.check_cuts(self.cuts_planned + len(cuts))
+        self.cuts_planned += len(cuts)
         now = self.current_tokens.encode(self._prompt(self.text)).ids
         out: list[CutInput] = []
         for c in cuts:
