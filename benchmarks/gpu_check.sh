@@ -12,3 +12,8 @@ for shape in llama-guard-3-1b llama-guard-3-8b; do
   python benchmarks/star_engine.py --shape "$shape" --device cuda --dtype bfloat16 \
     --conversations 32 --per-cut-conversations 4 --repeats 3 2>&1 | tee "$out/star_engine_$shape.log" | tail -1
 done
+# Live moderation: one session's cuts against re-scoring each prefix, on the same real shapes.
+for shape in llama-guard-3-1b llama-guard-3-8b; do
+  python benchmarks/moderate.py --shape "$shape" --device cuda --dtype bfloat16 --sample 12 \
+    2>&1 | tee "$out/moderate_$shape.log" | tail -1
+done

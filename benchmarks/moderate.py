@@ -1,6 +1,7 @@
 """Incremental STAR while a response streams in, against re-scoring the whole prefix at every cut.
 
     python benchmarks/moderate.py [--quick] [--tokens 1000] [--delta-tokens 8] [--every 5]
+    python benchmarks/moderate.py --shape llama-guard-3-1b --device cuda --dtype bfloat16   # on a GPU
 
 A response of about `--tokens` guard tokens arrives in deltas of `--delta-tokens` tokens; a cut every
 `--every` words. Ours: one IncrementalSession (the trunk's keys and values kept between deltas). The
@@ -33,11 +34,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from star_engine import SHAPES  # benchmarks/star_engine.py: the guard shapes, real ones included
 
 from scorer_server.engine.engine import StarEngine
 from scorer_server.engine.forward import forward_prompts
 from scorer_server.engine.incremental import IncrementalSession
-from scorer_server.engine.plan import common_prefix
 from scorer_server.guards.loader import GuardConfig, load_guard
 from scorer_server.guards.verdict import p_safe
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
@@ -84,6 +85,9 @@ REAL_SHAPES = {
 """Published config shapes: the same token and pair counts priced at a real guard's layer sizes."""
 
 
+QUICK_SHAPE: dict[str, Any] = dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=688, vocab=2000)
+
+
 def causal_pairs(start: int, n: int) -> int:
     """Query-key pairs of `n` new tokens after `start` cached ones, causal."""
     return n * start + n * (n + 1) // 2
@@ -96,16 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delta-tokens", type=int, default=8, help="guard tokens per arriving delta")
     ap.add_argument("--every", type=int, default=5, help="a cut every M words")
     ap.add_argument("--sample", type=int, default=None, help="baseline cuts timed (default 24, quick 12)")
+    ap.add_argument(
+        "--shape",
+        default=None,
+        choices=sorted(SHAPES),
+        help="guard architecture (random weights; default cpu, quick: a 4 x 256 guard)",
+    )
+    ap.add_argument("--device", default="cpu", help="e.g. cuda (benchmarks/gpu_check.sh)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    shape = (
-        dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=688, vocab=2000)
-        if args.quick
-        else dict(hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1408, vocab=4000)
-    )
+    shape = QUICK_SHAPE if args.quick and args.shape is None else SHAPES[args.shape or "cpu"]
     with tempfile.TemporaryDirectory() as tmp:
-        spec = TinyGuardSpec(family="llama", init_range=0.02, **shape)  # type: ignore[arg-type]
-        guard = load_guard(GuardConfig(path=str(save_tiny_guard(Path(tmp) / "guard", spec))))
+        spec = TinyGuardSpec(family="llama", init_range=0.02, **shape)
+        path = str(save_tiny_guard(Path(tmp) / "guard", spec))
+        guard = load_guard(GuardConfig(path=path, dtype=args.dtype, device=args.device))
     engine = StarEngine(guard)
     text = _response(guard.tokenizer, args.tokens, seed=1)
     conv = Conversation.from_pair("How do I bake bread?", text)
@@ -126,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         inputs = session.plan_push(d) if d is not None else session.plan_close()
         t_plan += time.perf_counter() - t
         segs = []
-        for inp in inputs:  # one forward each, as `push` runs them; counted before the forward
-            start = common_prefix(session.state.ids, inp.ids[: inp.stable])
-            our_tokens += len(inp.ids) - start
-            our_pairs += causal_pairs(start, len(inp.ids) - start)
+        for inp in inputs:  # one forward each, as `push` runs them
+            before = session.state.trunk_tokens + session.state.tail_tokens
             segs += session.run([inp])
+            n = session.state.trunk_tokens + session.state.tail_tokens - before  # the last n computed
+            our_tokens += n
+            our_pairs += causal_pairs(len(inp.ids) - n, n)
         if segs:
             latencies.extend([(time.perf_counter() - t) / len(segs)] * len(segs))
             ours.update({s.end: s.p_safe for s in segs})
@@ -145,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in sample:
         t = time.perf_counter()
         logits = forward_prompts(guard, [plan.prompt(i)], engine.pad_id)
+        ref = p_safe(float(logits[0, guard.safe_id] - logits[0, guard.unsafe_id]))  # waits for the GPU
         t_sample += time.perf_counter() - t
-        ref = p_safe(float(logits[0, guard.safe_id] - logits[0, guard.unsafe_id]))
         diffs.append(abs(ours[plan.cuts[i]] - ref))
     t_rescore = t_sample / len(sample) * n_cuts
     tenth = max(1, len(latencies) // 10)
@@ -180,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         "response_tokens": len(guard.encode([text])[0]),
         "rollbacks": session.state.rollbacks,
         "baseline_cuts_timed": len(sample),
-        "shape": "quick" if args.quick else "cpu",
+        "shape": args.shape or ("quick" if args.quick else "cpu"),
+        "device": args.device,
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result))
