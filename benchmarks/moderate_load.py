@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             engine.guard.encode([engine.guard.template.render(Conversation.from_pair(PROMPT, texts[0]))])[0]
         )
         suffix = engine.guard.template.split(Conversation.from_pair(PROMPT, texts[0])).suffix
-        trunk_len = prompt_tokens - len(engine.guard.encode([suffix])[0])
+        # what each session computes of its trunk when nothing is evicted: the template head comes from
+        # the server's shared-head cache
+        head = engine.head.tokens if engine.head is not None else 0
+        trunk_len = prompt_tokens - len(engine.guard.encode([suffix])[0]) - head
         session_runs = 3 * args.sessions + 1  # alone, together, loaded, and one paced session
         per_token = 2 * spec.layers * spec.kv_heads * (spec.hidden // spec.heads) * 4  # float32 keys + values
         budget_mib = args.cache_fraction * args.sessions * prompt_tokens * per_token / 2**20
@@ -201,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff": max(diffs),
         "lost": lost,
         "evictions": int(evictions),
-        # trunk tokens computed over what the sessions' trunks hold at their end: 1.0 when no cache was
-        # ever dropped, more for each recomputation after an eviction
+        # trunk tokens computed over what the sessions' trunks hold at their end past the shared head:
+        # 1.0 when no cache was ever dropped, more for each recomputation after an eviction
         "trunk_recompute_ratio": round(trunk_tokens / (session_runs * trunk_len), 3),
         "sessions": args.sessions,
         "cuts_per_session": round(cuts / args.sessions, 1),
