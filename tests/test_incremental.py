@@ -198,6 +198,65 @@ def test_sessions_batched_in_one_forward_with_evictions_equal_per_cut(engine: St
     assert widest >= 3 and sum(s.state.evictions for s in sessions) >= 2
 
 
+@pytest.mark.parametrize("which", ["crossing", "split"])
+@pytest.mark.parametrize("sizes", [[10_000], [50], [13, 1, 29]])
+def test_the_cuts_of_one_push_share_forwards(
+    engine: StarEngine, split_engine: StarEngine, which: str, sizes: list[int]
+) -> None:
+    """A push that completes many cuts (text arriving in bursts, the whole response at once) runs them
+    as one row per forward: the new trunk once and a tail per cut, up to TAIL_TOKENS_PER_FORWARD; every
+    cut still equals one plain forward of its prompt."""
+    from scorer_server.engine.incremental import TAIL_TOKENS_PER_FORWARD
+
+    eng = engine if which == "crossing" else split_engine
+    rng = random.Random(5)
+    conv = Conversation.from_pair("How do I bake bread?", " ".join(rng.choice(WORDS) for _ in range(90)))
+    forwards: list[int] = []
+    hook = eng.guard.model.base_model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        session = IncrementalSession(eng, conv.with_response(""), CutSpec(CutKind.WORDS, 1))
+        got = stream(session, conv.response, sizes)
+    finally:
+        hook.remove()
+    assert_matches_per_cut(eng, conv, got, 1)
+    if sizes == [10_000]:  # all 90 cuts in one push: a few forwards, each within the tail budget
+        tails = session.state.tail_tokens
+        assert len(got) == 90 and len(forwards) <= tails // (TAIL_TOKENS_PER_FORWARD // 2) + 1 < 90
+
+
+def test_batched_sessions_with_many_cuts_a_push_equal_per_cut(engine: StarEngine) -> None:
+    """What the server does with bursts: every open session's whole push in one forward (one row each,
+    several cuts a row), caches evicted at random between rounds."""
+    rng = random.Random(7)
+    convs = [
+        Conversation.from_pair("How do I bake bread?", " ".join(rng.choice(WORDS) for _ in range(n)))
+        for n in (4, 17, 30)
+    ]
+    sessions = [IncrementalSession(engine, c.with_response(""), CutSpec(CutKind.WORDS, 1)) for c in convs]
+    got: list[list[Segment]] = [[] for _ in sessions]
+    sent = [0] * len(sessions)
+    while not all(s.closed for s in sessions):
+        planned = []
+        for k, s in enumerate(sessions):
+            if not s.closed:
+                text, n = convs[k].response, rng.randint(5, 40)
+                planned.append(
+                    (k, s.plan_push(text[sent[k] : sent[k] + n]) if sent[k] < len(text) else s.plan_close())
+                )
+                sent[k] += n
+        jobs = [job for k, inputs in planned for job in sessions[k].jobs(inputs)]
+        if jobs:
+            hidden = forward_tails_hidden(engine.guard, jobs)
+            at = 0
+            for k, inputs in planned:
+                got[k] += sessions[k].segments(inputs, hidden[at : at + len(inputs)])
+                at += len(inputs)
+        if rng.random() < 0.4:
+            rng.choice(sessions).state.evict()
+    for conv, segs in zip(convs, got, strict=True):
+        assert_matches_per_cut(engine, conv, segs, 1)
+
+
 def test_each_cut_costs_its_new_tokens_not_the_prefix(engine: StarEngine) -> None:
     rng = random.Random(0)
     response = " ".join(rng.choice(WORDS[:9]) for _ in range(200))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from scorer_server.batcher import INTERACTIVE
-from scorer_server.engine.incremental import CutInput, IncrementalSession
+from scorer_server.engine.incremental import CutInput, IncrementalSession, forward_groups
 from scorer_server.engine.session_kv import KVState, forward_tails_hidden
 from star_contract.errors import InvalidRequest, NotReady, Overloaded
 from star_contract.types import Conversation, ModerateOptions, Segment
@@ -145,17 +145,21 @@ class SessionWork:
 def run_session_work(
     works: list[SessionWork], pool: SessionPool, observer: SessionObserver | None = None
 ) -> list[list[Segment]]:
-    """Score a batch's session work: one forward per round, round r holding each session's r-th cut."""
+    """Score a batch's session work: one forward per round, round r holding each session's r-th group
+    of cuts (`forward_groups`: the cuts of one push share a row, up to a tail budget)."""
     out: list[list[Segment]] = [[] for _ in works]
     engine = works[0].session.engine
     states = [w.session.state for w in works]
     before = sum(s.trunk_tokens for s in states), sum(s.tail_tokens for s in states)
-    for r in range(max(len(w.inputs) for w in works)):
-        rows = [(k, w) for k, w in enumerate(works) if r < len(w.inputs)]
-        jobs = [w.session.jobs([w.inputs[r]])[0] for _, w in rows]
+    groups = [forward_groups(w.inputs) for w in works]
+    for r in range(max(len(g) for g in groups)):
+        rows = [(k, works[k], g[r]) for k, g in enumerate(groups) if r < len(g)]
+        jobs = [job for _, w, group in rows for job in w.session.jobs(group)]
         hidden = forward_tails_hidden(engine.guard, jobs, engine.pad_id, engine.head)
-        for row, (k, w) in enumerate(rows):
-            out[k] += w.session.segments([w.inputs[r]], hidden[row : row + 1])
+        at = 0
+        for k, w, group in rows:
+            out[k] += w.session.segments(group, hidden[at : at + len(group)])
+            at += len(group)
     pool.used(states)
     if observer is not None:
         trunk, tail = sum(s.trunk_tokens for s in states), sum(s.tail_tokens for s in states)

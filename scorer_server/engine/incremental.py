@@ -39,6 +39,11 @@ from scorer_server.guards.verdict import p_safe
 from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, Conversation, CutKind, CutSpec, Segment
 
+TAIL_TOKENS_PER_FORWARD = 1024
+"""The most tail tokens (template suffixes, mostly) one forward computes for one session's cuts: the
+cuts a push completes share a forward up to this, so a burst of text costs a few forwards, not one
+per cut, and the attention mask (quadratic in the row's length) stays small."""
+
 
 @dataclass(frozen=True)
 class CutInput:
@@ -50,6 +55,21 @@ class CutInput:
     """The per-cut prompt: tokenize(render(conversation, response[:end]))."""
     stable: int
     """Leading tokens shared with the response so far (later cuts start from them); < len(ids)."""
+
+
+def forward_groups(inputs: list[CutInput]) -> list[list[CutInput]]:
+    """`inputs` in order, split into groups that each fit one forward (TAIL_TOKENS_PER_FORWARD)."""
+    groups: list[list[CutInput]] = []
+    size = 0
+    for inp in inputs:
+        tail = len(inp.ids) - inp.stable
+        if groups and size + tail <= TAIL_TOKENS_PER_FORWARD:
+            groups[-1].append(inp)
+            size += tail
+        else:
+            groups.append([inp])
+            size = tail
+    return groups
 
 
 @dataclass
@@ -146,11 +166,11 @@ class IncrementalSession:
         return [Segment(end=i.end, p_safe=p) for i, p in zip(inputs, ps, strict=True)]
 
     def run(self, inputs: list[CutInput]) -> list[Segment]:
-        """Score `inputs` one forward each, in this thread."""
+        """Score `inputs` in this thread: the cuts of one push share forwards (`forward_groups`)."""
         g, out = self.engine.guard, []
-        for inp, job in zip(inputs, self.jobs(inputs), strict=True):
-            hidden = forward_tails_hidden(g, [job], self.engine.pad_id, self.engine.head)
-            out += self.segments([inp], hidden)
+        for group in forward_groups(inputs):
+            hidden = forward_tails_hidden(g, self.jobs(group), self.engine.pad_id, self.engine.head)
+            out += self.segments(group, hidden)
         return out
 
     def _ready_cuts(self) -> list[int]:

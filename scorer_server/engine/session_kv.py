@@ -112,53 +112,110 @@ def forward_tails(
     return verdict_logit_diff(guard, forward_tails_hidden(guard, jobs, pad_id, head)).float().tolist()
 
 
+@dataclass
+class _Row:
+    """One session's part of a forward: its new trunk tokens, then one tail per cut."""
+
+    state: KVState
+    trunk: list[int]
+    """The longest stable prefix among the session's cuts here (every cut's stable part is a prefix of
+    the same current prompt); the session's cache holds exactly this afterwards."""
+    jobs: list[int]
+    """Indices of the row's cuts in the call's job list."""
+    start: int = 0
+    shared: list[int] = field(default_factory=list)
+    """Per cut: how many trunk tokens its prompt shares (its tail attends to those)."""
+    tails: list[list[int]] = field(default_factory=list)
+
+    @property
+    def new(self) -> list[int]:
+        return self.trunk[self.start :] + [t for tail in self.tails for t in tail]
+
+    def reads(self) -> list[int]:
+        """Positions, among the row's new tokens, of each cut's verdict (its tail's last token)."""
+        at, out = len(self.trunk) - self.start, []
+        for tail in self.tails:
+            at += len(tail)
+            out.append(at - 1)
+        return out
+
+
 @torch.inference_mode()
 def forward_tails_hidden(
     guard: Guard, jobs: list[TailJob], pad_id: int = 0, head: HeadCache | None = None
 ) -> torch.Tensor:
-    """The final hidden states [len(jobs), H] at the end of each job's prompt, in one forward; each
-    job's state then holds exactly `ids[:stable]`. The jobs' states must be distinct objects. A job
-    whose state holds nothing (a new session, or one whose cache was evicted) starts from the guard's
-    template head when `head` is given: its keys and values are copied in, not computed."""
-    for job in jobs:
-        job.state.roll_back(job.ids[: job.stable])
-        if head is not None and not job.state.ids:
-            _start_from_head(job, head)
-    starts = [len(job.state.ids) for job in jobs]
-    new = [job.ids[s:] for job, s in zip(jobs, starts, strict=True)]
-    cached, length = max(starts), max(len(n) for n in new)
+    """The final hidden states [len(jobs), H] at the end of each job's prompt, in one forward.
+
+    Jobs of one session (consecutive cuts of one push) share a row: its new trunk tokens once, then one
+    tail per cut, each tail attending to the trunk tokens its prompt shares and causally to itself, at
+    the positions of a plain forward of its prompt (the one-pass layout of plan.py, over the session's
+    cache). Afterwards each session's state holds the longest stable prefix of its cuts. A session
+    whose state holds nothing (new, or evicted) starts from the guard's template head when `head` is
+    given: its keys and values are copied in, not computed."""
+    rows: dict[int, _Row] = {}
+    for k, job in enumerate(jobs):
+        row = rows.setdefault(id(job.state), _Row(job.state, [], []))
+        row.jobs.append(k)
+        if job.stable > len(row.trunk):
+            row.trunk = job.ids[: job.stable]
+    for row in rows.values():
+        row.state.roll_back(row.trunk)
+        if head is not None and not row.state.ids:
+            _start_from_head(row.state, row.trunk, head)
+        row.start = len(row.state.ids)
+        for k in row.jobs:
+            ids = jobs[k].ids
+            shared = min(common_prefix(ids, row.trunk), len(ids) - 1)
+            row.shared.append(shared)
+            row.tails.append(ids[shared:])
+    order = list(rows.values())
+    new = [row.new for row in order]
+    cached, length = max(r.start for r in order), max(len(n) for n in new)
     device, model = guard.device, guard.model
-    if len(jobs) == 1:  # one session: its own buffers, the new keys written in place after its cache
-        cache = _in_place_cache(jobs[0].state, starts[0], model.config.get_text_config().num_hidden_layers)
+    if len(order) == 1:  # one session: its own buffers, the new keys written in place after its cache
+        layers = model.config.get_text_config().num_hidden_layers
+        cache = _in_place_cache(order[0].state, order[0].start, layers)
     else:
-        cache = _padded_cache([job.state for job in jobs], starts, cached)
-    ids = torch.tensor([n + [pad_id] * (length - len(n)) for n in new], device=device)
-    pos = torch.tensor([list(range(s, s + length)) for s in starts], device=device)
-    mask: Any = None  # one session alone: plain causal attention over its cache, the model's own path
-    if len(jobs) > 1:
-        mask = _mask(starts, [len(n) for n in new], cached, length, model, guard.dtype)
+        cache = _padded_cache([r.state for r in order], [r.start for r in order], cached)
+    input_ids = torch.tensor([n + [pad_id] * (length - len(n)) for n in new], device=device)
+    pos = torch.tensor([_positions(r, length) for r in order], device=device)
+    mask: Any = None  # one session, one cut: plain causal attention over its cache, the model's own path
+    if len(order) > 1 or len(jobs) > 1:
+        mask = _mask(order, cached, length, model, guard.dtype)
         mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(device)
-    out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-    last = out.last_hidden_state[torch.arange(len(jobs)), torch.tensor([len(n) - 1 for n in new])]
-    for row, (job, start) in enumerate(zip(jobs, starts, strict=True)):
-        keep = job.stable - start
-        if len(jobs) > 1:  # the stable part of this row's new keys and values, after its cache
+    out = model.base_model(
+        input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+    )
+    hidden = out.last_hidden_state
+    last = hidden.new_empty(len(jobs), hidden.shape[-1])
+    for r, row in enumerate(order):
+        for k, at in zip(row.jobs, row.reads(), strict=True):
+            last[k] = hidden[r, at]
+        keep = len(row.trunk) - row.start
+        if len(order) > 1:  # the trunk part of this row's new keys and values, after its cache
             for i, layer in enumerate(cache.layers):
-                k = layer.keys[row : row + 1, :, cached : cached + keep]
-                job.state.write(i, start, k, layer.values[row : row + 1, :, cached : cached + keep])
-        job.state.ids = list(job.ids[: job.stable])
-        job.state.trunk_tokens += keep
-        job.state.tail_tokens += len(job.ids) - job.stable
+                k_new = layer.keys[r : r + 1, :, cached : cached + keep]
+                row.state.write(i, row.start, k_new, layer.values[r : r + 1, :, cached : cached + keep])
+        row.state.ids = list(row.trunk)
+        row.state.trunk_tokens += keep
+        row.state.tail_tokens += sum(len(t) for t in row.tails)
     return last
 
 
-def _start_from_head(job: TailJob, head: HeadCache) -> None:
-    """Fill an empty state with the longest head prefix its prompt begins with (within the stable part,
-    so the verdict position is still computed)."""
-    m = head.usable([job.ids], job.stable + 1)
+def _positions(row: _Row, length: int) -> list[int]:
+    """Position ids of a row's new tokens: the trunk's in order, each tail's from its shared prefix."""
+    pos = list(range(row.start, len(row.trunk)))
+    for shared, tail in zip(row.shared, row.tails, strict=True):
+        pos += range(shared, shared + len(tail))
+    return pos + [pos[-1] + 1 + i for i in range(length - len(pos))] if pos else list(range(length))
+
+
+def _start_from_head(state: KVState, trunk: list[int], head: HeadCache) -> None:
+    """Fill an empty state with the longest head prefix `trunk` begins with."""
+    m = head.usable([trunk], len(trunk) + 1)
     for i, (k, v) in enumerate(head.layers(m)):
-        job.state.write(i, 0, k, v)
-    job.state.ids = list(job.ids[:m])
+        state.write(i, 0, k, v)
+    state.ids = list(trunk[:m])
 
 
 class _InPlaceLayer(DynamicLayer):
@@ -205,19 +262,28 @@ def _padded_cache(states: list[KVState], starts: list[int], cached: int) -> Any:
     return cache
 
 
-def _mask(
-    starts: list[int], lengths: list[int], cached: int, length: int, model: Any, dtype: torch.dtype
-) -> Any:
-    """Additive masks [B, 1, length, cached + length]: row i's new tokens see its first starts[i]
-    cached keys and, causally, each other; padding sees itself only (no row is all -inf)."""
-    allowed = torch.zeros(len(starts), length, cached + length, dtype=torch.bool)
+def _mask(rows: list[_Row], cached: int, length: int, model: Any, dtype: torch.dtype) -> Any:
+    """Additive masks [B, 1, length, cached + length]. Row i's cache sits in columns [0, start) and its
+    new tokens from column `cached` on: its trunk tokens see the cache and, causally, each other; a
+    cut's tail sees the first `shared` trunk tokens (cache, then new) and, causally, itself; padding
+    sees itself only (no row is all -inf)."""
+    allowed = torch.zeros(len(rows), length, cached + length, dtype=torch.bool)
     causal = torch.ones(length, length, dtype=torch.bool).tril_()
-    for row, (start, n) in enumerate(zip(starts, lengths, strict=True)):
-        allowed[row, :n, :start] = True
-        allowed[row, :n, cached : cached + n] = causal[:n, :n]
-        pad = torch.arange(n, length)
-        allowed[row, pad, cached + pad] = True
-    full = torch.zeros(len(starts), 1, length, cached + length, dtype=dtype)
+    for r, row in enumerate(rows):
+        n = len(row.trunk) - row.start
+        allowed[r, :n, : row.start] = True
+        allowed[r, :n, cached : cached + n] = causal[:n, :n]
+        at = n
+        for shared, tail in zip(row.shared, row.tails, strict=True):
+            t = len(tail)
+            allowed[r, at : at + t, : min(shared, row.start)] = True
+            if shared > row.start:
+                allowed[r, at : at + t, cached : cached + shared - row.start] = True
+            allowed[r, at : at + t, cached + at : cached + at + t] = causal[:t, :t]
+            at += t
+        pad = torch.arange(at, length)
+        allowed[r, pad, cached + pad] = True
+    full = torch.zeros(len(rows), 1, length, cached + length, dtype=dtype)
     full.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
     as_dict = sliding_window_of(model)[1]
     # Sessions on sliding-window guards are capped below the window (see IncrementalSession), where
