@@ -150,3 +150,32 @@ def test_moderate_cli_guards_stdin(server: Any, unsafe_below: float, code: int) 
         }
     else:
         assert events[-1]["stop"]["cut"] == events[0]["cut"] and events[-1]["stop"]["offset"] == 0
+
+
+def test_moderate_cli_cuts_every_n_guard_tokens_under_the_published_convention(
+    server: Any, tiny_guard_dir: Any
+) -> None:
+    """`--cut guard-tokens` and `--convention published` reach the session: the cuts are Score's
+    guard-token cuts; published with guard-token cuts is refused in one line, exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    from scorer_server.engine.engine import StarEngine
+    from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+
+    text = " ".join(WORDS * 2)
+    cmd = [sys.executable, "-m", "scorer_server.cli", "moderate", "--target", server.address, "--quiet"]
+    cmd += ["--prompt", PROMPT, "--every", "3", "--cut", "guard-tokens", "--unsafe-below", "0"]
+    proc = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == b"", proc.stderr.decode()
+    got = [json.loads(line)["cut"] for line in proc.stderr.decode().splitlines()]
+    want = StarEngine.from_dir(tiny_guard_dir).plan(
+        ScoreRequest(Conversation.from_pair(PROMPT, text), CutSpec(CutKind.GUARD_TOKENS, 3))
+    )
+    assert got == want.cuts
+    proc = subprocess.run(
+        [*cmd, "--convention", "published"], input=text.encode(), capture_output=True, timeout=60
+    )
+    assert proc.returncode == 2 and "between words" in proc.stderr.decode()
+    assert "Traceback" not in proc.stderr.decode()
