@@ -1,10 +1,11 @@
 """Live-moderation sessions on the local backend: tokenised on the planning thread, scored in the batcher.
 
 Each push of a session becomes one `SessionWork` item in the same dynamic batcher as Score traffic, at
-`SESSION_PRIORITY` (above any Score priority: a user is waiting on every cut). Work of many sessions that
-lands in one batch runs as one forward over their tails (`forward_tails`). All sessions' cached keys and
-values share one byte budget (`SessionPool`); past it, the least recently used session's are dropped and
-recomputed on its next cut, so a score is never wrong, only slower.
+`SESSION_PRIORITY` (above any Score priority: a user is waiting on every cut). Work of many sessions
+that lands in one batch runs as one forward over their tails (`forward_tails_hidden`). All sessions'
+cached keys and values share one byte budget (`SessionPool`); past it, the cache whose next use looks
+furthest away is dropped and recomputed on that session's next cut, so a score is never wrong, only
+slower.
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ class IncrementalSession:
     """STAR scores of a response arriving in deltas of any size (down to single characters).
 
     `push` and `close` do everything in the calling thread; a server splits each into `plan_push` /
-    `plan_close` (tokenisation) and `forward_tails` over many sessions' `jobs` (see backends/moderation).
+    `plan_close` (tokenisation) and `forward_tails_hidden` over many sessions' `jobs` (see
+    backends/moderation).
     """
 
     engine: StarEngine
@@ -151,6 +152,7 @@ class IncrementalSession:
         return self._inputs([c for c in final if c > self._planned])
 
     def jobs(self, inputs: list[CutInput]) -> list[TailJob]:
+        """The forward work of `inputs` over this session's cache (`forward_tails_hidden`)."""
         return [TailJob(self.state, inp.ids, inp.stable) for inp in inputs]
 
     @torch.inference_mode()

@@ -1,14 +1,15 @@
 """Keys and values a live-moderation session keeps, and one batched forward over many sessions' tails.
 
 Each session holds the guard's keys and values for the stable trunk of its prompt (`KVState`). A cut
-costs only the tokens after that trunk: `forward_tails` runs the new tokens of any number of sessions
-in one forward, each row attending to its own session's cached keys (left-aligned and padded to the
-longest) and causally to its own new tokens, and reads the verdict logits at each row's last token.
-The keys and values of the tokens a cut marks stable are written into the session's buffers after its
-trunk; the rest (the template suffix after the cut) stay in the scratch space past the trunk, which the
-next cut overwrites. One session alone writes its new keys there during the forward and attention reads
-a view of its buffers: nothing is concatenated, so a cut's cost does not grow with a copy of the cache.
-The scores equal one plain forward per cut.
+costs only the tokens after that trunk: `forward_tails_hidden` runs any number of sessions in one
+forward, one row each, every row attending to its own session's cached keys (left-aligned and padded
+to the longest). A row holds the session's new trunk tokens once and then one tail per cut of the push
+(each tail seeing the trunk tokens its prompt shares and, causally, itself), and the verdict hidden
+state is read at each tail's last token. The trunk's keys and values are written into the session's
+buffers after its cache; the tails' (template suffixes) stay in the scratch space past the trunk, which
+the next forward overwrites. One session alone writes its new keys there during the forward and
+attention reads a view of its buffers: nothing is concatenated, so a cut's cost does not grow with a
+copy of the cache. The scores equal one plain forward per cut.
 """
 
 from __future__ import annotations
