@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from scorer_server.batcher import INTERACTIVE
 from scorer_server.engine.incremental import CutInput, IncrementalSession, forward_groups
 from scorer_server.engine.session_kv import KVState, forward_tails_hidden
-from star_contract.errors import InvalidRequest, NotReady, Overloaded
+from star_contract.errors import NotReady, Overloaded
 from star_contract.types import Conversation, ModerateOptions, Segment
 
 SESSION_PRIORITY = INTERACTIVE
@@ -181,8 +181,6 @@ class ModerationSession:
         pool: SessionPool,
         observer: SessionObserver | None = None,
     ) -> None:
-        if options.every < 1:
-            raise InvalidRequest(f"open.every must be >= 1, got {options.every}")
         self._session = IncrementalSession(
             engine, conversation, options.cuts(), options.temperature, convention=options.convention
         )

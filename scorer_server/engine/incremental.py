@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from scorer_server.engine.cuts import WORD, plan_cuts
+from scorer_server.engine.cuts import plan_cuts
 from scorer_server.engine.engine import StarEngine
 from scorer_server.engine.forward import sliding_window_of
 from scorer_server.engine.incremental_tokens import IncrementalTokenizer
 from scorer_server.engine.plan import common_prefix
-from scorer_server.engine.prepare import check_published
+from scorer_server.engine.prepare import check_published, published_text
 from scorer_server.engine.session_kv import KVState, TailJob, forward_tails_hidden
 from scorer_server.guards.head import full_logits, verdict_logit_diff
 from scorer_server.guards.published import processed_p_safe
@@ -208,7 +208,7 @@ class IncrementalSession:
         by single spaces, as prepare's Score path shows them; cuts fall between words, so this is the
         same text)."""
         if self.convention is Convention.PUBLISHED:
-            response = " ".join(WORD.findall(response))
+            response = published_text(response)
         return self.engine.guard.template.render(self.conversation.with_response(response))
 
     def _check_length(self, tokens: int) -> None:

@@ -67,6 +67,11 @@ def check_published(kind: CutKind, temperature: float) -> None:
         )
 
 
+def published_text(response: str) -> str:
+    """The response as the released code shows it to the guard: its words joined by single spaces."""
+    return " ".join(WORD.findall(response))
+
+
 def _space_joined(conv: Conversation, cuts: list[int]) -> tuple[Conversation, list[int]]:
     """What the released code shows the guard: the words that end at or before each cut, joined by
     single spaces (newlines and runs of spaces lost). The conversation with the whole response joined,
@@ -77,4 +82,4 @@ def _space_joined(conv: Conversation, cuts: list[int]) -> tuple[Conversation, li
     # joined_ends[k]: the length of the first k words joined by single spaces
     joined_ends = [0, *(n - 1 for n in accumulate(len(w) + 1 for w in words))]
     shown = [joined_ends[bisect_right(ends, c)] for c in cuts[:-1]] + [joined_ends[-1]]
-    return conv.with_response(" ".join(words)), shown
+    return conv.with_response(published_text(conv.response)), shown

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 from scorer_server.engine.forward import sliding_window_of
 from scorer_server.engine.head_cache import HeadCache
@@ -239,8 +239,6 @@ class _InPlaceLayer(DynamicLayer):
 
 
 def _in_place_cache(state: KVState, start: int, layers: int) -> Any:
-    from transformers.cache_utils import Cache
-
     return Cache(layers=[_InPlaceLayer(state, i, start) for i in range(layers)])
 
 
