@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from star_client.streams import chunk_text
 from star_contract import convert
+from star_contract.convert import SESSION_OPEN_KEY
 from star_contract.types import Conversation, ModerateOptions, ModerationStop, Segment
 from star_proto import scorer_pb2 as pb
 
@@ -46,6 +47,13 @@ class ModerationSession:
         self._call = await self._open_call()
         await self._call.write(self._open)
         self._reader = asyncio.ensure_future(self._read())
+        # The server answers the open with its initial metadata, or refuses it with a status (invalid
+        # options, RESOURCE_EXHAUSTED at --max-sessions). Waiting here raises that status itself:
+        # deltas written into a call the server has already ended fail in grpc with an INTERNAL error
+        # that replaces the server's status.
+        metadata = await self._call.initial_metadata()
+        if SESSION_OPEN_KEY not in dict(metadata or ()):
+            await self._reader  # the call ended without opening: its status
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -58,14 +66,14 @@ class ModerationSession:
     async def push(self, text: str) -> None:
         """Send the next characters of the response (ignored once the session has stopped)."""
         if self._writing and not self.complete.is_set():
-            await self._call.write(pb.ModerateRequest(delta=text))
+            await self._send(self._call.write, pb.ModerateRequest(delta=text))
 
     async def close(self) -> None:
         """The response is complete: wait for the last cut's score (and a stop it may fire)."""
         if self._writing and not self.complete.is_set():
             self._writing = False
-            await self._call.write(pb.ModerateRequest(close=pb.ModerateClose()))
-            await self._call.done_writing()
+            await self._send(self._call.write, pb.ModerateRequest(close=pb.ModerateClose()))
+            await self._send(self._call.done_writing)
         await self.complete.wait()
         if self._reader is not None:
             await self._reader  # re-raises a failed stream
@@ -88,6 +96,19 @@ class ModerationSession:
             yield chunk
         if self.stop is None:
             await self.close()
+
+    async def _send(self, write: Callable[..., Awaitable[Any]], *msg: Any) -> None:
+        """A write on the stream. When the server has already ended it (an error it answered, or a stop
+        that raced the write), the write fails with a transport error: raise the server's own status
+        instead, or nothing when the session simply ended."""
+        try:
+            await write(*msg)
+        except Exception:
+            if self._reader is not None:
+                await self._reader  # re-raises the server's error, if the stream ended with one
+            if self.complete.is_set():
+                return
+            raise
 
     async def __aiter__(self) -> AsyncIterator[Segment | ModerationStop]:
         """Each cut's Segment as the server scores it, then the ModerationStop if the rule fired; ends

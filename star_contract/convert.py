@@ -36,6 +36,9 @@ _KIND_TO_PB = {
     CutKind.OFFSETS: pb.CUT_KIND_OFFSETS,
 }
 _KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()} | {pb.CUT_KIND_UNSPECIFIED: CutKind.WORDS}
+SESSION_OPEN_KEY = "star-session-open"
+"""Initial-metadata key the server sends on Moderate once the session is open."""
+
 _CONVENTION_TO_PB = {
     Convention.RAW: pb.STAR_CONVENTION_RAW,
     Convention.PUBLISHED: pb.STAR_CONVENTION_PUBLISHED,

@@ -105,7 +105,9 @@ class ScorerServiceServicer:
         """Live moderation of a response while it is generated: open a session with the conversation so far,
         send text deltas of the assistant response as they arrive, then close. Each cut's STAR score comes
         back as soon as it is computed; once the stop rule fires the server sends `stop` and ends the
-        stream. Local backend only.
+        stream. The server sends initial metadata `star-session-open: 1` once the session is open (a
+        refused open ends the call with its status instead), so a client can wait for it before streaming
+        deltas. Local backend only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -187,6 +187,29 @@ def test_client_guards_a_stream_of_chunks_and_stops_it(server: Any) -> None:
     assert len(passed) < len(RESPONSE)  # the rest of the answer was never passed on
 
 
+def test_a_session_the_server_refused_raises_its_status_not_a_transport_error(server: Any) -> None:
+    """The server refuses the open (published convention with guard-token cuts) while the caller goes
+    on pushing: whichever write first meets the ended stream, the caller gets the server's
+    INVALID_ARGUMENT and its message (a failed write used to surface as INTERNAL)."""
+    from star_client import AsyncScorerClient
+    from star_contract.types import ModerateOptions
+
+    options = ModerateOptions(every=2, kind=CutKind.GUARD_TOKENS, convention=Convention.PUBLISHED)
+
+    async def run() -> None:
+        conv = Conversation.from_pair(PROMPT, "")
+        async with AsyncScorerClient(server.address) as client, client.moderate(conv, options) as session:
+            for _ in range(300):
+                await session.push("word ")
+            await session.close()
+
+    with pytest.raises(grpc.RpcError) as err:
+        asyncio.run(run())
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "between words" in (
+        err.value.details() or ""
+    )
+
+
 def test_stop_rule_names_the_end_of_the_last_safe_cut() -> None:
     from scorer_server.moderation import StopRule
     from star_contract.types import ModerateOptions, ModerationStop, Segment

@@ -178,6 +178,9 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         conversation, options = convert.moderate_open_from_pb(first.open)
         validate_conversation(conversation, self.limits, "open.conversation")
         session = self.backend.open_session(conversation, options)
+        # The session is open: say so before any score, so a client can tell a refused open (its status
+        # arrives instead) from one that was accepted before it streams deltas into it.
+        await context.send_initial_metadata(((convert.SESSION_OPEN_KEY, "1"),))
         rule = StopRule(options)
         self._enter()
         try:
