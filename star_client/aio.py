@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from star_client.channel import Replica, reconnect_delay
+from star_client.channel import Replica, retry_after
 from star_client.config import ClientConfig
 from star_client.errors import RETRYABLE, ConnectionLost, RetryableReply, ScorerCallError
 from star_client.moderation import ModerationSession
@@ -149,11 +149,9 @@ class AsyncScorerClient:
         self._started = False
 
     # -- internals --
-    def _unreachable(self) -> str:
-        return "cannot reach " + ", ".join(r.address for r in self._replicas)
-
-    async def _pick(self, deadline: float) -> Replica:
-        """The next replica that is up, round-robin; waits for one to come back when none is."""
+    async def _pick(self, deadline: float, tries: _Tries | None = None) -> Replica:
+        """The next replica that is up, round-robin; waits for one to come back when none is, and
+        raises once none will be back before `deadline`."""
         while True:
             now = time.monotonic()
             n = len(self._replicas)
@@ -166,79 +164,112 @@ class AsyncScorerClient:
                 raise ScorerCallError(grpc.StatusCode.CANCELLED, "the client is closed")
             wake = min(r.down_until for r in self._replicas)
             if wake >= deadline:
-                raise ScorerCallError(grpc.StatusCode.UNAVAILABLE, self._unreachable())
+                if tries is not None:
+                    raise tries.expired()
+                reach = ", ".join(r.address for r in self._replicas)
+                raise ScorerCallError(grpc.StatusCode.UNAVAILABLE, f"cannot reach {reach}")
             await asyncio.sleep(max(0.0, wake - now))
 
     async def _score_pb(self, req_pb: pb.ScoreRequest) -> StarScores:
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.config.deadline_s
-        attempt = 0
-        last = "no attempt finished"
-        lost = False  # whether the last attempt ended with the connection gone
+        tries = _Tries(self.config, self._rand, self.addresses)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if lost:
-                    raise ScorerCallError(grpc.StatusCode.UNAVAILABLE, f"{self._unreachable()} ({last})")
-                raise ScorerCallError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed ({last})")
-            replica = await self._pick(deadline)
+            replica = await self._pick(tries.deadline, tries)
             rid = str(next(self._ids))
             fut: asyncio.Future[StarScores] = loop.create_future()
             try:
                 await replica.submit(rid, req_pb, fut)
-                return await asyncio.wait_for(fut, deadline - time.monotonic())
+                return await asyncio.wait_for(fut, tries.remaining())
             except ConnectionLost as exc:
-                last, lost = str(exc), True
-                continue
+                tries.lost(str(exc))  # the replica is marked down; _pick waits for one that is up
             except RetryableReply as exc:
-                attempt += 1
-                last = f"{exc.code.name}: {exc}"
-                if attempt > self.config.retries:
-                    raise ScorerCallError(exc.code, str(exc)) from None
-                await asyncio.sleep(max(exc.retry_after_s, self.config.backoff(attempt, self._rand.random())))
+                if exc.code is grpc.StatusCode.UNAVAILABLE:
+                    replica.mark_down(exc.retry_after_s)  # loading or draining: try another one
+                    tries.refused(exc.code, str(exc), 0.0, backoff=False)
+                else:
+                    await tries.wait_after(exc.code, str(exc), exc.retry_after_s)
             except ScorerCallError as exc:
                 if exc.code is grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidRequest(exc.details) from None
                 raise
             except TimeoutError:
                 await replica.cancel(rid)
-                msg = f"no answer within the deadline ({last})"
-                raise ScorerCallError(grpc.StatusCode.DEADLINE_EXCEEDED, msg) from None
+                raise tries.expired() from None
             except BaseException:
                 await asyncio.shield(replica.cancel(rid))
                 raise
 
     async def _unary(self, call: Callable[[Replica, float], Awaitable[T]]) -> T:
-        """A unary call with failover over replicas and retries on retryable statuses."""
+        """A unary call with failover over replicas, retried on UNAVAILABLE and RESOURCE_EXHAUSTED until
+        the deadline (a replica that is down or loading is skipped until it is expected back)."""
         await self._ensure_started()
-        deadline = time.monotonic() + self.config.deadline_s
-        attempt = 0
+        tries = _Tries(self.config, self._rand, self.addresses)
         while True:
-            replica = await self._pick(deadline)
+            replica = await self._pick(tries.deadline, tries)
             try:
-                return await call(replica, max(0.001, deadline - time.monotonic()))
+                return await call(replica, max(0.001, tries.remaining()))
             except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+                code, details = exc.code(), exc.details() or ""
                 if code is grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidRequest(exc.details() or "") from None
+                    raise InvalidRequest(details) from None
+                if code is grpc.StatusCode.DEADLINE_EXCEEDED and tries.remaining() <= 0:
+                    raise tries.expired() from None
                 if code not in RETRYABLE:
-                    raise ScorerCallError(code, exc.details() or "") from None
-                attempt += 1
+                    raise ScorerCallError(code, details) from None
                 if code is grpc.StatusCode.UNAVAILABLE:
-                    replica.failures += 1
-                    replica.down_until = time.monotonic() + reconnect_delay(
-                        replica.failures, self.config.reconnect_backoff_max_s
-                    )
-                if attempt > self.config.retries + len(self._replicas) or time.monotonic() >= deadline:
-                    raise ScorerCallError(code, exc.details() or "") from None
-                await asyncio.sleep(_retry_after(exc) or self.config.backoff(attempt, self._rand.random()))
+                    replica.mark_down(retry_after(exc))
+                    tries.refused(code, f"{replica.address}: {details}", 0.0, backoff=False)
+                else:
+                    await tries.wait_after(code, details, retry_after(exc))
 
 
-def _retry_after(exc: grpc.aio.AioRpcError) -> float:
-    for key, value in exc.trailing_metadata() or ():
-        if key == "retry-after-ms":
-            try:
-                return float(value) / 1000.0
-            except (TypeError, ValueError):
-                return 0.0
-    return 0.0
+class _Tries:
+    """One call's retry state: its deadline, how many refusals it has seen, the last error.
+
+    Every retryable outcome (a connection lost, UNAVAILABLE, RESOURCE_EXHAUSTED) costs time, never the
+    call, until the deadline; `ClientConfig.retries`, when set, also caps the refusals."""
+
+    def __init__(self, config: ClientConfig, rand: random.Random, addresses: Sequence[str]) -> None:
+        self.config = config
+        self.addresses = ", ".join(addresses)
+        self.rand = rand
+        self.start = time.monotonic()
+        self.deadline = self.start + config.deadline_s
+        self.attempts = 0
+        self.code: grpc.StatusCode | None = None
+        self.last = "no answer within the deadline"
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def lost(self, message: str) -> None:
+        self.code, self.last = grpc.StatusCode.UNAVAILABLE, message
+        if self.remaining() <= 0:
+            raise self.expired()
+
+    def refused(self, code: grpc.StatusCode, message: str, retry_after_s: float, backoff: bool) -> float:
+        """Count one refusal; the seconds to wait before the next try (raises when none is left)."""
+        self.attempts += 1
+        self.code, self.last = code, message
+        cap = self.config.retries
+        if cap is not None and self.attempts > cap:
+            raise ScorerCallError(code, f"{message} (gave up after {cap} retries)")
+        wait = max(retry_after_s, self.config.backoff(self.attempts, self.rand.random()) if backoff else 0.0)
+        if self.remaining() - wait <= 0:
+            raise self.expired()
+        return wait
+
+    async def wait_after(self, code: grpc.StatusCode, message: str, retry_after_s: float) -> None:
+        """A refusal that calls for backing off (overload): sleep, honouring the server's hint."""
+        await asyncio.sleep(self.refused(code, message, retry_after_s, backoff=True))
+
+    def expired(self) -> ScorerCallError:
+        """The error of a call whose deadline passed: the last status it saw, and for how long."""
+        waited = time.monotonic() - self.start
+        code = self.code or grpc.StatusCode.DEADLINE_EXCEEDED
+        if code is grpc.StatusCode.UNAVAILABLE:
+            msg = f"cannot reach {self.addresses} in {waited:.1f} s "
+            msg += f"({self.attempts} retries; last: {self.last})"
+        else:
+            msg = f"{self.last} (still {code.name} after {waited:.1f} s and {self.attempts} retries)"
+        return ScorerCallError(code, msg)

@@ -107,7 +107,7 @@ class Replica:
                 await call.write(pb.ScoreStreamRequest(request_id=request_id, request=request))
             except Exception as exc:  # the stream died under us; the reader fails everything pending
                 self.pending.pop(request_id, None)
-                self._mark_down()
+                self.mark_down()
                 raise ConnectionLost(f"{self.address}: {exc}") from exc
 
     async def cancel(self, request_id: str) -> None:
@@ -125,6 +125,7 @@ class Replica:
 
     async def _read(self, call: Any) -> None:
         reason = "the server closed the stream"
+        hint = 0.0
         try:
             async for resp in call:
                 self._deliver(resp)
@@ -132,13 +133,14 @@ class Replica:
             reason = "the client closed"
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
+            hint = retry_after(exc)
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 self._fail_all(ScorerCallError(exc.code(), exc.details() or ""), call)
                 return
         finally:
             if self._call is call:
                 self._call = None
-        self._mark_down()
+        self.mark_down(hint)
         self._fail_all(ConnectionLost(f"{self.address}: {reason}"), call)
 
     def _fail_all(self, exc: Exception, call: Any) -> None:
@@ -171,10 +173,12 @@ class Replica:
             if not p.future.done():
                 p.future.set_result(scores_from_parts(p.parts))
 
-    def _mark_down(self) -> None:
+    def mark_down(self, retry_after_s: float = 0.0) -> None:
+        """Take this replica out of rotation: for the doubling reconnect delay, or for the server's
+        retry hint when that is longer (a replica loading its guard or draining says how long)."""
         self.failures += 1
-        delay = reconnect_delay(self.failures, self.config.reconnect_backoff_max_s)
-        self.down_until = time.monotonic() + delay
+        delay = max(reconnect_delay(self.failures, self.config.reconnect_backoff_max_s), retry_after_s)
+        self.down_until = max(self.down_until, time.monotonic() + delay)
 
     async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
         """End the stream and close the channel.
@@ -205,6 +209,17 @@ class Replica:
         async with self._lock:  # not while a request is being written
             await call.done_writing()
         await asyncio.shield(reader)
+
+
+def retry_after(exc: grpc.aio.AioRpcError) -> float:
+    """The server's retry hint (trailing metadata `retry-after-ms`) in seconds; 0 without one."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            try:
+                return max(0.0, float(value) / 1000.0)
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
 
 
 def _code(value: int) -> grpc.StatusCode:

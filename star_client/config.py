@@ -14,12 +14,15 @@ class ClientConfig:
     """`host:port` of each replica, or `dns:///name:port` (resolved to every address it has, e.g. a
     Kubernetes headless Service). The client's constructor argument takes precedence when given."""
     deadline_s: float = 120.0
-    """Per call, including retries and re-sends after a replica went away."""
+    """Per call, including retries and re-sends after a replica went away. A scorer that is down,
+    restarting, loading its guard, draining or overloaded costs the call time up to this deadline,
+    never an early failure."""
     max_in_flight: int = 256
     """Requests outstanding at once across all replicas (`score_many` keeps this window full)."""
-    retries: int = 8
-    """How often one call is retried after the server answered RESOURCE_EXHAUSTED or UNAVAILABLE.
-    Re-sends after a connection loss are bounded by the deadline instead."""
+    retries: int | None = None
+    """At most this many retries of one call after the server answered RESOURCE_EXHAUSTED or
+    UNAVAILABLE (None: retry until the deadline). Re-sends after a connection loss are always bounded
+    by the deadline alone."""
     backoff_s: float = 0.05
     """First retry delay; doubles per retry, with +-50% jitter, up to `backoff_max_s`. A server's
     retry hint is honoured when it is longer."""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "star.v1.ScorerService"
+SERVING = 1
+"""grpc.health.v1.HealthCheckResponse.SERVING."""
 
 
 def free_port() -> int:
@@ -35,6 +37,8 @@ class ScorerProcess:
     env: dict[str, str] = field(default_factory=dict)
     """Added to this process's environment (STAR_THREADS defaults to 1)."""
     preexec_fn: Callable[[], None] | None = None
+    module: str = "scorer_server.cli"
+    """What `python -m` runs: the real CLI, or a test harness around it (star_testing.gated_scorer)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,7 +47,7 @@ class ScorerProcess:
 
     def launch(self) -> ScorerProcess:
         """Start the process and return at once (see `wait_serving`)."""
-        cmd = [sys.executable, "-m", "scorer_server.cli", "serve", *self.args]
+        cmd = [sys.executable, "-m", self.module, "serve", *self.args]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "STAR_THREADS": "1", **self.env}
         log = self.log_path.open("ab")
@@ -61,29 +65,42 @@ class ScorerProcess:
     def wait_serving(self, timeout: float = 90.0, credentials: object | None = None) -> None:
         """Poll the health check until SERVING; RuntimeError if the process exits, TimeoutError after
         `timeout` s. `credentials` are grpc.ChannelCredentials for a TLS server (name 'localhost')."""
+        self._wait_health(lambda status: status == SERVING, "SERVING", timeout, credentials)
+
+    def wait_listening(self, timeout: float = 90.0) -> None:
+        """Poll until the health check answers at all (NOT_SERVING while the guard loads)."""
+        self._wait_health(lambda status: status is not None, "listening", timeout, None)
+
+    def health(self, credentials: object | None = None) -> int | None:
+        """The health status of SERVICE (a grpc.health.v1 enum value), or None when nothing answers."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        if credentials is not None:
+            opts = [("grpc.ssl_target_name_override", "localhost")]
+            channel = grpc.secure_channel(self.address, credentials, options=opts)
+        else:
+            channel = grpc.insecure_channel(self.address)
+        try:
+            with channel:
+                resp = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=SERVICE), timeout=1.0
+                )
+                return int(resp.status)
+        except grpc.RpcError:
+            return None
+
+    def _wait_health(
+        self, done: Callable[[int | None], bool], what: str, timeout: float, credentials: object | None
+    ) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if credentials is not None:
-                opts = [("grpc.ssl_target_name_override", "localhost")]
-                channel = grpc.secure_channel(self.address, credentials, options=opts)
-            else:
-                channel = grpc.insecure_channel(self.address)
-            try:
-                with channel:
-                    resp = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service=SERVICE), timeout=1.0
-                    )
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not SERVING within {timeout}s:\n{self.log()}")
+            if done(self.health(credentials)):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"server not {what} within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         """The last 4000 characters of the server's log."""

@@ -47,7 +47,9 @@ async def _run(args: argparse.Namespace) -> int:
     convs = load_conversations(cfg.data, cfg.data_split, cfg.max_examples)
     examples = build_examples(tok, convs, **cfg.example_options())
     cache = None if args.no_cache or not cfg.resolved_cache_path else ScoreCache(cfg.resolved_cache_path)
-    scorer = scorer_from(None, cfg.scorer, cfg.guard_preset, cfg.scorers, cfg.combine)()
+    scorer = scorer_from(
+        None, cfg.scorer, cfg.guard_preset, cfg.scorers, cfg.combine, deadline_s=cfg.scorer_deadline_s
+    )()
     fp = (await scorer.info()).fingerprint
     fetcher = ScoreFetcher(scorer, fp, cache)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,14 @@ def scorer_from(
     guard_preset: str,
     scorers: Sequence[str] = (),
     combine: str = "mean",
+    *,
+    deadline_s: float | None = None,
 ) -> Callable[[], AsyncScorer]:
     """A factory of the scorer named by `scores_file` (a precomputed JSONL) or else `scorer`:
     `local:GUARD_DIR` (an in-process guard with `guard_preset`) or `HOST:PORT[,HOST:PORT...]`; or else
     `scorers`, one such entry per guard (a local entry may name its preset: `local:GUARD_DIR@PRESET`),
-    combined per cut by `combine` ('mean' or 'min')."""
+    combined per cut by `combine` ('mean' or 'min'). `deadline_s` bounds each call to a scorer service,
+    waits for replicas that are down or loading included (None: the client's default)."""
     if scores_file:
         from trainer_client.scoring.scores_file import FileScorer
 
@@ -30,11 +33,11 @@ def scorer_from(
         rule = next((c for c in COMBINES if c == combine), None)
         if rule is None:
             raise ValueError(f"combine must be one of {COMBINES}, not {combine!r}")
-        parts = [_one(s, guard_preset, presets=True) for s in scorers]
+        parts = [_one(s, guard_preset, True, deadline_s) for s in scorers]
         return lambda: EnsembleScorer([make() for make in parts], rule)
     if not scorer:
         raise ValueError("no scorer: set scorer (host:port or local:GUARD_DIR), scorers or scores_file")
-    return _one(scorer, guard_preset, presets=False)
+    return _one(scorer, guard_preset, False, deadline_s)
 
 
 def split_local(spec: str, guard_preset: str) -> tuple[str, str]:
@@ -47,7 +50,7 @@ def split_local(spec: str, guard_preset: str) -> tuple[str, str]:
     return path, guard_preset
 
 
-def _one(spec: str, guard_preset: str, presets: bool) -> Callable[[], AsyncScorer]:
+def _one(spec: str, guard_preset: str, presets: bool, deadline_s: float | None) -> Callable[[], AsyncScorer]:
     if spec.startswith("local:"):
         from trainer_client.in_process import LocalScorer
 
@@ -55,8 +58,9 @@ def _one(spec: str, guard_preset: str, presets: bool) -> Callable[[], AsyncScore
         return lambda: LocalScorer.from_dir(path, preset)
 
     def remote() -> AsyncScorer:
-        from star_client import AsyncScorerClient
+        from star_client import AsyncScorerClient, ClientConfig
 
-        return AsyncScorerClient(spec)
+        config = ClientConfig() if deadline_s is None else ClientConfig(deadline_s=deadline_s)
+        return AsyncScorerClient(spec, config)
 
     return remote

@@ -98,6 +98,10 @@ class TrainConfig:
     """sqlite score cache (default OUTPUT_DIR/score_cache.sqlite); '' disables it."""
     prefetch_batches: int = 4
     """How many micro-batches ahead scores are kept in flight."""
+    scorer_deadline_s: float = 900.0
+    """How long one scoring call may take, waits for a scorer that is down, restarting, loading its guard
+    or overloaded included (the client retries all the while); only past it does the run fail. The
+    default covers a pod rescheduled onto another node plus an 8B guard's load."""
     scorer_delay_s: float = 0.0
     """Testing: extra seconds added to every scorer call (simulates a slow or distant scorer)."""
 
@@ -174,6 +178,7 @@ class TrainConfig:
             (self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.prefetch_batches >= 1, "prefetch_batches must be >= 1"),
+            (self.scorer_deadline_s > 0, "scorer_deadline_s must be > 0"),
             (self.torch_threads >= 0, "torch_threads must be >= 0"),
             (bool(self.model), "model is required"),
             (bool(self.data), "data is required"),

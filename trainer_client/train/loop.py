@@ -98,7 +98,14 @@ class Trainer:
         if cfg.method in ("dss", "rs"):
             self.prefetcher = Prefetcher(
                 scorer_factory
-                or scorer_from(cfg.scores_file, cfg.scorer, cfg.guard_preset, cfg.scorers, cfg.combine),
+                or scorer_from(
+                    cfg.scores_file,
+                    cfg.scorer,
+                    cfg.guard_preset,
+                    cfg.scorers,
+                    cfg.combine,
+                    deadline_s=cfg.scorer_deadline_s,
+                ),
                 self.examples,
                 self.cache,
                 star=cfg.method == "dss",

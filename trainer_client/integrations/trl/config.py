@@ -27,6 +27,8 @@ class StarDSSConfig:
     cache_path: str | None = None
     """sqlite score cache; None: OUTPUT_DIR/score_cache.sqlite of the SFTConfig; '' disables it."""
     prefetch_batches: int = 4
+    scorer_deadline_s: float = 900.0
+    """How long one scoring call may wait for a scorer that is down, restarting or loading."""
     lambda_kl: float = 0.5
     kl_estimator: str = "k2"
     reference: str = "auto"
@@ -54,6 +56,7 @@ class StarDSSConfig:
             scores_file=self.scores_file,
             cache_path=self.cache_path,
             prefetch_batches=self.prefetch_batches,
+            scorer_deadline_s=self.scorer_deadline_s,
             lambda_kl=self.lambda_kl,
             kl_estimator=self.kl_estimator,
             reference=self.reference,

@@ -85,7 +85,14 @@ class StarDSSTrainer(SFTTrainer):
         cache = ScoreCache(cache_path) if cache_path and star.method != "sft" else None
         make = None
         if star.method != "sft":
-            make = scorer_from(star.scores_file, star.scorer, star.guard_preset, star.scorers, star.combine)
+            make = scorer_from(
+                star.scores_file,
+                star.scorer,
+                star.guard_preset,
+                star.scorers,
+                star.combine,
+                deadline_s=star.scorer_deadline_s,
+            )
         self._star = StarBatches(self.star_examples, pad_id, star.method, make, cache, star.prefetch_batches)
         self.star_rows: list[dict[str, float]] = []
         """One row per optimizer step, as star-train's metrics.jsonl (loss, weighted_ce, kl, ...)."""

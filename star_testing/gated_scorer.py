@@ -1,0 +1,47 @@
+"""`star-scorer` whose guard load waits for a gate file: a real server held in its loading state.
+
+A real 8B guard loads for a minute; the tiny test guards load in a fraction of a second, too fast for a
+test to act while the server is loading. This wrapper runs the real `scorer_server.cli` unchanged except
+that `LocalBackend.start` first waits until the file named by STAR_TEST_LOAD_GATE exists. Meanwhile the
+server is what a loading scorer is: listening, health NOT_SERVING, calls answered UNAVAILABLE ("the guard
+is still loading"). Used as `ScorerProcess(..., module="star_testing.gated_scorer", env={GATE_ENV: path})`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+GATE_ENV = "STAR_TEST_LOAD_GATE"
+POLL_S = 0.02
+
+
+def install_gate(gate: Path) -> None:
+    """Make every LocalBackend wait for `gate` to exist before it loads its guard."""
+    from scorer_server.backends.local import LocalBackend
+
+    real_start = LocalBackend.start
+
+    async def gated_start(self: LocalBackend) -> None:
+        while not gate.exists():
+            await asyncio.sleep(POLL_S)
+        await real_start(self)
+
+    LocalBackend.start = gated_start  # type: ignore[method-assign]
+
+
+def main() -> int:
+    gate = os.environ.get(GATE_ENV)
+    if not gate:
+        print(f"gated_scorer: set {GATE_ENV} to the gate file's path", file=sys.stderr)
+        return 2
+    install_gate(Path(gate))
+    from scorer_server.cli import main as scorer_main
+
+    return scorer_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
