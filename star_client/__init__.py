@@ -10,7 +10,16 @@ with ScorerClient("localhost:50051") as client:
 from star_client.aio import AsyncScorerClient
 from star_client.config import ClientConfig
 from star_client.errors import ScorerCallError
+from star_client.moderation import ModerationLost, ModerationSession
 from star_client.sync import ScorerClient
 from star_contract.errors import InvalidRequest
 
-__all__ = ["AsyncScorerClient", "ClientConfig", "InvalidRequest", "ScorerCallError", "ScorerClient"]
+__all__ = [
+    "AsyncScorerClient",
+    "ClientConfig",
+    "InvalidRequest",
+    "ModerationLost",
+    "ModerationSession",
+    "ScorerCallError",
+    "ScorerClient",
+]

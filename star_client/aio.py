@@ -15,6 +15,7 @@ import grpc
 from star_client.channel import Replica, retry_after
 from star_client.config import ClientConfig
 from star_client.errors import RETRYABLE, ConnectionLost, RetryableReply, ScorerCallError
+from star_client.membership import STARVING_GAP_S, Membership, Resolver, system_resolver
 from star_client.moderation import ModerationSession
 from star_contract import convert
 from star_contract.errors import InvalidRequest
@@ -33,22 +34,6 @@ def parse_addresses(addresses: str | Sequence[str]) -> list[str]:
     return out
 
 
-async def resolve(addresses: list[str]) -> list[str]:
-    """Expand `dns:///name:port` into one `ip:port` per address the name has (headless Services)."""
-    loop = asyncio.get_running_loop()
-    out: list[str] = []
-    for a in addresses:
-        if not a.startswith("dns:"):
-            out.append(a)
-            continue
-        hostport = a.split("///", 1)[-1] if "///" in a else a[4:]
-        host, _, port = hostport.rpartition(":")
-        infos = await loop.getaddrinfo(host, int(port), type=0, proto=6)
-        ips = sorted({str(i[4][0]) for i in infos})
-        out.extend(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips)
-    return out
-
-
 class AsyncScorerClient:
     """Calls one or several scorer replicas.
 
@@ -57,7 +42,13 @@ class AsyncScorerClient:
     UNAVAILABLE with backoff and jitter, and re-sends what a replica that went away left unanswered.
     """
 
-    def __init__(self, addresses: str | list[str] | None = None, config: ClientConfig | None = None) -> None:
+    def __init__(
+        self,
+        addresses: str | list[str] | None = None,
+        config: ClientConfig | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        """`resolver(host, port)` answers for `dns:///` names (default: the system's getaddrinfo)."""
         config = config or ClientConfig()
         if addresses is not None:
             config = replace(config, addresses=tuple(parse_addresses(addresses)))
@@ -66,12 +57,16 @@ class AsyncScorerClient:
         self.config = config
         token = config.token()
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._members = Membership(config.addresses, resolver or system_resolver, config.resolve_every_s)
         self._replicas: list[Replica] = []
+        self._retiring: set[asyncio.Task[None]] = set()
         self._rr = itertools.count()
         self._ids = itertools.count()
         self._window: asyncio.Semaphore | None = None
         self._started = False
+        self._closed = False
         self._start_lock: asyncio.Lock | None = None
+        self._refresh_lock: asyncio.Lock | None = None
         self._rand = random.Random()
 
     async def __aenter__(self) -> AsyncScorerClient:
@@ -89,12 +84,29 @@ class AsyncScorerClient:
         async with self._start_lock:
             if self._started:
                 return
-            addresses = await resolve(list(self.config.addresses))
-            if not addresses:
-                raise ValueError(f"no addresses found for {self.config.addresses}")
-            self._replicas = [Replica(a, self.config, self._metadata) for a in addresses]
+            self._closed = False
+            self._refresh_lock = asyncio.Lock()
             self._window = asyncio.Semaphore(self.config.max_in_flight)
+            await self._refresh(starving=True)  # no replica yet: calls wait for one until their deadline
             self._started = True
+
+    async def _refresh(self, starving: bool) -> None:
+        """Resolve the `dns:///` names again when due; add replicas that appeared, retire those that
+        went away (their outstanding requests get `CLOSE_GRACE_S` to finish, then go elsewhere)."""
+        if self._refresh_lock is None or not self._members.due(time.monotonic(), starving):
+            return
+        async with self._refresh_lock:
+            if not self._members.due(time.monotonic(), starving):
+                return  # another caller resolved meanwhile
+            addresses = await self._members.resolve()
+            if addresses is None or self._closed:
+                return
+            known = {r.address: r for r in self._replicas}
+            self._replicas = [known.get(a) or Replica(a, self.config, self._metadata) for a in addresses]
+            for gone in set(known) - set(addresses):
+                task = asyncio.ensure_future(known[gone].close())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     @property
     def addresses(self) -> list[str]:
@@ -135,24 +147,35 @@ class AsyncScorerClient:
     ) -> ModerationSession:
         """A live-moderation session on one replica: `async with client.moderate(conversation) as s:`."""
 
-        async def open_call() -> Any:
+        holder: list[Replica] = []
+
+        async def open_call(after_loss: bool) -> Any:
             await self._ensure_started()
+            if after_loss and holder:
+                holder[0].mark_down()  # the replica that lost the session: try the others first
             replica = await self._pick(time.monotonic() + self.config.deadline_s)
+            holder[:] = [replica]
             return replica.stub.Moderate(metadata=self._metadata, timeout=self.config.deadline_s)
 
         return ModerationSession(open_call, conversation, options or ModerateOptions())
 
     async def close(self) -> None:
+        self._closed = True
         for r in self._replicas:
             await r.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         self._replicas = []
         self._started = False
 
     # -- internals --
     async def _pick(self, deadline: float, tries: _Tries | None = None) -> Replica:
-        """The next replica that is up, round-robin; waits for one to come back when none is, and
-        raises once none will be back before `deadline`."""
+        """The next replica that is up, round-robin; waits for one to come back (or to be found under a
+        `dns:///` name) when none is, and raises once none will be before `deadline`."""
         while True:
+            if self._closed:
+                raise ScorerCallError(grpc.StatusCode.CANCELLED, "the client is closed")
+            await self._refresh(starving=False)
             now = time.monotonic()
             n = len(self._replicas)
             start = next(self._rr)
@@ -160,19 +183,22 @@ class AsyncScorerClient:
                 r = self._replicas[(start + k) % n]
                 if r.usable(now):
                     return r
-            if not self._replicas:
-                raise ScorerCallError(grpc.StatusCode.CANCELLED, "the client is closed")
-            wake = min(r.down_until for r in self._replicas)
+            await self._refresh(starving=True)
+            if any(r.usable(time.monotonic()) for r in self._replicas):
+                continue
+            wake = min((r.down_until for r in self._replicas), default=now + STARVING_GAP_S)
+            if self._members.names:
+                wake = min(wake, self._members.resolved_at + STARVING_GAP_S)
             if wake >= deadline:
                 if tries is not None:
                     raise tries.expired()
-                reach = ", ".join(r.address for r in self._replicas)
+                reach = ", ".join(self.config.addresses)
                 raise ScorerCallError(grpc.StatusCode.UNAVAILABLE, f"cannot reach {reach}")
-            await asyncio.sleep(max(0.0, wake - now))
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
     async def _score_pb(self, req_pb: pb.ScoreRequest) -> StarScores:
         loop = asyncio.get_running_loop()
-        tries = _Tries(self.config, self._rand, self.addresses)
+        tries = _Tries(self.config, self._rand, self.addresses or list(self.config.addresses))
         while True:
             replica = await self._pick(tries.deadline, tries)
             rid = str(next(self._ids))
@@ -203,7 +229,7 @@ class AsyncScorerClient:
         """A unary call with failover over replicas, retried on UNAVAILABLE and RESOURCE_EXHAUSTED until
         the deadline (a replica that is down or loading is skipped until it is expected back)."""
         await self._ensure_started()
-        tries = _Tries(self.config, self._rand, self.addresses)
+        tries = _Tries(self.config, self._rand, self.addresses or list(self.config.addresses))
         while True:
             replica = await self._pick(tries.deadline, tries)
             try:
@@ -267,7 +293,9 @@ class _Tries:
         """The error of a call whose deadline passed: the last status it saw, and for how long."""
         waited = time.monotonic() - self.start
         code = self.code or grpc.StatusCode.DEADLINE_EXCEEDED
-        if code is grpc.StatusCode.UNAVAILABLE:
+        if self.code is None:
+            msg = f"no answer within the {self.config.deadline_s:g} s deadline"
+        elif code is grpc.StatusCode.UNAVAILABLE:
             msg = f"cannot reach {self.addresses} in {waited:.1f} s "
             msg += f"({self.attempts} retries; last: {self.last})"
         else:

@@ -13,6 +13,9 @@ class ClientConfig:
     addresses: tuple[str, ...] = ()
     """`host:port` of each replica, or `dns:///name:port` (resolved to every address it has, e.g. a
     Kubernetes headless Service). The client's constructor argument takes precedence when given."""
+    resolve_every_s: float = 30.0
+    """How often `dns:///` names are resolved again (0: only when no replica is usable), so replicas
+    that a scale-up adds get traffic and removed ones are dropped."""
     deadline_s: float = 120.0
     """Per call, including retries and re-sends after a replica went away. A scorer that is down,
     restarting, loading its guard, draining or overloaded costs the call time up to this deadline,

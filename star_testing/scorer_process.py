@@ -28,7 +28,7 @@ def free_port() -> int:
 
 @dataclass
 class ScorerProcess:
-    """`star-scorer serve *args --host 127.0.0.1 --port port --metrics-port metrics_port`."""
+    """`star-scorer serve *args --host host --port port --metrics-port metrics_port`."""
 
     args: list[str]
     log_path: Path
@@ -37,18 +37,21 @@ class ScorerProcess:
     env: dict[str, str] = field(default_factory=dict)
     """Added to this process's environment (STAR_THREADS defaults to 1)."""
     preexec_fn: Callable[[], None] | None = None
+    host: str = "127.0.0.1"
+    """Any loopback address (127.0.0.0/8): replicas on 127.0.0.2, 127.0.0.3, ... share one port, as the
+    pods behind a headless Service do."""
     module: str = "scorer_server.cli"
     """What `python -m` runs: the real CLI, or a test harness around it (star_testing.gated_scorer)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def launch(self) -> ScorerProcess:
         """Start the process and return at once (see `wait_serving`)."""
         cmd = [sys.executable, "-m", self.module, "serve", *self.args]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
+        cmd += ["--host", self.host, "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "STAR_THREADS": "1", **self.env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
