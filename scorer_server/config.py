@@ -177,6 +177,14 @@ class NetworkSettings:
     max_message_bytes: int = _opt(
         16 * 1024 * 1024, "largest gRPC message received or sent, bytes (gRPC's own default is 4 MiB)"
     )
+    max_connection_age_s: float = _opt(
+        300.0,
+        "after this long a client connection is asked (HTTP/2 GOAWAY) to reconnect for new calls, so "
+        "clients behind a ClusterIP Service or an L4 proxy rebalance over the replicas; 0: never",
+    )
+    max_connection_age_grace_s: float = _opt(
+        180.0, "how long calls may go on after that request before the connection is closed under them"
+    )
     auth_tokens_file: str = _opt("", "file of accepted bearer tokens, one per line (also STAR_AUTH_TOKENS)")
     tls_cert: str = _opt("", "server certificate chain (PEM); turns TLS on with --tls-key")
     tls_key: str = _opt("", "server private key (PEM)")
@@ -195,6 +203,8 @@ class NetworkSettings:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.max_message_bytes < 1:
             raise ValueError("--max-message-bytes must be >= 1")
+        if self.max_connection_age_s < 0 or self.max_connection_age_grace_s < 0:
+            raise ValueError("--max-connection-age-s and --max-connection-age-grace-s must be >= 0")
 
 
 @dataclass(frozen=True)

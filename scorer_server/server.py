@@ -118,16 +118,19 @@ class ScorerServer:
         interceptors: list[Any] = [ErrorInterceptor(self.metrics)]
         if config.auth_tokens:
             interceptors.append(AuthInterceptor(config.auth_tokens))
-        self.server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ],
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+        if config.max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000)),
+            ]
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
         from star_proto import scorer_pb2_grpc as pb_grpc
 
         pb_grpc.add_ScorerServiceServicer_to_server(self.servicer, self.server)

@@ -76,8 +76,26 @@ class Pending:
     parts: list[pb.ScoreResponse] = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class Stream:
+    """One ScoreStream call: the requests it carries and its reader."""
+
+    call: Any
+    opened_at: float
+    pending: dict[str, Pending] = field(default_factory=dict)
+    reader: asyncio.Task[None] | None = None
+    retiring: bool = False
+    """Takes no new requests; half-closed once what it carries is answered."""
+
+
 class Replica:
-    """One scorer address: its channel, stub and one long-lived ScoreStream multiplexing many requests."""
+    """One scorer address: its channel, stub and one long-lived ScoreStream multiplexing many requests.
+
+    A stream older than `ClientConfig.stream_max_age_s` takes no new requests: the next one opens a fresh
+    stream and the old one is half-closed once its answers are in (the server then ends it). A server
+    that limits its connections' age (`--max-connection-age-s`) has by then told the channel to connect
+    anew, so behind a ClusterIP Service or an L4 proxy the fresh stream may land on another replica:
+    long runs spread over the fleet without losing a request."""
 
     def __init__(self, address: str, config: ClientConfig, metadata: Sequence[tuple[str, str]]) -> None:
         self.address = address
@@ -85,79 +103,111 @@ class Replica:
         self.metadata = tuple(metadata)
         self.channel = make_channel(address, config)
         self.stub = pb_grpc.ScorerServiceStub(self.channel)
-        self.pending: dict[str, Pending] = {}
         self.down_until = 0.0
         self.failures = 0
-        self._call: Any = None
-        self._reader: asyncio.Task[None] | None = None
+        self.streams_opened = 0
+        self._stream: Stream | None = None
+        self._streams: set[Stream] = set()
         self._lock = asyncio.Lock()
         self._closed = False
+
+    @property
+    def pending(self) -> dict[str, Pending]:
+        """Every request outstanding on this replica, over all its streams."""
+        return {rid: p for st in self._streams for rid, p in st.pending.items()}
 
     def usable(self, now: float) -> bool:
         return not self._closed and now >= self.down_until
 
     async def submit(self, request_id: str, request: pb.ScoreRequest, future: asyncio.Future[Any]) -> None:
-        """Send one request on the stream (opening it if needed); the answer resolves `future`."""
+        """Send one request on the current stream (opening one if needed); the answer resolves `future`."""
         async with self._lock:
-            if self._call is None:
-                self._open()
-            call = self._call
-            self.pending[request_id] = Pending(future)
+            st = self._stream
+            now = time.monotonic()
+            if st is not None and now - st.opened_at >= self.config.stream_max_age_s:
+                self._retire(st)
+                st = None
+            if st is None:
+                st = self._stream = self._open()
+            st.pending[request_id] = Pending(future)
             try:
-                await call.write(pb.ScoreStreamRequest(request_id=request_id, request=request))
+                await st.call.write(pb.ScoreStreamRequest(request_id=request_id, request=request))
             except Exception as exc:  # the stream died under us; the reader fails everything pending
-                self.pending.pop(request_id, None)
+                st.pending.pop(request_id, None)
                 self.mark_down()
                 raise ConnectionLost(f"{self.address}: {exc}") from exc
 
     async def cancel(self, request_id: str) -> None:
         """Tell the server to drop a request (best effort) and forget it here."""
-        if self.pending.pop(request_id, None) is None or self._call is None:
+        st = next((x for x in self._streams if request_id in x.pending), None)
+        if st is None:
             return
+        del st.pending[request_id]
         with contextlib.suppress(Exception):
             async with self._lock:
-                if self._call is not None:
-                    await self._call.write(pb.ScoreStreamRequest(request_id=request_id, cancel=True))
+                if not st.call.done():
+                    await st.call.write(pb.ScoreStreamRequest(request_id=request_id, cancel=True))
+        self._maybe_finish(st)
 
-    def _open(self) -> None:
-        self._call = self.stub.ScoreStream(metadata=self.metadata or None)
-        self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+    def _open(self) -> Stream:
+        st = Stream(self.stub.ScoreStream(metadata=self.metadata or None), time.monotonic())
+        st.reader = asyncio.get_running_loop().create_task(self._read(st))
+        self._streams.add(st)
+        self.streams_opened += 1
+        return st
 
-    async def _read(self, call: Any) -> None:
+    def _retire(self, st: Stream) -> None:
+        st.retiring = True
+        if self._stream is st:
+            self._stream = None
+        self._maybe_finish(st)
+
+    def _maybe_finish(self, st: Stream) -> None:
+        """Half-close a retiring stream once it carries nothing."""
+        if st.retiring and not st.pending and not st.call.done():
+            asyncio.get_running_loop().create_task(self._half_close(st))
+
+    async def _half_close(self, st: Stream) -> None:
+        with contextlib.suppress(Exception):
+            async with self._lock:  # not while a request is being written
+                await st.call.done_writing()
+
+    async def _read(self, st: Stream) -> None:
         reason = "the server closed the stream"
         hint = 0.0
         try:
-            async for resp in call:
-                self._deliver(resp)
+            async for resp in st.call:
+                self._deliver(st, resp)
         except asyncio.CancelledError:
             reason = "the client closed"
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
             hint = retry_after(exc)
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                self._fail_all(ScorerCallError(exc.code(), exc.details() or ""), call)
+                self._end(st, ScorerCallError(exc.code(), exc.details() or ""))
                 return
-        finally:
-            if self._call is call:
-                self._call = None
-        self.mark_down(hint)
-        self._fail_all(ConnectionLost(f"{self.address}: {reason}"), call)
+        if not (st.retiring and not st.pending):  # a stream we did not end ourselves: the replica broke
+            self.mark_down(hint)
+        self._end(st, ConnectionLost(f"{self.address}: {reason}"))
 
-    def _fail_all(self, exc: Exception, call: Any) -> None:
-        if self._call is call:
-            self._call = None
-        pending, self.pending = self.pending, {}
+    def _end(self, st: Stream, exc: Exception) -> None:
+        """Forget a stream that ended; what it still carried fails with `exc` (and is re-sent)."""
+        if self._stream is st:
+            self._stream = None
+        self._streams.discard(st)
+        pending, st.pending = st.pending, {}
         for p in pending.values():
             if not p.future.done():
                 p.future.set_exception(exc)
 
-    def _deliver(self, resp: pb.ScoreStreamResponse) -> None:
-        p = self.pending.get(resp.request_id)
+    def _deliver(self, st: Stream, resp: pb.ScoreStreamResponse) -> None:
+        p = st.pending.get(resp.request_id)
         if p is None:
             return  # cancelled or re-sent elsewhere
         self.failures = 0
         if resp.HasField("error"):
-            del self.pending[resp.request_id]
+            del st.pending[resp.request_id]
+            self._maybe_finish(st)
             err = resp.error
             code = _code(err.code)
             if p.future.done():
@@ -169,7 +219,8 @@ class Replica:
             return
         p.parts.append(resp.result)
         if resp.result.complete:
-            del self.pending[resp.request_id]
+            del st.pending[resp.request_id]
+            self._maybe_finish(st)
             if not p.future.done():
                 p.future.set_result(scores_from_parts(p.parts))
 
@@ -181,33 +232,42 @@ class Replica:
         self.down_until = max(self.down_until, time.monotonic() + delay)
 
     async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
-        """End the stream and close the channel.
+        """End every stream and close the channel.
 
-        The stream is half-closed and the server ends it (after answering what is outstanding), so gRPC
+        Each stream is half-closed and the server ends it (after answering what is outstanding), so gRPC
         receives the call's status before we return. Cancelling it instead would leave gRPC's own status
         task waiting on the core: when the caller's loop stops right after (the blocking client's does),
         that task is destroyed pending and the late completion hits a closed loop. A server that does not
-        end the stream within `grace_s` gets it cancelled.
+        end a stream within `grace_s` gets it cancelled.
         """
         self._closed = True
-        call, reader = self._call, self._reader
-        if call is not None and reader is not None and not reader.done():
+        streams = list(self._streams)
+        for st in streams:
+            st.retiring = True
+        self._stream = None
+        if streams:
+            await asyncio.gather(*(self._finish(st, grace_s) for st in streams))
+        await self.channel.close()
+
+    async def _finish(self, st: Stream, grace_s: float) -> None:
+        reader = st.reader
+        if reader is None:
+            return
+        if not reader.done():
             try:
-                await asyncio.wait_for(self._finish(call, reader), grace_s)
+                await asyncio.wait_for(self._end_stream(st, reader), grace_s)
             except Exception:  # timed out, or the stream broke: cancel below
                 pass
             finally:
                 if not reader.done():
-                    call.cancel()
+                    st.call.cancel()
                     reader.cancel()
-        if reader is not None:
-            with contextlib.suppress(BaseException):
-                await reader
-        await self.channel.close()
+        with contextlib.suppress(BaseException):
+            await reader
 
-    async def _finish(self, call: Any, reader: asyncio.Task[None]) -> None:
+    async def _end_stream(self, st: Stream, reader: asyncio.Task[None]) -> None:
         async with self._lock:  # not while a request is being written
-            await call.done_writing()
+            await st.call.done_writing()
         await asyncio.shield(reader)
 
 

@@ -16,6 +16,10 @@ class ClientConfig:
     resolve_every_s: float = 30.0
     """How often `dns:///` names are resolved again (0: only when no replica is usable), so replicas
     that a scale-up adds get traffic and removed ones are dropped."""
+    stream_max_age_s: float = 120.0
+    """A replica's ScoreStream older than this takes no new requests: a fresh one is opened and the old
+    one ends once answered. With the server's --max-connection-age-s the fresh stream may reach another
+    replica behind a ClusterIP Service, so long runs rebalance."""
     deadline_s: float = 120.0
     """Per call, including retries and re-sends after a replica went away. A scorer that is down,
     restarting, loading its guard, draining or overloaded costs the call time up to this deadline,
