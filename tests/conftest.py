@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from star_testing.real_guards import require_guard_templates
 from star_testing.scorer_process import ScorerProcess, free_port
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
@@ -52,3 +53,10 @@ def toy_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
 
     out = tmp_path_factory.mktemp("toy-demo") / "report"
     return main(["--out", str(out)]), out
+
+
+@pytest.fixture(scope="session")
+def guard_templates() -> Path:
+    """The real guard templates folder (../shared/guard-templates or STAR_GUARD_TEMPLATES): a test that
+    needs it is skipped without it, and fails without it in CI (CI=true)."""
+    return require_guard_templates(__file__)

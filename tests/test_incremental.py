@@ -21,10 +21,9 @@ from scorer_server.engine.session_kv import TailJob, forward_tails, forward_tail
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, Segment
-from star_testing.real_guards import find_guard_templates, save_named_real_guard
+from star_testing.real_guards import save_named_real_guard
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
-ARTEFACTS, MISSING = find_guard_templates(__file__)
 WORDS = ["Sure,", "first", "mix", "the", "flour", "then", "bake", "it.", "Done!", "ünï", "🙂", "x", "220"]
 SPACES = [" ", " ", " ", "  ", "\n", "\n\n", "\t"]
 
@@ -283,10 +282,8 @@ def test_cut_spacing_and_closed_sessions(engine: StarEngine) -> None:
         session.push("more")
 
 
-def test_real_llama_guard_3_template_and_tokenizer(tmp_path: Path) -> None:
-    if MISSING:
-        pytest.skip(MISSING)
-    path, real = save_named_real_guard(tmp_path / "lg3", "llama-guard-3-1b", ARTEFACTS)
+def test_real_llama_guard_3_template_and_tokenizer(tmp_path: Path, guard_templates: Path) -> None:
+    path, real = save_named_real_guard(tmp_path / "lg3", "llama-guard-3-1b", guard_templates)
     engine: Any = StarEngine(load_guard(GuardConfig(path=str(path), preset=real.preset)))
     conv = Conversation.from_pair(
         "How do I bake bread?", "Voilà — mix 200g flour,\n\n then bake 🙂 at 220°C!"
