@@ -25,8 +25,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(start_server: Any) -> Any:
-    return start_server()
+def server(default_server: Any) -> Any:
+    return default_server
 
 
 def _cfg(workdir: Path, out: str, **kw: Any) -> TrainConfig:
