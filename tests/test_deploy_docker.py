@@ -146,6 +146,7 @@ def test_flags_we_pass_are_accepted(script: str) -> None:
     except ImportError as err:
         pytest.fail(f"{script}'s entry point {SCRIPTS[script]} does not import: {err}")
     cmds = [c for c in map(_program, _docker_commands() + _manifest_commands()) if c[0] == script]
+    assert cmds, f"no image or manifest runs {script}: the flags check would check nothing"
     for cmd in cmds:
         sub = [a for a in cmd[1:2] if not a.startswith("-")]
         code = (
