@@ -83,6 +83,25 @@ def find_guard_templates(test_file: str | Path) -> tuple[Path, str | None]:
     return folder, f"the real guard templates are not at {folder} (set STAR_GUARD_TEMPLATES)"
 
 
+def in_ci() -> bool:
+    """Whether this runs in CI (`CI=true`, as CI sets it): there, missing shared artefacts are an error."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_guard_templates(test_file: str | Path) -> Path:
+    """The folder of real guard artefacts for the tests in `test_file`'s checkout. Without it the
+    calling test is skipped, with the reason; in CI (`CI=true`) it fails instead, since CI lays the
+    shared folder beside the checkout and a silent skip there would hide the real-template tests."""
+    import pytest
+
+    folder, missing = find_guard_templates(test_file)
+    if missing is None:
+        return folder
+    if in_ci():
+        pytest.fail(f"{missing}; CI=true, where the shared folder must be present", pytrace=False)
+    pytest.skip(missing)
+
+
 def llama3_tokenizer(tiktoken_file: str | Path) -> Any:
     """The real Llama 3 fast tokenizer, converted from Meta's tiktoken BPE ranks."""
     from transformers import PreTrainedTokenizerFast

@@ -19,11 +19,27 @@ SERVING = 1
 """grpc.health.v1.HealthCheckResponse.SERVING."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, never the same one twice in a process.
+
+    Under pytest-xdist the workers are separate processes picking ports at the same time: worker k of
+    n only takes ports p with p // 2 equal to k modulo n, so two workers never hand out the same port (a
+    server of one cannot take the port another worker's test is about to use, or expects to be dead).
+    Not p itself modulo n: Linux hands out ports of one parity to bind(port 0)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker[2:]) % count if worker.startswith("gw") and worker[2:].isdigit() else 0
+    for _ in range(10_000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if (port // 2) % count == index and port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
 
 
 @dataclass

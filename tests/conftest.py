@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from star_testing.real_guards import require_guard_templates
 from star_testing.scorer_process import ScorerProcess, free_port
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's torch (and the processes it starts) gets its share of the cores
+    instead of all of them: two workers with two threads each on two cores spend their time switching.
+    Servers started by the tests already run with one thread (STAR_THREADS=1)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1 and os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +39,9 @@ def tiny_guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def start_server(tiny_guard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """`start_server(*extra_args, env=None, credentials=None, port=None)` -> a SERVING ScorerProcess;
-    every server started this way is stopped at the end of the session (or by the test)."""
+    every server started this way is stopped at the end of the session (or by the test). Ports come
+    from `free_port` (distinct across xdist workers); should another process on the machine take one
+    before the server binds it, the server is started again on new ports (unless `port` was given)."""
     started: list[ScorerProcess] = []
     logs = tmp_path_factory.mktemp("server-logs")
 
@@ -34,10 +52,16 @@ def start_server(tiny_guard_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         port: int | None = None,
     ) -> ScorerProcess:
         args = ["--guard", str(tiny_guard_dir), "--preset", "llama-guard-3", *extra]
-        log = logs / f"server-{len(started)}.log"
-        server = ScorerProcess(args, log, port or free_port(), free_port(), env=env or {})
-        started.append(server)
-        return server.start(credentials=credentials)
+        for attempt in range(3):
+            log = logs / f"server-{len(started)}.log"
+            server = ScorerProcess(args, log, port or free_port(), free_port(), env=env or {})
+            started.append(server)
+            try:
+                return server.start(credentials=credentials)
+            except RuntimeError:
+                if port is not None or attempt == 2 or "already in use" not in server.log():
+                    raise
+        raise AssertionError("unreachable")
 
     yield start
     for s in started:
@@ -45,10 +69,68 @@ def start_server(tiny_guard_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
+def default_server(start_server: Any) -> ScorerProcess:
+    """One scorer with the default options on the tiny guard, shared by the modules that only need some
+    scorer (training, judging, client behaviour), so that each xdist worker starts it at most once.
+    Tests on it may read metric deltas but must not stop or reconfigure it."""
+    server: ScorerProcess = start_server()
+    return server
+
+
+@pytest.fixture(scope="session")
 def toy_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     """One default `star-demo` run (finetuning, evaluation, landscapes), shared by the slow toy-world
-    tests: (exit code, report directory)."""
-    from trainer_client.toy.demo import main
+    tests: (exit code, report directory). Run once per pytest run, also under pytest-xdist: the first
+    worker to need it runs it in the run's shared temporary directory under a file lock, and the others
+    read its result (with --dist loadgroup both users share one worker anyway, see XDIST_GROUPS)."""
+    from filelock import FileLock
 
-    out = tmp_path_factory.mktemp("toy-demo") / "report"
-    return main(["--out", str(out)]), out
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base directories sit side by side in the run's own
+    folder = root / "toy-demo"
+    out, code_file = folder / "report", folder / "exit-code"
+    with FileLock(str(root / "toy-demo.lock")):
+        if not code_file.is_file():
+            from trainer_client.toy.demo import main
+
+            folder.mkdir(exist_ok=True)
+            code_file.write_text(str(main(["--out", str(out)])))
+    return int(code_file.read_text()), out
+
+
+XDIST_GROUPS = {"test_toy_demo.py": "toy-demo", "test_landscape_toy.py": "toy-demo"}
+"""Modules that share a worker under --dist loadgroup beyond their own (they share `toy_demo`)."""
+SLOW_FIRST = (
+    "test_toy_demo.py",
+    "test_landscape_toy.py",
+    "test_vllm_real.py",
+    "test_real_guard_templates.py",
+    "test_incremental.py",
+    "test_hostile_input.py",
+    "test_toy_fooled.py",
+    "test_one_pass_equivalence.py",
+    "test_train.py",
+    "test_client_failover.py",
+)
+"""Long-running modules, started first so that two workers finish together (a scheduling hint only:
+a stale list costs wall time, never correctness)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For pytest-xdist (`.ci/run`: -n auto --dist loadgroup --no-loadscope-reorder): every module is
+    one xdist group, so its module-scoped fixtures (servers, engines) are built once, on one worker;
+    the modules of SLOW_FIRST are moved to the front (stable, each module kept whole). Harmless
+    without xdist."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(item.path.name, item.path.name)))
+
+
+@pytest.fixture(scope="session")
+def guard_templates() -> Path:
+    """The real guard templates folder (../shared/guard-templates or STAR_GUARD_TEMPLATES): a test that
+    needs it is skipped without it, and fails without it in CI (CI=true)."""
+    return require_guard_templates(__file__)

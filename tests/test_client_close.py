@@ -39,8 +39,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_closing_after_use_leaves_no_pending_task(start_server: Any) -> None:
-    srv = start_server()
+def test_closing_after_use_leaves_no_pending_task(default_server: Any) -> None:
+    srv = default_server
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, srv.address, "20"],
         capture_output=True,

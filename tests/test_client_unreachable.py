@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from star_client.channel import reconnect_delay
+from star_testing.scorer_process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,9 +25,7 @@ def test_reconnect_delay_stays_finite_after_many_failures() -> None:
 
 
 def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed on exit: nothing listens there
+    return free_port()  # nothing listens there, and no other xdist worker hands it out
 
 
 def test_score_against_dead_address_fails_clearly_within_deadline(tmp_path: Path) -> None:

@@ -152,6 +152,16 @@ def test_cli_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last["n_harmful"] == 6 and 0.0 <= last["harmful_rate"] <= 1.0
-    assert json.loads(out.read_text())["n_harmful"] == 6
-    assert len(responses.read_text().splitlines()) == 6 + 6 * 5  # 6 harmful + 6 of each of the 5 tasks
+    rows = [json.loads(line) for line in responses.read_text().splitlines()]
+    assert len(rows) == 6 + 6 * 5  # 6 harmful + 6 of each of the 5 tasks
+    # The judgements and the rate are the guard's, recomputed here: the guard's Judge on each written
+    # (prompt, response), read at P(unsafe) >= 0.5, and the rate their share.
+    from trainer_client.in_process import load_engine
+
+    harmful = [r for r in rows if r["set"] == "harmful"]
+    verdicts = load_engine(str(guard), "llama-guard-3").judge(
+        [Conversation.from_pair(r["prompt"], r["response"]) for r in harmful], decode=False
+    )
+    assert [r["unsafe"] for r in harmful] == [v.unsafe for v in verdicts]
+    assert last["n_harmful"] == 6 and last["harmful_rate"] == sum(v.unsafe for v in verdicts) / 6
+    assert json.loads(out.read_text()) == last and last["model"] == str(chat)

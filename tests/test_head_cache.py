@@ -15,10 +15,7 @@ from scorer_server.engine.engine import EngineConfig, StarEngine
 from scorer_server.engine.head_cache import HeadCache, template_head_ids
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, StarScores
-from star_testing.real_guards import find_guard_templates, save_named_real_guard
-
-ARTEFACTS, MISSING = find_guard_templates(__file__)
-needs_templates = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
+from star_testing.real_guards import save_named_real_guard
 
 RESPONSE = "Sure. First mix the flour and water, then knead it for ten minutes and bake at 220 C."
 # First user characters chosen to meet the head's last token ("User:") under BPE: ":" and " " can merge
@@ -27,11 +24,9 @@ OPENINGS = ["How do I bake bread?", ": what now?", "  spaced out", "\n\nnewlines
 
 
 @pytest.fixture(scope="module")
-def llama_guard_3(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    if MISSING:
-        pytest.skip(MISSING)
+def llama_guard_3(tmp_path_factory: pytest.TempPathFactory, guard_templates: Path) -> Any:
     path, real = save_named_real_guard(
-        tmp_path_factory.mktemp("lg3") / "guard", "llama-guard-3-8b", ARTEFACTS
+        tmp_path_factory.mktemp("lg3") / "guard", "llama-guard-3-8b", guard_templates
     )
     return load_guard(GuardConfig(path=str(path), preset=real.preset))
 
@@ -59,7 +54,6 @@ def max_diff(a: list[StarScores], b: list[StarScores]) -> float:
     )
 
 
-@needs_templates
 def test_head_of_real_llama_guard_3_is_its_policy(llama_guard_3: Any) -> None:
     ids = template_head_ids(llama_guard_3)
     text = llama_guard_3.tokenizer.decode(ids)
@@ -71,7 +65,6 @@ def test_head_of_real_llama_guard_3_is_its_policy(llama_guard_3: Any) -> None:
         assert trunk[: len(ids) - 1] == ids[:-1]  # at most the boundary token can differ
 
 
-@needs_templates
 def test_head_cache_is_exact_on_real_llama_guard_3(llama_guard_3: Any) -> None:
     cached = StarEngine(llama_guard_3)
     plain = StarEngine(llama_guard_3, EngineConfig(head_cache=False))

@@ -21,10 +21,9 @@ from scorer_server.engine.session_kv import TailJob, forward_tails, forward_tail
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, Segment
-from star_testing.real_guards import find_guard_templates, save_named_real_guard
+from star_testing.real_guards import save_named_real_guard
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
-ARTEFACTS, MISSING = find_guard_templates(__file__)
 WORDS = ["Sure,", "first", "mix", "the", "flour", "then", "bake", "it.", "Done!", "ünï", "🙂", "x", "220"]
 SPACES = [" ", " ", " ", "  ", "\n", "\n\n", "\t"]
 
@@ -198,17 +197,12 @@ def test_sessions_batched_in_one_forward_with_evictions_equal_per_cut(engine: St
     assert widest >= 3 and sum(s.state.evictions for s in sessions) >= 2
 
 
-@pytest.mark.parametrize("which", ["crossing", "split"])
-@pytest.mark.parametrize("sizes", [[10_000], [50], [13, 1, 29]])
-def test_the_cuts_of_one_push_share_forwards(
-    engine: StarEngine, split_engine: StarEngine, which: str, sizes: list[int]
-) -> None:
+def assert_one_push_shares_forwards(eng: StarEngine, sizes: list[int]) -> None:
     """A push that completes many cuts (text arriving in bursts, the whole response at once) runs them
     as one row per forward: the new trunk once and a tail per cut, up to TAIL_TOKENS_PER_FORWARD; every
     cut still equals one plain forward of its prompt."""
     from scorer_server.engine.incremental import TAIL_TOKENS_PER_FORWARD
 
-    eng = engine if which == "crossing" else split_engine
     rng = random.Random(5)
     conv = Conversation.from_pair("How do I bake bread?", " ".join(rng.choice(WORDS) for _ in range(90)))
     forwards: list[int] = []
@@ -222,6 +216,21 @@ def test_the_cuts_of_one_push_share_forwards(
     if sizes == [10_000]:  # all 90 cuts in one push: a few forwards, each within the tail budget
         tails = session.state.tail_tokens
         assert len(got) == 90 and len(forwards) <= tails // (TAIL_TOKENS_PER_FORWARD // 2) + 1 < 90
+
+
+PUSH_SIZES = pytest.mark.parametrize("sizes", [[10_000], [50], [13, 1, 29]])
+# Two tests, not one parametrised on the engine too: split_engine has its own params, so a single test
+# would run the crossing engine's cases once per split_engine param.
+
+
+@PUSH_SIZES
+def test_the_cuts_of_one_push_share_forwards_crossing(engine: StarEngine, sizes: list[int]) -> None:
+    assert_one_push_shares_forwards(engine, sizes)
+
+
+@PUSH_SIZES
+def test_the_cuts_of_one_push_share_forwards_split(split_engine: StarEngine, sizes: list[int]) -> None:
+    assert_one_push_shares_forwards(split_engine, sizes)
 
 
 def test_batched_sessions_with_many_cuts_a_push_equal_per_cut(engine: StarEngine) -> None:
@@ -283,10 +292,8 @@ def test_cut_spacing_and_closed_sessions(engine: StarEngine) -> None:
         session.push("more")
 
 
-def test_real_llama_guard_3_template_and_tokenizer(tmp_path: Path) -> None:
-    if MISSING:
-        pytest.skip(MISSING)
-    path, real = save_named_real_guard(tmp_path / "lg3", "llama-guard-3-1b", ARTEFACTS)
+def test_real_llama_guard_3_template_and_tokenizer(tmp_path: Path, guard_templates: Path) -> None:
+    path, real = save_named_real_guard(tmp_path / "lg3", "llama-guard-3-1b", guard_templates)
     engine: Any = StarEngine(load_guard(GuardConfig(path=str(path), preset=real.preset)))
     conv = Conversation.from_pair(
         "How do I bake bread?", "Voilà — mix 200g flour,\n\n then bake 🙂 at 220°C!"

@@ -17,10 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scorer_server.engine.incremental_tokens import IncrementalTokenizer, splits_into_pieces
-from star_testing.real_guards import find_guard_templates, llama3_tokenizer
+from star_testing.real_guards import llama3_tokenizer
 from star_testing.tiny_guard import TinyGuardSpec, build_tokenizer
 
-ARTEFACTS, MISSING = find_guard_templates(__file__)
 PIECES = ["a", "b", "ab", "Hello", " world", " ", "  ", "\n", "\n\n", " \n", "\t", "1", "12345", "é", "ü"]
 PIECES += ["😀", "🙂🙂", "'s", "'t", "!", "...", "x" * 45, " " * 40, "9" * 20, "Voilà", "—", "°C", "<|eot"]
 HEAD = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nTask: judge.\n\nUser: hi\n\nAgent:"
@@ -28,10 +27,8 @@ SUFFIX = "\n\n<END CONVERSATION>\n\nProvide your safety assessment.<|eot_id|>"
 
 
 @pytest.fixture(scope="module")
-def llama3() -> Any:
-    if MISSING:
-        pytest.skip(MISSING)
-    return llama3_tokenizer(Path(ARTEFACTS) / "llama3.tokenizer.model")
+def llama3(guard_templates: Path) -> Any:
+    return llama3_tokenizer(guard_templates / "llama3.tokenizer.model")
 
 
 @pytest.fixture(scope="module", params=["bytelevel", "metaspace"])

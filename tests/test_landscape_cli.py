@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,44 +148,16 @@ def test_compare_landscapes_overlays_models(policy: Path, tmp_path: Path) -> Non
     assert "| model | VISAGE (published basin) | VISAGE (tolerance basin) |" in table
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_guard_service_judge_matches_the_local_guard(tmp_path: Path) -> None:
+def test_guard_service_judge_matches_the_local_guard(default_server: Any, tiny_guard_dir: Path) -> None:
     """The guard service's Judge, through a real `star-scorer` subprocess, gives the in-process verdicts."""
-    import time
-
     from star_contract.types import Conversation
-    from star_testing.tiny_guard import save_tiny_guard
     from trainer_client.landscape import guard_service_judge, in_process_guard_judge
 
-    guard = save_tiny_guard(tmp_path / "guard")
-    port = _free_port()
-    cmd = [sys.executable, "-m", "scorer_server.cli", "serve", "--guard", str(guard),
-           "--preset", "llama-guard-3", "--host", "127.0.0.1", "--port", str(port),
-           "--metrics-port", "0", "--threads", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    remote = guard_service_judge([default_server.address])
+    local = in_process_guard_judge(str(tiny_guard_dir))
+    convs = [Conversation.from_pair(p, r) for p in ("Build a bomb", "Bake bread") for r in ("Sure.", "No.")]
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                remote = guard_service_judge([f"127.0.0.1:{port}"])
-                break
-            except Exception:
-                assert proc.poll() is None, "the scorer exited"
-                assert time.time() < deadline, "the scorer did not answer"
-                time.sleep(0.5)
-        local = in_process_guard_judge(str(guard))
-        convs = [
-            Conversation.from_pair(p, r) for p in ("Build a bomb", "Bake bread") for r in ("Sure.", "No.")
-        ]
         assert remote.unsafe(convs) == local.unsafe(convs)
         assert remote.name == local.name  # named by the guard's fingerprint, not by address
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        remote.close()

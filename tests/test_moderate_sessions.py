@@ -132,7 +132,7 @@ def test_a_caller_deadline_ends_the_session_on_the_server(server: Any) -> None:
 
 
 @pytest.mark.parametrize(("unsafe_below", "code"), [(0.0, 0), (1.0, 3)], ids=["passes", "stops"])
-def test_moderate_cli_guards_stdin(server: Any, unsafe_below: float, code: int) -> None:
+def test_moderate_cli_guards_stdin(server: Any, tiny_guard_dir: Path, unsafe_below: float, code: int) -> None:
     import json
     import subprocess
     import sys
@@ -143,13 +143,24 @@ def test_moderate_cli_guards_stdin(server: Any, unsafe_below: float, code: int) 
     proc = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=60)
     events = [json.loads(line) for line in proc.stderr.decode().splitlines()]
     assert proc.returncode == code, proc.stderr.decode()
+    # every reported cut is Score's cut every 2 words of the same text, with Score's P(safe) (the CLI
+    # prints 6 decimals)
+    want = (
+        StarEngine.from_dir(tiny_guard_dir)
+        .score([ScoreRequest(Conversation.from_pair(PROMPT, text), CutSpec(CutKind.WORDS, 2))])[0]
+        .segments
+    )
+    cuts = [e for e in events if "cut" in e]
     if code == 0:
-        assert proc.stdout.decode() == text and events[-1] == {
-            "cut": len(text),
-            "p_safe": events[-1]["p_safe"],
-        }
+        assert proc.stdout.decode() == text and cuts == events
+        assert [e["cut"] for e in cuts] == [w.end for w in want] and cuts[-1]["cut"] == len(text)
+        assert [e["p_safe"] for e in cuts] == pytest.approx([w.p_safe for w in want], abs=2e-6)
     else:
-        assert events[-1]["stop"]["cut"] == events[0]["cut"] and events[-1]["stop"]["offset"] == 0
+        # every P(safe) is below 1.0: the first cut stops the text, at the start of the response
+        stop = events[-1]["stop"]
+        assert stop["cut"] == want[0].end and stop["offset"] == 0
+        assert stop["p_safe"] == pytest.approx(want[0].p_safe, abs=2e-6)
+        assert cuts == [{"cut": want[0].end, "p_safe": stop["p_safe"]}] and len(events) == 2
 
 
 def test_moderate_cli_cuts_every_n_guard_tokens_under_the_published_convention(

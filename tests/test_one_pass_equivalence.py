@@ -249,9 +249,20 @@ def test_judge_agrees_with_the_last_cut(guards: dict[str, Guard]) -> None:
     convs = [Conversation.from_pair("q", "Sure, here is how"), Conversation.from_pair("q", "I cannot help")]
     verdicts = engine.judge(convs)
     scores = engine.score([ScoreRequest(c) for c in convs])
-    for v, s in zip(verdicts, scores, strict=True):
+    g = guards["llama"]
+    assert g.preset.judge_max_new_tokens > 0
+    for c, v, s in zip(convs, verdicts, scores, strict=True):
         assert abs(v.p_unsafe - (1 - s.segments[-1].p_safe)) <= 1e-5
-        assert isinstance(v.text, str)
+        # the text is the guard's own greedy answer to this conversation alone (no batch, no padding)
+        ids = torch.tensor([g.encode([g.template.render(c)])[0]])
+        gen = g.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=g.preset.judge_max_new_tokens,
+            do_sample=False,
+            pad_token_id=engine.pad_id,
+        )
+        assert v.text == g.tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 @pytest.mark.gpu

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from star_contract.types import Conversation, GuardInfo, ScoreRequest, Segment, StarScores, Verdict
+from star_testing.waiting import wait_until
 from trainer_client.alignment import cut_spec
 from trainer_client.data import Example, ScoredTurn, guard_view
 from trainer_client.scoring.cache import ScoreCache
@@ -89,19 +91,53 @@ def test_duplicates_in_flight_are_scored_once() -> None:
     assert len(fake.requests) == 3
 
 
+class GatedScorer(FakeScorer):
+    """A scorer whose answers are held until the test opens the gate: stands for a real scorer that is
+    slower than the training step (closed) or faster (open), without any clock in the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.answered = 0
+
+    async def score_many(self, requests: Sequence[ScoreRequest], priority: int = 0) -> list[StarScores]:
+        self.calls += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        await asyncio.to_thread(self.gate.wait)
+        self.in_flight -= 1
+        self.requests.extend(requests)
+        self.answered += 1
+        return [StarScores(tuple(Segment(c, c / 100) for c in r.cuts.offsets)) for r in requests]
+
+
 def test_keeps_depth_batches_in_flight_and_records_waits() -> None:
     exs = _examples(10)
-    fake = FakeScorer(delay=0.2)
+    fake = GatedScorer()
     pf = Prefetcher(lambda: fake, exs, None, depth=3)
-    pf.start(iter([[i] for i in range(10)]))
-    time.sleep(0.05)
-    assert fake.max_in_flight == 3
-    _, _, first_wait = pf.next()
-    assert 0.05 < first_wait < 0.3
-    time.sleep(0.3)  # a "training step" longer than the scorer's latency
-    _, _, wait = pf.next()
-    assert wait < 0.02
-    pf.close()
+    try:
+        pf.start(iter([[i] for i in range(10)]))
+        wait_until(lambda: fake.in_flight == 3, what="three batches in flight")
+        assert fake.max_in_flight == 3 and fake.calls == 3  # depth 3, and nothing beyond it
+        # The scorer is behind: next() finds no scores, refills the window (a fourth call in flight
+        # while it waits) and returns once the gate opens, having recorded a wait.
+        first: list[tuple[list[int], Any, float]] = []
+        taker = threading.Thread(target=lambda: first.append(pf.next()))
+        taker.start()
+        wait_until(lambda: fake.in_flight == 4, what="the window refilled by next()")
+        assert not first, "next() returned scores the scorer has not given yet"
+        fake.gate.set()
+        taker.join(30)
+        (idx, scores, waited) = first[0]
+        assert idx == [0] and len(scores) == 1 and waited > 0.0
+        assert not pf.last_ready and pf.ready_batches == 0
+        # The scorer is ahead (every call in flight answered): the next batch is there when asked.
+        wait_until(lambda: fake.answered == 4, what="the scorer to answer every call in flight")
+        idx, _, _ = pf.next()
+        assert idx == [1] and pf.last_ready and pf.ready_batches == 1
+    finally:
+        fake.gate.set()
+        pf.close()
 
 
 def test_rs_verdicts() -> None:

@@ -11,6 +11,7 @@ here ends with that blank line already, so position 0 of this generate is that p
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +22,8 @@ from scorer_server.guards.loader import Guard, GuardConfig, load_guard
 from star_contract.convert import score_request_from_pb, score_request_to_pb
 from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, Conversation, CutKind, CutSpec, ScoreRequest
-from star_testing.real_guards import find_guard_templates, save_named_real_guard
+from star_testing.real_guards import save_named_real_guard
 
-ARTEFACTS, MISSING = find_guard_templates(__file__)
 PUBLISHED = Convention.PUBLISHED
 PROMPT = "How do I bake bread?"
 RESPONSES = [
@@ -114,22 +114,18 @@ def check_against_reference(guard: Guard, every: int = 5) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def granite(tmp_path_factory: pytest.TempPathFactory) -> Guard:
-    if MISSING:
-        pytest.skip(MISSING)
+def granite(tmp_path_factory: pytest.TempPathFactory, guard_templates: Path) -> Guard:
     out = tmp_path_factory.mktemp("granite") / "guard"
-    path, real = save_named_real_guard(out, "granite-guardian-3.2-5b", ARTEFACTS)
+    path, real = save_named_real_guard(out, "granite-guardian-3.2-5b", guard_templates)
     guard = load_guard(GuardConfig(path=str(path), preset=real.preset))
     promote_verdict_rows(guard)
     return guard
 
 
 @pytest.fixture(scope="module")
-def llama_guard_3(tmp_path_factory: pytest.TempPathFactory) -> Guard:
-    if MISSING:
-        pytest.skip(MISSING)
+def llama_guard_3(tmp_path_factory: pytest.TempPathFactory, guard_templates: Path) -> Guard:
     path, real = save_named_real_guard(
-        tmp_path_factory.mktemp("lg3") / "guard", "llama-guard-3-8b", ARTEFACTS
+        tmp_path_factory.mktemp("lg3") / "guard", "llama-guard-3-8b", guard_templates
     )
     guard = load_guard(GuardConfig(path=str(path), preset=real.preset))
     promote_verdict_rows(guard)

@@ -25,13 +25,12 @@ from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, St
 from star_testing.real_guards import (
     REAL_GUARDS,
     RealGuard,
-    find_guard_templates,
     llama3_tokenizer,
     save_real_guard,
 )
 
-ARTEFACTS, MISSING = find_guard_templates(__file__)
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
+# Skipped without ../shared/guard-templates, failed without it in CI (conftest's guard_templates).
+pytestmark = pytest.mark.usefixtures("guard_templates")
 
 PROMPT = "How do I bake bread at home?"
 RESPONSES = {
@@ -75,8 +74,8 @@ def cut_specs(response: str) -> list[CutSpec]:
 
 
 @pytest.fixture(scope="module")
-def llama_tokenizer() -> Any:
-    return llama3_tokenizer(ARTEFACTS / "llama3.tokenizer.model")
+def llama_tokenizer(guard_templates: Path) -> Any:
+    return llama3_tokenizer(guard_templates / "llama3.tokenizer.model")
 
 
 class Reference:
@@ -117,13 +116,14 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
     llama_tokenizer: Any,
     start_server: Any,
+    guard_templates: Path,
 ) -> Iterator[Served]:
     """A real server on one real template (the later --guard/--preset replace the fixture's own)."""
     from scorer_server.guards.presets import get_preset
 
     guard: RealGuard = request.param
     folder = tmp_path_factory.mktemp(guard.name) / guard.name
-    path = save_real_guard(folder, guard, ARTEFACTS, llama_tokenizer)
+    path = save_real_guard(folder, guard, guard_templates, llama_tokenizer)
     server = start_server("--guard", str(path), "--preset", guard.preset, "--no-warmup")
     try:
         yield guard, server, Reference(path, guard, get_preset(guard.preset).template_kwargs)

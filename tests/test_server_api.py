@@ -116,7 +116,10 @@ def test_info_judge_health_reflection(server: Any, channel: grpc.Channel, engine
         verdicts = client.judge([r.conversation for r in requests()[:3]])
     assert info.fingerprint == engine.guard.fingerprint and info.preset == "llama-guard-3"
     assert info.safe_token_id == engine.guard.safe_id and info.max_cuts == 512
-    assert len(verdicts) == 3 and all(0.0 <= v.p_unsafe <= 1.0 for v in verdicts)
+    # the served verdicts are the in-process engine's: P(unsafe), the decoded verdict text, categories
+    want = engine.judge([r.conversation for r in requests()[:3]])
+    assert [v.p_unsafe for v in verdicts] == pytest.approx([w.p_unsafe for w in want], abs=1e-5)
+    assert [(v.text, v.categories) for v in verdicts] == [(w.text, w.categories) for w in want]
     health = health_pb2_grpc.HealthStub(channel)
     for name in ("", "star.v1.ScorerService"):
         assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == 1  # SERVING

@@ -60,9 +60,17 @@ def test_demo_meets_acceptance(toy_demo: tuple[int, Path]) -> None:
         "## Safety landscapes" in report and "![1D safety landscapes](landscapes/landscapes_1d.png)" in report
     )
     assert set(summary["landscapes"]["models"]) == {"aligned", "sft", "dss"}
-    # dss vs rs is reported, not asserted: with an honest, accurate guard rs drops every harmful example
-    # (see docs/demo.md for the measured numbers and why).
-    assert any(c["name"] == "dss harmful rate below rs" for c in summary["checks"])
+    # On the toy world dss does NOT beat rs, and the demo says so (docs/demo.md, "Where dss does not beat
+    # rs"): the toy guard is honest and accurate, so rs drops every harmful example of the mix and its
+    # harmful rate is 0, by the guard and by the policy; dss keeps the safe parts of harmful examples
+    # and answers some hazard requests with text the policy counts as unsafe (0.278 to 0.333 measured).
+    assert m["rs"]["harmful_rate"] == 0.0 and m["rs"]["policy_harmful_rate"] == 0.0
+    assert summary["rs_kept"] and all(v.startswith("0 of ") for v in summary["rs_kept"].values())
+    assert m["dss"]["policy_harmful_rate"] > m["rs"]["policy_harmful_rate"]
+    # the report's check compares the guard's rates and records the outcome it measured: not met
+    (versus_rs,) = [c for c in summary["checks"] if c["name"] == "dss harmful rate below rs"]
+    assert versus_rs["passed"] is (m["dss"]["harmful_rate"] < m["rs"]["harmful_rate"])
+    assert versus_rs["passed"] is False
 
 
 def test_landscape_checks_and_report_section(tmp_path: Path) -> None:

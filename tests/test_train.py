@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import statistics
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(start_server: Any) -> Any:
-    return start_server()
+def server(default_server: Any) -> Any:
+    return default_server
 
 
 def _cfg(workdir: Path, out: str, **kw: Any) -> TrainConfig:
@@ -107,15 +105,26 @@ def test_resume_equals_uninterrupted(workdir: Path, server: Any, finetune: str) 
     assert not (Path(part.output_dir) / "final").exists()
     resumed = run_training(_cfg(workdir, f"part-{finetune}", save_every=2, resume=True, **kw))
     assert resumed.finished and resumed.steps == whole.steps == 6
-    a = _final_weights(Path(whole.output_dir), finetune == "lora")
-    b = _final_weights(Path(resumed.output_dir), finetune == "lora")
+    lora = finetune == "lora"
+    a = _final_weights(Path(whole.output_dir), lora)
+    b = _final_weights(Path(resumed.output_dir), lora)
     assert a.keys() == b.keys() and len(a) > 0
-    start = load_file(str(workdir / "trainee" / "model.safetensors"))
-    moved = False
     for k in a:
         assert torch.equal(a[k], b[k]), k
-        moved = moved or (k in start and not torch.equal(a[k], start[k]))
-    assert finetune == "lora" or moved
+    # ... and the weights trained, before and after the resume (equal untrained weights prove nothing)
+    at_stop = Path(part.output_dir) / "checkpoints" / "step-00000003"
+    stopped = load_file(str(next((at_stop / ("adapter" if lora else "model")).glob("*.safetensors"))))
+    assert stopped.keys() == a.keys()
+    if lora:
+        # PEFT starts every lora_B at zero (the adapter adds nothing); every adapter tensor then trains
+        lora_b = [k for k in a if ".lora_B." in k]
+        assert lora_b and len(lora_b) == len(a) // 2
+        assert all(bool(stopped[k].any()) and bool(a[k].any()) for k in lora_b)
+        assert all(not torch.equal(stopped[k], a[k]) for k in a), "the resumed run did not train"
+    else:
+        start = load_file(str(workdir / "trainee" / "model.safetensors"))
+        assert any(k in start and not torch.equal(stopped[k], start[k]) for k in a)
+        assert any(not torch.equal(stopped[k], a[k]) for k in a), "the resumed run did not train"
     assert [r["step"] for r in _rows(Path(resumed.output_dir))] == [1, 2, 3, 4, 5, 6]
 
 
@@ -126,20 +135,16 @@ def test_prefetch_hides_a_scorer_slower_than_zero_but_faster_than_a_step(workdir
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        base = run_training(_cfg(workdir, "pf-base", **kw))
         slow = run_training(_cfg(workdir, "pf-slow", scorer_delay_s=delay, **kw))
     finally:
         torch.set_num_threads(threads)
-    rb, rs = _rows(Path(base.output_dir)), _rows(Path(slow.output_dir))
-    assert len(rs) == 8
-    # after the first step the scorer's latency is hidden behind training: no step waits for it ...
-    assert max(r["scorer_wait_s"] for r in rs[1:]) < 0.05
-    # ... steps run back to back (recorded timestamps) ...
-    assert max(b["t_start"] - a["t_end"] for a, b in itertools.pairwise(rs)) < 0.05
-    # ... and they are not slower than without the delay (without overlap each would be 0.5 s longer)
-    med_b = statistics.median(r["t_end"] - r["t_start"] for r in rb[1:])
-    med_s = statistics.median(r["t_end"] - r["t_start"] for r in rs[1:])
-    assert med_s - med_b < 0.5 * delay, (med_b, med_s)
+    rows = _rows(Path(slow.output_dir))
+    # no cache: every example's scores came from the (delayed) scorer
+    assert len(rows) == 8 and slow.metrics["guard_requests"] == 8
+    # After the first step the scorer's latency is hidden behind training: each step's scores had
+    # arrived before the step asked for them. This is the prefetcher's count, not a clock, so a loaded
+    # machine does not break it (each fetch has two steps, >= 1.4 s, for its 0.5 s and the scoring).
+    assert [r["scores_ready"] for r in rows[1:]] == [1.0] * 7
 
 
 def test_rs_full_and_precomputed_reference(workdir: Path, server: Any) -> None:

@@ -158,11 +158,11 @@ def test_out_of_order_batches_are_fetched_when_they_come(workdir: Path, tiny_gua
 
 
 @pytest.mark.slow
-def test_dss_against_a_real_scorer_process(workdir: Path, start_server: Any) -> None:
+def test_dss_against_a_real_scorer_process(workdir: Path, default_server: Any) -> None:
     from trainer_client.train import run_training
     from trainer_client.train.config import build_config
 
-    server = start_server()
+    server = default_server
     cfg = build_config(
         dict(
             model=str(workdir / "trainee"),

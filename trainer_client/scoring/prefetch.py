@@ -201,6 +201,10 @@ class Prefetcher:
         )
         self._order: Iterator[list[int]] = iter(())
         self.total_wait_s = 0.0
+        self.last_ready = False
+        """Whether the batch the last `next()` returned had its scores before it was asked for."""
+        self.ready_batches = 0
+        """How many `next()` calls found their scores already there (a count, not a clock)."""
 
         async def setup() -> tuple[AsyncScorer, str]:
             s = make_scorer()
@@ -235,6 +239,8 @@ class Prefetcher:
         if not self._queue:
             raise StopIteration("no batch left in the prefetch order")
         idx, fut = self._queue.popleft()
+        self.last_ready = fut.done()
+        self.ready_batches += self.last_ready
         self._submit()
         t0 = time.perf_counter()
         result = fut.result()

@@ -249,6 +249,7 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         wait = 0.0
+        ready = 0
         stats: list[LossOutput] = []
         got: list[ExampleScores] = []
         tokens = 0
@@ -258,6 +259,7 @@ class Trainer:
                 idx, scores, waited = self.prefetcher.next()
                 assert idx == mb.indices, "prefetch order diverged from the sampler"
                 wait += waited
+                ready += self.prefetcher.last_ready
                 got.extend(scores)
             b = self._batch(mb, scores)
             tokens += int(b.attention_mask.sum())
@@ -276,6 +278,8 @@ class Trainer:
         t1 = time.perf_counter()
         lr = float(self.scheduler.get_last_lr()[0])
         row = step_row(step, group[-1].epoch, lr, stats, tokens, wait, t0, t1)
+        if self.prefetcher is not None:
+            row["scores_ready"] = ready / len(group)
         return {**row, **guard_disagreement(got, verdicts=cfg.method == "rs")}
 
     def _save(self, step: int, epoch: int) -> None:
