@@ -157,7 +157,9 @@ class AsyncScorerClient:
             holder[:] = [replica]
             return replica.stub.Moderate(metadata=self._metadata, timeout=self.config.deadline_s)
 
-        return ModerationSession(open_call, conversation, options or ModerateOptions())
+        return ModerationSession(
+            open_call, conversation, options or ModerateOptions(), self.config.deadline_s
+        )
 
     async def close(self) -> None:
         self._closed = True

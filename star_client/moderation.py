@@ -17,7 +17,9 @@ already delivered are not delivered again. `guard(chunks, reopen=N)` does that b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -46,8 +48,17 @@ class ModerationSession:
     """An open Moderate stream: `push` text as it is generated, read `segments` and `stop` as the
     server scores each cut, `close` when the response is complete."""
 
-    def __init__(self, open_call: OpenCall, conversation: Conversation, options: ModerateOptions) -> None:
+    def __init__(
+        self,
+        open_call: OpenCall,
+        conversation: Conversation,
+        options: ModerateOptions,
+        deadline_s: float = 120.0,
+    ) -> None:
         self._open_call = open_call
+        self._deadline_s = deadline_s
+        self._opened = False
+        self._call_deadline = 0.0
         self._call: Any = None
         self._open = pb.ModerateRequest(open=convert.moderate_open_to_pb(conversation, options))
         self.segments: list[Segment] = []
@@ -67,7 +78,27 @@ class ModerationSession:
         return self
 
     async def _start(self, after_loss: bool) -> None:
-        self._call = await self._open_call(after_loss)
+        """Open the session on a replica; a replica that cannot take it (down, loading, draining) is
+        passed over for another until `deadline_s` has gone by."""
+        deadline = time.monotonic() + self._deadline_s
+        failed = after_loss
+        while True:
+            self._call = await self._open_call(failed)
+            try:
+                await self._handshake()
+                return
+            except grpc.aio.AioRpcError as exc:
+                if self._reader is not None:  # ended with the same status: collect it
+                    with contextlib.suppress(BaseException):
+                        await self._reader
+                passable = self._broken(exc) or exc.code() is grpc.StatusCode.INTERNAL
+                if not passable or time.monotonic() >= deadline:
+                    raise
+                failed = True
+
+    async def _handshake(self) -> None:
+        self._opened = False
+        self._call_deadline = time.monotonic() + self._deadline_s
         await self._call.write(self._open)
         self._reader = asyncio.ensure_future(self._read(self._call))
         # The server answers the open with its initial metadata, or refuses it with a status (invalid
@@ -77,6 +108,7 @@ class ModerationSession:
         metadata = await self._call.initial_metadata()
         if SESSION_OPEN_KEY not in dict(metadata or ()):
             await self._reader  # the call ended without opening: its status
+        self._opened = True
 
     async def reopen(self) -> None:
         """After a `ModerationLost`: open the session on another replica and replay the text pushed so
@@ -84,6 +116,9 @@ class ModerationSession:
         if self._lost is None:
             raise RuntimeError("reopen() is for a session whose replica went away")
         self._lost = None
+        if self._reader is not None:  # the lost stream's reader ended with the loss: collect it
+            with contextlib.suppress(BaseException):
+                await self._reader
         self.complete.clear()
         self.reopened += 1
         await self._start(after_loss=True)
@@ -93,7 +128,7 @@ class ModerationSession:
             await self._send(self._call.write, pb.ModerateRequest(close=pb.ModerateClose()))
             await self._send(self._call.done_writing)
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: object, *rest: object) -> None:
         if self._call is not None and not self.complete.is_set():
             self._call.cancel()
         if self._reader is not None:
@@ -102,7 +137,8 @@ class ModerationSession:
             except (asyncio.CancelledError, ModerationLost):
                 pass
             except grpc.aio.AioRpcError:
-                if self._lost is None:
+                # the body's own exception (if any) is what the caller must see, not the cancelled call's
+                if self._lost is None and exc_type is None:
                     raise
 
     async def push(self, text: str) -> None:
@@ -193,6 +229,16 @@ class ModerationSession:
                 raise event
             yield event
 
+    def _broken(self, exc: grpc.aio.AioRpcError) -> bool:
+        """Whether the call ended because its replica or the connection to it went away: UNAVAILABLE, or
+        DEADLINE_EXCEEDED well before the call's deadline (grpc's 'Stream removed' when the transport
+        drops the stream under it)."""
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            return True
+        return (
+            exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < self._call_deadline - 1.0
+        )
+
     def _mark_lost(self, exc: grpc.aio.AioRpcError) -> ModerationLost:
         self._lost = ModerationLost(
             f"the replica holding this moderation session went away ({exc.code().name}: {exc.details()}); "
@@ -219,8 +265,8 @@ class ModerationSession:
                 if reply.complete:
                     break
         except grpc.aio.AioRpcError as exc:
-            if exc.code() is not grpc.StatusCode.UNAVAILABLE:
-                raise
+            if not self._broken(exc) or not self._opened:
+                raise  # a refused open is _start's to handle
             raise self._mark_lost(exc) from None
         finally:
             self.complete.set()

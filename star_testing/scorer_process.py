@@ -121,6 +121,23 @@ class ScorerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"server not {what} within {timeout}s:\n{self.log()}")
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples named `name` (e.g. `star_requests_total`) whose labels include
+        `labels`, read from the server's /metrics (0 when there is none)."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+
     def log(self) -> str:
         """The last 4000 characters of the server's log."""
         return self.log_path.read_text(errors="replace")[-4000:]

@@ -104,6 +104,8 @@ XDIST_GROUPS = {"test_toy_demo.py": "toy-demo", "test_landscape_toy.py": "toy-de
 SLOW_FIRST = (
     "test_toy_demo.py",
     "test_landscape_toy.py",
+    "test_train_faults.py",
+    "test_fleet_soak.py",
     "test_vllm_real.py",
     "test_real_guard_templates.py",
     "test_incremental.py",

@@ -7,7 +7,6 @@ import asyncio
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,13 +27,6 @@ REQS = [
 PROMPT = "How do I bake bread?"
 RESPONSE = "Sure, first mix the flour and the water, then knead it for ten minutes and bake it at 220 C."
 OPTIONS = ModerateOptions(every=2, unsafe_below=0.0)  # never stops: every cut is scored
-
-
-def metric(server: Any, name: str) -> float:
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(x.split()[-1]) for x in text.splitlines() if x.split("{")[0].split(" ")[0] == name)
 
 
 def same_scores(got: list[StarScores], want: list[StarScores]) -> None:
@@ -61,7 +53,7 @@ def test_sigterm_drain_under_load_loses_nothing(start_server: Any) -> None:
             reference = await one.score_many(REQS)
         async with AsyncScorerClient([a.address, b.address], CONFIG) as client:
             tasks = [asyncio.ensure_future(client.score(r)) for r in REQS]
-            while metric(a, "star_queue_depth") < 1:  # a holds requests in its batcher
+            while a.metric("star_queue_depth") < 1:  # a holds requests in its batcher
                 await asyncio.sleep(0.005)
             poller = threading.Thread(target=poll_health)
             poller.start()
@@ -91,7 +83,7 @@ async def _chunks(text: str, size: int) -> AsyncIterator[str]:
 
 def _holder(servers: list[Any]) -> Any:
     """The replica whose gauge counts the open session."""
-    holders = [s for s in servers if metric(s, "star_moderation_sessions") == 1]
+    holders = [s for s in servers if s.metric("star_moderation_sessions") == 1]
     assert len(holders) == 1
     return holders[0]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from star_testing.scorer_process import ScorerProcess, free_port
 
 NAME = "scorers.star.svc.cluster.local"
 REQS = [ScoreRequest(Conversation.from_pair("q", f"one two three {i}"), CutSpec()) for i in range(12)]
-STREAM_OK = 'code="OK",method="ScoreStreamRequest"'
-"""The label set of ScoreStream requests answered (health checks are requests too)."""
 pytestmark = pytest.mark.slow
 
 
@@ -41,10 +38,7 @@ class Records:
 
 
 def ok_requests(server: ScorerProcess) -> float:
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        lines = r.read().decode().splitlines()
-    return sum(float(x.split()[-1]) for x in lines if x.startswith("star_requests_total{") and STREAM_OK in x)
+    return server.metric("star_requests_total", code="OK", method="ScoreStreamRequest")
 
 
 @pytest.fixture(scope="module")

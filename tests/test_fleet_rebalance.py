@@ -22,8 +22,6 @@ from star_contract.types import Conversation, CutSpec, ScoreRequest
 from star_testing.scorer_process import free_port
 
 REQS = [ScoreRequest(Conversation.from_pair("q", f"alpha beta gamma delta {i}"), CutSpec()) for i in range(8)]
-STREAM_OK = 'code="OK",method="ScoreStreamRequest"'
-"""The label set of ScoreStream requests answered (health checks are requests too)."""
 
 
 class RoundRobinProxy:
@@ -85,11 +83,7 @@ def proxy_and_replicas(start_server: Any) -> Iterator[tuple[RoundRobinProxy, lis
 
 
 def _served(server: Any) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
-        lines = r.read().decode().splitlines()
-    return sum(float(x.split()[-1]) for x in lines if x.startswith("star_requests_total{") and STREAM_OK in x)
+    return float(server.metric("star_requests_total", code="OK", method="ScoreStreamRequest"))
 
 
 def test_a_long_run_behind_one_address_reaches_every_replica(

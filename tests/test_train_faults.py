@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -138,18 +137,6 @@ def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> 
         time.sleep(0.01)
 
 
-def requests_metric(server: ScorerProcess, code: str) -> float:
-    """The scorer's star_requests_total over all methods for one status code."""
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("star_requests_total{") and f'code="{code}"' in line:
-            total += float(line.split()[-1])
-    return total
-
-
 class DeadPort:
     """A listener on a killed scorer's port that accepts and at once closes every connection: what a
     client sees of a host whose scorer is gone (the connection fails), while the test counts the
@@ -220,7 +207,10 @@ def test_scorer_killed_and_restarted_costs_time_not_the_run(
         loading = scorers(port=first.port, module="star_testing.gated_scorer", env={GATE_ENV: str(gate)})
         loading.launch().wait_listening()
         trainer.resume()
-        wait_until(lambda: requests_metric(loading, "UNAVAILABLE") >= 1, "a call refused while loading")
+        wait_until(
+            lambda: loading.metric("star_requests_total", code="UNAVAILABLE") >= 1,
+            "a call refused while loading",
+        )
         gate.touch()
         loading.wait_serving()
     else:
@@ -245,7 +235,7 @@ def test_trainer_started_while_its_scorer_is_down_then_loading(
     gate = tmp_path / "load-gate"
     loading = scorers(port=port, module="star_testing.gated_scorer", env={GATE_ENV: str(gate)})
     loading.launch().wait_listening()
-    refused = lambda: requests_metric(loading, "UNAVAILABLE")  # noqa: E731
+    refused = lambda: loading.metric("star_requests_total", code="UNAVAILABLE")  # noqa: E731
     wait_until(lambda: refused() >= 10 or trainer.proc.poll() is not None, "10 calls refused while loading")
     assert trainer.proc.poll() is None, trainer.log.read_text()[-3000:]
     gate.touch()
@@ -276,4 +266,4 @@ def test_one_of_three_replicas_killed_then_back(
     assert len(rows) >= STEPS - 2
     assert max(r["scorer_wait_s"] for r in rows) < cap, [r["scorer_wait_s"] for r in rows]
     # the replica that came back got work again
-    assert requests_metric(back, "OK") > 0
+    assert back.metric("star_requests_total", code="OK", method="ScoreStreamRequest") > 0
