@@ -56,8 +56,9 @@ class ScorerProcess:
     host: str = "127.0.0.1"
     """Any loopback address (127.0.0.0/8): replicas on 127.0.0.2, 127.0.0.3, ... share one port, as the
     pods behind a headless Service do."""
-    module: str = "scorer_server.cli"
-    """What `python -m` runs: the real CLI, or a test harness around it (star_testing.gated_scorer)."""
+    script: str | None = None
+    """A Python file to run instead of `python -m scorer_server.cli`: a test harness around the real CLI
+    (tests/gated_scorer.py)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,7 +67,8 @@ class ScorerProcess:
 
     def launch(self) -> ScorerProcess:
         """Start the process and return at once (see `wait_serving`)."""
-        cmd = [sys.executable, "-m", self.module, "serve", *self.args]
+        entry = [self.script] if self.script else ["-m", "scorer_server.cli"]
+        cmd = [sys.executable, *entry, "serve", *self.args]
         cmd += ["--host", self.host, "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "STAR_THREADS": "1", **self.env}
         log = self.log_path.open("ab")

@@ -24,14 +24,16 @@ from typing import Any
 
 import pytest
 import torch
+from gated_scorer import GATE_ENV
 from safetensors.torch import load_file
 
 from star_client import ClientConfig
-from star_testing.gated_scorer import GATE_ENV
 from star_testing.scorer_process import ScorerProcess, free_port
 from star_testing.tiny_chat import save_tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
+GATED = str(Path(__file__).with_name("gated_scorer.py"))
+"""The real scorer CLI, its guard load held until a gate file exists."""
 EXAMPLES, BATCH = 96, 4
 STEPS = EXAMPLES // BATCH
 WAIT_S = 120.0
@@ -204,7 +206,7 @@ def test_scorer_killed_and_restarted_costs_time_not_the_run(
         scorers(port=first.port).start()
     elif reconnect == "while-loading":
         gate = tmp_path / "load-gate"
-        loading = scorers(port=first.port, module="star_testing.gated_scorer", env={GATE_ENV: str(gate)})
+        loading = scorers(port=first.port, script=GATED, env={GATE_ENV: str(gate)})
         loading.launch().wait_listening()
         trainer.resume()
         wait_until(
@@ -233,7 +235,7 @@ def test_trainer_started_while_its_scorer_is_down_then_loading(
     dead.close()
     assert trainer.proc.poll() is None, trainer.log.read_text()[-3000:]
     gate = tmp_path / "load-gate"
-    loading = scorers(port=port, module="star_testing.gated_scorer", env={GATE_ENV: str(gate)})
+    loading = scorers(port=port, script=GATED, env={GATE_ENV: str(gate)})
     loading.launch().wait_listening()
     refused = lambda: loading.metric("star_requests_total", code="UNAVAILABLE")  # noqa: E731
     wait_until(lambda: refused() >= 10 or trainer.proc.poll() is not None, "10 calls refused while loading")

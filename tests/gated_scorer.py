@@ -4,7 +4,7 @@ A real 8B guard loads for a minute; the tiny test guards load in a fraction of a
 test to act while the server is loading. This wrapper runs the real `scorer_server.cli` unchanged except
 that `LocalBackend.start` first waits until the file named by STAR_TEST_LOAD_GATE exists. Meanwhile the
 server is what a loading scorer is: listening, health NOT_SERVING, calls answered UNAVAILABLE ("the guard
-is still loading"). Used as `ScorerProcess(..., module="star_testing.gated_scorer", env={GATE_ENV: path})`.
+is still loading"). Run as `ScorerProcess(..., script="tests/gated_scorer.py", env={GATE_ENV: path})`.
 """
 
 from __future__ import annotations
