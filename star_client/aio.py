@@ -209,6 +209,8 @@ class AsyncScorerClient:
                 await replica.submit(rid, req_pb, fut)
                 return await asyncio.wait_for(fut, tries.remaining())
             except ConnectionLost as exc:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # the reader failed it too: retrieved here, re-sent below
                 tries.lost(str(exc))  # the replica is marked down; _pick waits for one that is up
             except RetryableReply as exc:
                 if exc.code is grpc.StatusCode.UNAVAILABLE:

@@ -108,7 +108,7 @@ class ModerationSession:
         metadata = await self._call.initial_metadata()
         if SESSION_OPEN_KEY not in dict(metadata or ()):
             await self._reader  # the call ended without opening: its status
-        self._opened = True
+            raise RuntimeError("the server ended a Moderate call without opening it or saying why")
 
     async def reopen(self) -> None:
         """After a `ModerationLost`: open the session on another replica and replay the text pushed so
@@ -251,6 +251,8 @@ class ModerationSession:
         replayed = len(self.segments)  # after a reopen the first cuts come again: deliver them once
         seen = 0
         try:
+            metadata = await call.initial_metadata()
+            self._opened = SESSION_OPEN_KEY in dict(metadata or ())
             async for reply in call:
                 if reply.HasField("segment"):
                     seen += 1
@@ -269,9 +271,11 @@ class ModerationSession:
                 raise  # a refused open is _start's to handle
             raise self._mark_lost(exc) from None
         finally:
-            self.complete.set()
-            if self._lost is None:
-                self._events.put_nowait(None)
+            # A call that never opened ends nothing: _start tries another replica or raises its status.
+            if self._opened:
+                self.complete.set()
+                if self._lost is None:
+                    self._events.put_nowait(None)
 
 
 async def _close(stream: Any) -> None:

@@ -39,7 +39,7 @@ REQS = [
 PROMPT = "How do I bake bread?"
 RESPONSE = " ".join(WORDS * 2)
 OPTIONS = ModerateOptions(every=3, unsafe_below=0.0)
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SOAK_S + 300)]
 
 
 def rss_kib(proc: ScorerProcess | None = None) -> int:
