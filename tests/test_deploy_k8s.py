@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "tools"))
@@ -82,13 +83,28 @@ def test_gpu_prod_shape(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert all(d["metadata"].get("namespace") == "star" for d in docs if d["kind"] != "Namespace")
 
 
-def test_cpu_dev_builds_the_toy_guard(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_cpu_dev_serves_the_shipped_toy_guard(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """No init container: the scorer reads the toy guard its image links at /opt/star/toy-guard (the
+    Dockerfile's RUN step checks the link), so nothing is trained or copied at pod start."""
     spec = _find(rendered["cpu-dev"], "Deployment")["spec"]["template"]["spec"]
-    init = spec["initContainers"][0]
-    assert init["command"][0] == "star-toy-build"
+    assert "initContainers" not in spec
     assert "nvidia.com/gpu" not in str(spec)
     env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
-    assert env["STAR_GUARD"] == "/guards/guard" and f"--out {env['STAR_GUARD']}" in " ".join(init["command"])
+    assert env["STAR_GUARD"] == "/opt/star/toy-guard"
+    assert (
+        "test -f /opt/star/toy-guard/model.safetensors"
+        in (ROOT / "deploy" / "docker" / "Dockerfile.scorer").read_text()
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_auth_is_optional_in_every_overlay(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    """The tokens file lives in an optional Secret: the scorer must be told that an empty mount means no
+    auth, or every overlay crash-loops until the Secret is created."""
+    c = _scorer(rendered[overlay])
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    if "STAR_AUTH_TOKENS_FILE" in env:
+        assert env["STAR_AUTH_TOKENS_OPTIONAL"] == "1"
 
 
 def test_tls_overlay_swaps_probes_for_exec(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -97,6 +113,10 @@ def test_tls_overlay_swaps_probes_for_exec(rendered: dict[str, list[dict[str, An
     assert env["STAR_TLS_CERT"] == "/etc/star/tls/tls.crt"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert "grpc" not in c[probe] and c[probe]["exec"]["command"][1] == "/opt/star/healthcheck.py"
+    # the probe checks the headless Service's DNS name, the name trainers dial (base/recipe.yaml)
+    assert env["STAR_TLS_SERVER_NAME"] == "star-scorer-headless.star.svc.cluster.local"
+    recipe = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "recipe.yaml").read_text())
+    assert recipe["scorer"] == f"{env['STAR_TLS_SERVER_NAME']}:50051"
 
 
 # -- the invariant checker must catch each kind of mistake --------------------------------------------
@@ -171,8 +191,6 @@ def test_invariant_checker_catches(
 def test_strict_schema_rejects_unknown_fields(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    import yaml
-
     docs = copy.deepcopy(rendered["cpu-dev"])
     _container(docs)["startupProbes"] = {"grpc": {"port": 50051}}  # a typo a lax check would let through
     bad = tmp_path / "bad.yaml"
