@@ -95,8 +95,9 @@ ip_of() {  # pod name -> its IP on the kube network
 }
 play() {  # play NAME REPLICAS [SECRET_DIR]: cpu-dev, adapted for kube play (scripts/smoke/kube.py), played
   kube play "$work/cpu-dev.yaml" "$work/play-$1.yaml" "$2" ${3:+"$3"}
-  podman kube play "$work/play-$1.yaml" >"$work/play-$1.log" 2>&1 \
-    || { cat "$work/play-$1.log" >&2; die "podman kube play ($1) failed"; }
+  # kube play returns once init containers have finished and the pod runs: 3 minutes is plenty.
+  timeout 180 podman kube play "$work/play-$1.yaml" >"$work/play-$1.log" 2>&1 \
+    || { tail -20 "$work/play-$1.log" >&2; die "podman kube play ($1) failed or its init containers took over 180s"; }
 }
 down() {
   podman kube play --down "$work/play-$1.yaml" >/dev/null 2>&1
@@ -190,8 +191,9 @@ down two
 
 # -- 6. the TLS overlay's probes with a throwaway CA ------------------------------------------------
 kubectl kustomize deploy/k8s/overlays/gpu-prod-tls >"$work/tls.yaml"
-name="$(kube env "$work/tls.yaml" STAR_TLS_SERVER_NAME)"
-check pki "$work/pki" "${name:-star-scorer-headless.star.svc.cluster.local}"
+# deploy/README.md documents the one name the server certificate must carry: the headless Service's.
+name="$headless"
+check pki "$work/pki" "$name"
 tls_env=()
 for v in STAR_TLS_CERT STAR_TLS_KEY STAR_TLS_CLIENT_CA STAR_TLS_SERVER_NAME; do
   val="$(kube env "$work/tls.yaml" "$v")"; [ -n "$val" ] && tls_env+=(-e "$v=$val")
@@ -213,8 +215,8 @@ tls_probe() {  # tls_probe CERT_DIR -> 0 when all three exec probes of gpu-prod-
   podman rm -f -t 0 "$ctr" >/dev/null 2>&1
   return "$ok"
 }
-say "by hand: gpu-prod-tls's exec probes (name ${name:-unset}) against the scorer image with a throwaway CA"
-tls_probe good || { cat "$work/tls-good.log" >&2; die "TLS probes fail with a certificate that names $name"; }
+say "by hand: gpu-prod-tls's exec probes (STAR_TLS_SERVER_NAME=$(kube env "$work/tls.yaml" STAR_TLS_SERVER_NAME)) against the scorer image, throwaway CA"
+tls_probe good || { tail -3 "$work/tls-good.log" >&2; die "TLS probes fail with a certificate that names $name"; }
 say "certificate naming $name: startup, readiness and liveness probes pass"
 if tls_probe bad; then die "TLS probes pass with a certificate that lacks $name"; fi
 say "certificate without it: the probes fail ($(tail -1 "$work/tls-bad.log"))"
