@@ -45,11 +45,12 @@ def _find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dic
 
 
 def _scorer(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return next(c for c in _find(docs, "Deployment")["spec"]["template"]["spec"]["containers"])
+    dep = _find(docs, "Deployment", "star-scorer")
+    return next(c for c in dep["spec"]["template"]["spec"]["containers"])
 
 
 def test_expected_overlays_exist() -> None:
-    assert {"cpu-dev", "gpu-prod"} <= set(OVERLAYS)
+    assert {"cpu-dev", "gpu-prod", "gpu-prod-tls", "gpu-vllm"} <= set(OVERLAYS)
 
 
 def test_every_overlay_is_clean(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -201,3 +202,118 @@ def test_strict_schema_rejects_unknown_fields(
         text=True,
     )
     assert proc.returncode != 0
+
+
+# -- the three shapes of bug the played deployment showed (issue 24) --------------------------------
+
+
+def _env_list(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = _scorer(docs)["env"]
+    return env
+
+
+def _drop_env(docs: list[dict[str, Any]], name: str) -> None:
+    env = _env_list(docs)
+    env[:] = [e for e in env if e["name"] != name]
+
+
+def _set_env(docs: list[dict[str, Any]], name: str, value: str) -> None:
+    _drop_env(docs, name)
+    _env_list(docs).append({"name": name, "value": value})
+
+
+def _toy_init(out_args: list[str]) -> Any:
+    """cpu-dev as it was: an init container building the toy guard into the guard volume."""
+
+    def edit(docs: list[dict[str, Any]]) -> None:
+        spec = _find(docs, "Deployment")["spec"]["template"]["spec"]
+        init = copy.deepcopy(spec["containers"][0])
+        init.update(name="build-toy-guard", command=["star-toy-build", *out_args])
+        for key in ("env", "ports", "startupProbe", "readinessProbe", "livenessProbe"):
+            init.pop(key, None)
+        init["volumeMounts"] = [{"name": "guard", "mountPath": "/guards"}]
+        spec["initContainers"] = [init]
+        _set_env(docs, "STAR_GUARD", "/guards/guard")
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("overlay", "edit", "message"),
+    [
+        # 1. the tokens file in the optional auth Secret without the switch: crash-loop without it
+        (
+            "gpu-prod",
+            lambda d: _drop_env(d, "STAR_AUTH_TOKENS_OPTIONAL"),
+            "STAR_AUTH_TOKENS_OPTIONAL is not 1",
+        ),
+        ("cpu-dev", lambda d: _set_env(d, "STAR_AUTH_TOKENS_OPTIONAL", "0"), "mounted empty when missing"),
+        ("gpu-prod", lambda d: _set_env(d, "STAR_POLICY_FILE", "/etc/star/auth/policy"), "no switch"),
+        # 2. the init container writes /guards/guard/guard; the scorer reads /guards/guard
+        ("cpu-dev", _toy_init(["--out", "/guards/guard"]), "but init container build-toy-guard writes"),
+        ("cpu-dev", _toy_init(["--out=/guards/guard", "--only", "guard"]), "writes /guards/guard/guard"),
+        # 3. the TLS probe expects a name no documented certificate name matches
+        ("gpu-prod-tls", lambda d: _drop_env(d, "STAR_TLS_SERVER_NAME"), "sets no STAR_TLS_SERVER_NAME"),
+        (
+            "gpu-prod-tls",
+            lambda d: _set_env(d, "STAR_TLS_SERVER_NAME", "star-scorer"),
+            "not a documented one",
+        ),
+    ],
+)
+def test_invariant_checker_catches_the_played_bugs(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, edit: Any, message: str
+) -> None:
+    problems = _broken(rendered[overlay], edit)
+    assert any(message in p for p in problems), problems
+
+
+def test_an_init_container_writing_what_the_scorer_reads_is_clean(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    problems = _broken(rendered["cpu-dev"], _toy_init(["--out", "/guards", "--only", "guard"]))
+    assert not [p for p in problems if "init container" in p], problems
+
+
+def test_tls_names_are_the_services_dns_names(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["gpu-prod-tls"]
+    names = inv.service_dns_names(_find(docs, "Deployment"), docs, inv.InvariantConfig())
+    assert set(names) == {
+        "star-scorer.star.svc.cluster.local",
+        "star-scorer-headless.star.svc.cluster.local",
+    }
+
+
+def test_vllm_overlay_fronts_a_vllm_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["gpu-vllm"]
+    config = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("star-scorer")
+    )
+    assert config["data"]["STAR_BACKEND"] == "vllm"
+    assert config["data"]["STAR_REMOTE_URL"] == "http://star-guard-vllm:8000"
+    assert "nvidia.com/gpu" not in str(_scorer(docs)["resources"])  # the scorer needs no GPU here
+    engine = _find(docs, "Deployment", "star-guard-vllm")["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        engine["command"][:2] == ["vllm", "serve"] and engine["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    )
+    service = _find(docs, "Service", "star-guard-vllm")
+    assert service["spec"]["ports"][0]["port"] == 8000
+
+
+# -- scripts/smoke/kube.py: what podman kube play is given ------------------------------------------
+
+
+def test_smoke_play_models_the_optional_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    sys.path.insert(0, str(ROOT / "scripts" / "smoke"))
+    import kube
+
+    def auth_volume(played: list[dict[str, Any]]) -> dict[str, Any]:
+        spec = _find(played, "Deployment")["spec"]["template"]["spec"]
+        assert all("ports" not in c for c in spec["containers"])  # kube play 4.3 would publish them
+        return next(v for v in spec["volumes"] if v["name"] == "auth")
+
+    docs = rendered["cpu-dev"]
+    assert auth_volume(kube.playable(docs, 2, None)) == {"name": "auth", "emptyDir": {}}
+    with_secret = auth_volume(kube.playable(docs, 1, "/tmp/secret"))
+    assert with_secret == {"name": "auth", "hostPath": {"path": "/tmp/secret", "type": "Directory"}}
+    assert {d["kind"] for d in kube.playable(docs, 1, None)} == {"Deployment", "ConfigMap"}
