@@ -66,9 +66,13 @@ remove_pods() {  # the scorer pods kube play made from cpu-dev (this script's, o
   podman pod ps -q --filter label=app.kubernetes.io/name=star-scorer | xargs -r podman pod rm -f -t 0 >/dev/null 2>&1
   podman ps -aq --filter "label=$label" | xargs -r podman rm -f -t 0 >/dev/null 2>&1
 }
+remove_volumes() {  # the podman volumes kube play made of the pods' emptyDirs (--down removes them too)
+  local v
+  for v in $(kube volumes "$work/cpu-dev.yaml" 2>/dev/null); do podman volume rm -f "$v" >/dev/null 2>&1 || true; done
+}
 cleanup() {
   remove_pods
-  podman volume prune -f >/dev/null 2>&1 || true
+  remove_volumes
   [ -n "${STAR_SMOKE_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -102,7 +106,7 @@ play() {  # play NAME REPLICAS [SECRET_DIR]: cpu-dev, adapted for kube play (scr
 down() {
   podman kube play --down "$work/play-$1.yaml" >/dev/null 2>&1
   remove_pods
-  podman volume prune -f >/dev/null
+  remove_volumes
 }
 grpc_probe() {  # grpc_probe IP PROBE [TIMEOUT]: the manifest's gRPC probe, as the kubelet would run it
   local spec; mapfile -t spec < <(kube probe-grpc "$work/cpu-dev.yaml" "$2")
@@ -178,7 +182,7 @@ client ref.jsonl "$ip0:50051" 2>"$work/client-ref.log" || { cat "$work/client-re
 client two.jsonl "dns:///$headless:50051" 2>"$work/client-two.log" &
 pid=$!
 for _ in $(seq 300); do
-  n="$(curl -s "http://$ip1:9090/metrics" | awk '/^star_cuts_scored_total/ {print int($2)}')"
+  n="$(check counter "http://$ip1:9090/metrics" star_cuts_scored_total)"
   [ "${n:-0}" -gt 0 ] && break
   sleep 0.1
 done
@@ -239,7 +243,7 @@ podman run --rm --label "$label" --network podman-default-kube-network --read-on
 summary="$(tail -1 "$work/train.log")"
 python -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["finished"] and r["steps"] > 0 else 1)' \
   "$summary" || die "star-train did not finish: $summary"
-cuts="$(curl -s "http://$ip0:9090/metrics" | awk '/^star_cuts_scored_total/ {print int($2)}')"
+cuts="$(check counter "http://$ip0:9090/metrics" star_cuts_scored_total)"
 [ "${cuts:-0}" -gt 0 ] || die "star-train finished but the scorer scored nothing"
 say "star-train (${job_cmd[*]} + --set overrides) finished against $headless: the scorer scored $cuts cuts"
 say "  $summary"

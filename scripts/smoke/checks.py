@@ -6,6 +6,7 @@ Each subcommand prints one `ok ...` line or exits non-zero with a `FAIL ...` lin
   engine ADDR IN               Score over gRPC equals the in-process engine on the shipped toy guard
   auth ADDR TOKEN              no token: UNAUTHENTICATED; TOKEN: served; health needs no token
   metrics URL                  the Prometheus endpoint serves star_queue_depth
+  counter URL NAME             print the value of the Prometheus sample NAME at URL (0 if absent)
   drain ADDR IN CONTAINER [TOKEN]  SIGTERM to CONTAINER while IN is in flight: every request answered
   same A B                     two `star-client score` outputs hold the same ids and scores
   pki DIR NAME                 a throwaway CA, DIR/good (names NAME) and DIR/bad (lacks NAME)
@@ -111,6 +112,17 @@ def metrics(url: str) -> int:
     return 0
 
 
+def counter(url: str, name: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        text = ""
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    print(int(float(values[0])) if values else 0)
+    return 0
+
+
 async def _drain(addr: str, path: str, container: str, token: str | None = None) -> int:
     from star_client import AsyncScorerClient, ClientConfig
 
@@ -165,6 +177,7 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "engine": engine,
     "auth": auth,
     "metrics": metrics,
+    "counter": counter,
     "drain": lambda *args: asyncio.run(_drain(*args)),
     "same": same,
     "pki": pki,

@@ -17,6 +17,7 @@ probes, or optional Secrets (it refuses a pod whose optional Secret is missing).
   probe FILE PROBE                  the scorer's PROBE (startupProbe, ...) exec command, one per line
   probe-grpc FILE PROBE             its gRPC probe: the port, then the service name ('' for the server)
   probe-budget FILE PROBE           its failureThreshold x periodSeconds
+  volumes FILE                      the pod's volume names (kube play names its podman volumes so)
   job FILE                          the Job container's command, one per line
   recipe FILE OUT                   the trainer recipe the Job mounts, written to OUT
 """
@@ -97,6 +98,9 @@ def main(argv: list[str]) -> int:
     elif cmd == "probe-budget":
         probe = scorer(docs)[argv[2]]
         print(int(probe.get("failureThreshold", 3)) * int(probe.get("periodSeconds", 10)))
+    elif cmd == "volumes":
+        spec = find(docs, "Deployment")["spec"]["template"]["spec"]
+        print("\n".join(v["name"] for v in spec.get("volumes", [])))
     elif cmd == "job":
         c = find(docs, "Job")["spec"]["template"]["spec"]["containers"][0]
         print("\n".join([*c.get("command", []), *c.get("args", [])]))
