@@ -113,33 +113,49 @@ def metrics(url: str) -> int:
 
 
 def counter(url: str, name: str) -> int:
+    print(int(_gauge(url, name)))
+    return 0
+
+
+def _gauge(url: str, name: str) -> float:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
     except OSError:
-        text = ""
+        return 0.0
     values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
-    print(int(float(values[0])) if values else 0)
-    return 0
+    return float(values[0]) if values else 0.0
 
 
 async def _drain(addr: str, path: str, container: str, token: str | None = None) -> int:
+    """SIGTERM once the server holds every unanswered request (star_queue_depth counts them), so that
+    each one is in flight: requests sent after SIGTERM are refused (UNAVAILABLE, for the client to
+    retry elsewhere) and would not test draining."""
     from star_client import AsyncScorerClient, ClientConfig
 
     reqs = _requests(Path(path))
+    metrics_url = f"http://{addr.rsplit(':', 1)[0]}:9090/metrics"
     config = ClientConfig(
         addresses=(addr,), deadline_s=120, max_in_flight=len(reqs), retries=0, auth_token=token
     )
     async with AsyncScorerClient(config=config) as client:
         tasks = [asyncio.create_task(client.score(r)) for r in reqs]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        sent_at = sum(t.done() for t in tasks)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while True:
+            done = sum(t.done() for t in tasks)
+            depth = await asyncio.to_thread(_gauge, metrics_url, "star_queue_depth")
+            if done < len(reqs) and depth + done >= len(reqs):
+                break
+            if done == len(reqs) or loop.time() > end:
+                return fail(f"the scorer never held all {len(reqs)} requests at once ({done} answered)")
+            await asyncio.sleep(0.05)
         subprocess.run(["podman", "kill", "--signal", "TERM", container], check=True, capture_output=True)
         results = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         return fail(f"{len(errors)} of {len(reqs)} in-flight requests failed after SIGTERM: {errors[0]}")
-    print(f"ok   SIGTERM with {len(reqs) - sent_at} of {len(reqs)} requests in flight: all answered")
+    print(f"ok   SIGTERM with {int(depth)} of {len(reqs)} requests held by the scorer: all answered")
     return 0
 
 
