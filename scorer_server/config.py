@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from scorer_server.batcher import BatcherConfig
@@ -186,6 +187,12 @@ class NetworkSettings:
         180.0, "how long calls may go on after that request before the connection is closed under them"
     )
     auth_tokens_file: str = _opt("", "file of accepted bearer tokens, one per line (also STAR_AUTH_TOKENS)")
+    auth_tokens_optional: bool = _opt(
+        False,
+        "an --auth-tokens-file missing from an existing, empty directory (how Kubernetes mounts an "
+        "optional Secret that does not exist) means no auth, with a warning; any other unreadable "
+        "file is still an error",
+    )
     tls_cert: str = _opt("", "server certificate chain (PEM); turns TLS on with --tls-key")
     tls_key: str = _opt("", "server private key (PEM)")
     tls_client_ca: str = _opt("", "CA bundle (PEM) that client certificates must chain to: mutual TLS")
@@ -195,6 +202,20 @@ class NetworkSettings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    def auth_warning(self) -> str | None:
+        """What to warn about when the server will accept callers without a token; None otherwise."""
+        if self.auth_tokens:
+            return None
+        if self.auth_tokens_file:
+            return (
+                f"auth is off: --auth-tokens-file {self.auth_tokens_file} is absent and "
+                "--auth-tokens-optional is set (no auth Secret); every caller that reaches the port is "
+                "accepted"
+            )
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            return f"auth is off on {self.host}: every caller that reaches the port is accepted"
+        return None
 
     def check(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -258,15 +279,16 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     values = read_flags(ServerConfig, args, env)
     sections = {name: cls(**values.get(name, {})) for name, cls in sections_of(ServerConfig).items()}
     network: NetworkSettings = sections["network"]
-    sections["network"] = replace(network, auth_tokens=_auth_tokens(network.auth_tokens_file, env))
+    tokens = _auth_tokens(network.auth_tokens_file, env, optional=network.auth_tokens_optional)
+    sections["network"] = replace(network, auth_tokens=tokens)
     config = ServerConfig(**sections)
     config.check()
     return config
 
 
-def _auth_tokens(path: str, env: Mapping[str, str]) -> tuple[str, ...]:
+def _auth_tokens(path: str, env: Mapping[str, str], optional: bool = False) -> tuple[str, ...]:
     tokens: list[str] = []
-    if path:
+    if path and not (optional and absent_optional_file(path)):
         try:
             with open(path) as fh:
                 tokens += [line.strip() for line in fh if line.strip() and not line.startswith("#")]
@@ -276,3 +298,16 @@ def _auth_tokens(path: str, env: Mapping[str, str]) -> tuple[str, ...]:
             raise ValueError(f"--auth-tokens-file {path} holds no tokens")
     tokens += [t.strip() for t in env.get("STAR_AUTH_TOKENS", "").split(",") if t.strip()]
     return tuple(tokens)
+
+
+def absent_optional_file(path: str) -> bool:
+    """True when `path` does not exist and its directory exists and is empty: the shape of an optional
+    Kubernetes Secret that was not created. A missing directory or one holding other files (a typo
+    in the path or the Secret's key) is not absent-by-design and stays an error."""
+    file = Path(path)
+    if file.exists() or not file.parent.is_dir():
+        return False
+    try:
+        return not any(file.parent.iterdir())
+    except OSError:
+        return False

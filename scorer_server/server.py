@@ -181,6 +181,9 @@ class ScorerServer:
                     "auth": bool(self.config.network.auth_tokens),
                 },
             )
+            warning = self.config.network.auth_warning()
+            if warning:
+                log.warning(warning)
             started = await self._start_backend()
         except BaseException as exc:
             await self._abort()

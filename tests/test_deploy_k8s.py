@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "tools"))
@@ -44,11 +45,12 @@ def _find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dic
 
 
 def _scorer(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return next(c for c in _find(docs, "Deployment")["spec"]["template"]["spec"]["containers"])
+    dep = _find(docs, "Deployment", "star-scorer")
+    return next(c for c in dep["spec"]["template"]["spec"]["containers"])
 
 
 def test_expected_overlays_exist() -> None:
-    assert {"cpu-dev", "gpu-prod"} <= set(OVERLAYS)
+    assert {"cpu-dev", "gpu-prod", "gpu-prod-tls", "gpu-vllm"} <= set(OVERLAYS)
 
 
 def test_every_overlay_is_clean(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -82,13 +84,28 @@ def test_gpu_prod_shape(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert all(d["metadata"].get("namespace") == "star" for d in docs if d["kind"] != "Namespace")
 
 
-def test_cpu_dev_builds_the_toy_guard(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_cpu_dev_serves_the_shipped_toy_guard(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """No init container: the scorer reads the toy guard its image links at /opt/star/toy-guard (the
+    Dockerfile's RUN step checks the link), so nothing is trained or copied at pod start."""
     spec = _find(rendered["cpu-dev"], "Deployment")["spec"]["template"]["spec"]
-    init = spec["initContainers"][0]
-    assert init["command"][0] == "star-toy-build"
+    assert "initContainers" not in spec
     assert "nvidia.com/gpu" not in str(spec)
     env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
-    assert env["STAR_GUARD"] == "/guards/guard" and f"--out {env['STAR_GUARD']}" in " ".join(init["command"])
+    assert env["STAR_GUARD"] == "/opt/star/toy-guard"
+    assert (
+        "test -f /opt/star/toy-guard/model.safetensors"
+        in (ROOT / "deploy" / "docker" / "Dockerfile.scorer").read_text()
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_auth_is_optional_in_every_overlay(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    """The tokens file lives in an optional Secret: the scorer must be told that an empty mount means no
+    auth, or every overlay crash-loops until the Secret is created."""
+    c = _scorer(rendered[overlay])
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    if "STAR_AUTH_TOKENS_FILE" in env:
+        assert env["STAR_AUTH_TOKENS_OPTIONAL"] == "1"
 
 
 def test_tls_overlay_swaps_probes_for_exec(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -97,6 +114,10 @@ def test_tls_overlay_swaps_probes_for_exec(rendered: dict[str, list[dict[str, An
     assert env["STAR_TLS_CERT"] == "/etc/star/tls/tls.crt"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert "grpc" not in c[probe] and c[probe]["exec"]["command"][1] == "/opt/star/healthcheck.py"
+    # the probe checks the headless Service's DNS name, the name trainers dial (base/recipe.yaml)
+    assert env["STAR_TLS_SERVER_NAME"] == "star-scorer-headless.star.svc.cluster.local"
+    recipe = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "recipe.yaml").read_text())
+    assert recipe["scorer"] == f"{env['STAR_TLS_SERVER_NAME']}:50051"
 
 
 # -- the invariant checker must catch each kind of mistake --------------------------------------------
@@ -171,8 +192,6 @@ def test_invariant_checker_catches(
 def test_strict_schema_rejects_unknown_fields(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    import yaml
-
     docs = copy.deepcopy(rendered["cpu-dev"])
     _container(docs)["startupProbes"] = {"grpc": {"port": 50051}}  # a typo a lax check would let through
     bad = tmp_path / "bad.yaml"
@@ -183,3 +202,118 @@ def test_strict_schema_rejects_unknown_fields(
         text=True,
     )
     assert proc.returncode != 0
+
+
+# -- the three shapes of bug the played deployment showed (issue 24) --------------------------------
+
+
+def _env_list(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = _scorer(docs)["env"]
+    return env
+
+
+def _drop_env(docs: list[dict[str, Any]], name: str) -> None:
+    env = _env_list(docs)
+    env[:] = [e for e in env if e["name"] != name]
+
+
+def _set_env(docs: list[dict[str, Any]], name: str, value: str) -> None:
+    _drop_env(docs, name)
+    _env_list(docs).append({"name": name, "value": value})
+
+
+def _toy_init(out_args: list[str]) -> Any:
+    """cpu-dev as it was: an init container building the toy guard into the guard volume."""
+
+    def edit(docs: list[dict[str, Any]]) -> None:
+        spec = _find(docs, "Deployment")["spec"]["template"]["spec"]
+        init = copy.deepcopy(spec["containers"][0])
+        init.update(name="build-toy-guard", command=["star-toy-build", *out_args])
+        for key in ("env", "ports", "startupProbe", "readinessProbe", "livenessProbe"):
+            init.pop(key, None)
+        init["volumeMounts"] = [{"name": "guard", "mountPath": "/guards"}]
+        spec["initContainers"] = [init]
+        _set_env(docs, "STAR_GUARD", "/guards/guard")
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("overlay", "edit", "message"),
+    [
+        # 1. the tokens file in the optional auth Secret without the switch: crash-loop without it
+        (
+            "gpu-prod",
+            lambda d: _drop_env(d, "STAR_AUTH_TOKENS_OPTIONAL"),
+            "STAR_AUTH_TOKENS_OPTIONAL is not 1",
+        ),
+        ("cpu-dev", lambda d: _set_env(d, "STAR_AUTH_TOKENS_OPTIONAL", "0"), "mounted empty when missing"),
+        ("gpu-prod", lambda d: _set_env(d, "STAR_POLICY_FILE", "/etc/star/auth/policy"), "no switch"),
+        # 2. the init container writes /guards/guard/guard; the scorer reads /guards/guard
+        ("cpu-dev", _toy_init(["--out", "/guards/guard"]), "but init container build-toy-guard writes"),
+        ("cpu-dev", _toy_init(["--out=/guards/guard", "--only", "guard"]), "writes /guards/guard/guard"),
+        # 3. the TLS probe expects a name no documented certificate name matches
+        ("gpu-prod-tls", lambda d: _drop_env(d, "STAR_TLS_SERVER_NAME"), "sets no STAR_TLS_SERVER_NAME"),
+        (
+            "gpu-prod-tls",
+            lambda d: _set_env(d, "STAR_TLS_SERVER_NAME", "star-scorer"),
+            "not a documented one",
+        ),
+    ],
+)
+def test_invariant_checker_catches_the_played_bugs(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, edit: Any, message: str
+) -> None:
+    problems = _broken(rendered[overlay], edit)
+    assert any(message in p for p in problems), problems
+
+
+def test_an_init_container_writing_what_the_scorer_reads_is_clean(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    problems = _broken(rendered["cpu-dev"], _toy_init(["--out", "/guards", "--only", "guard"]))
+    assert not [p for p in problems if "init container" in p], problems
+
+
+def test_tls_names_are_the_services_dns_names(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["gpu-prod-tls"]
+    names = inv.service_dns_names(_find(docs, "Deployment"), docs, inv.InvariantConfig())
+    assert set(names) == {
+        "star-scorer.star.svc.cluster.local",
+        "star-scorer-headless.star.svc.cluster.local",
+    }
+
+
+def test_vllm_overlay_fronts_a_vllm_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["gpu-vllm"]
+    config = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("star-scorer")
+    )
+    assert config["data"]["STAR_BACKEND"] == "vllm"
+    assert config["data"]["STAR_REMOTE_URL"] == "http://star-guard-vllm:8000"
+    assert "nvidia.com/gpu" not in str(_scorer(docs)["resources"])  # the scorer needs no GPU here
+    engine = _find(docs, "Deployment", "star-guard-vllm")["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        engine["command"][:2] == ["vllm", "serve"] and engine["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    )
+    service = _find(docs, "Service", "star-guard-vllm")
+    assert service["spec"]["ports"][0]["port"] == 8000
+
+
+# -- scripts/smoke/kube.py: what podman kube play is given ------------------------------------------
+
+
+def test_smoke_play_models_the_optional_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    sys.path.insert(0, str(ROOT / "scripts" / "smoke"))
+    import kube
+
+    def auth_volume(played: list[dict[str, Any]]) -> dict[str, Any]:
+        spec = _find(played, "Deployment")["spec"]["template"]["spec"]
+        assert all("ports" not in c for c in spec["containers"])  # kube play 4.3 would publish them
+        return next(v for v in spec["volumes"] if v["name"] == "auth")
+
+    docs = rendered["cpu-dev"]
+    assert auth_volume(kube.playable(docs, 2, None)) == {"name": "auth", "emptyDir": {}}
+    with_secret = auth_volume(kube.playable(docs, 1, "/tmp/secret"))
+    assert with_secret == {"name": "auth", "hostPath": {"path": "/tmp/secret", "type": "Directory"}}
+    assert {d["kind"] for d in kube.playable(docs, 1, None)} == {"Deployment", "ConfigMap"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,51 @@ def test_help_groups_flags_by_sub_config() -> None:
     assert sum(
         len(v) for k, v in groups.items() if k in {f.name for f in dataclasses.fields(ServerConfig)}
     ) == len(list(flags_of(ServerConfig)))
+
+
+def test_optional_tokens_file_in_an_empty_directory_means_no_auth(tmp_path: Path) -> None:
+    """Kubernetes mounts a missing optional Secret as an empty directory: auth off, with a warning."""
+    tokens = tmp_path / "auth" / "tokens"
+    tokens.parent.mkdir()
+    cfg = _config(
+        ["--host", "0.0.0.0"], {"STAR_AUTH_TOKENS_FILE": str(tokens), "STAR_AUTH_TOKENS_OPTIONAL": "1"}
+    )
+    assert cfg.network.auth_tokens == ()
+    assert "auth is off" in (cfg.network.auth_warning() or "")
+    tokens.write_text("secret\n")
+    cfg = _config([], {"STAR_AUTH_TOKENS_FILE": str(tokens), "STAR_AUTH_TOKENS_OPTIONAL": "1"})
+    assert cfg.network.auth_tokens == ("secret",) and cfg.network.auth_warning() is None
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("no-dir", "cannot read --auth-tokens-file"),  # a typo in the directory
+        ("other-key", "cannot read --auth-tokens-file"),  # the Secret's key is not `tokens`
+        ("empty-file", "holds no tokens"),
+    ],
+)
+@pytest.mark.parametrize("optional", [False, True])
+def test_a_wrong_tokens_file_still_fails(tmp_path: Path, layout: str, message: str, optional: bool) -> None:
+    """Only an absent file in an empty directory is optional; a typo never silently turns auth off."""
+    tokens = tmp_path / "auth" / "tokens"
+    if layout != "no-dir":
+        tokens.parent.mkdir()
+    if layout == "other-key":
+        (tokens.parent / "token").write_text("secret\n")
+    if layout == "empty-file":
+        tokens.write_text("\n")
+    env = {"STAR_AUTH_TOKENS_FILE": str(tokens), "STAR_AUTH_TOKENS_OPTIONAL": "1" if optional else "0"}
+    with pytest.raises(ValueError, match=message):
+        _config([], env)
+
+
+def test_without_the_optional_switch_an_empty_mount_fails(tmp_path: Path) -> None:
+    (tmp_path / "auth").mkdir()
+    with pytest.raises(ValueError, match="cannot read --auth-tokens-file"):
+        _config([], {"STAR_AUTH_TOKENS_FILE": str(tmp_path / "auth" / "tokens")})
+
+
+def test_no_auth_on_a_public_interface_is_warned() -> None:
+    assert "auth is off on 0.0.0.0" in (_config(["--host", "0.0.0.0"]).network.auth_warning() or "")
+    assert _config([]).network.auth_warning() is None  # 127.0.0.1: local only

@@ -3,8 +3,11 @@
 Used by the image's HEALTHCHECK and by the exec probes of the TLS component (Kubernetes' native gRPC
 probes cannot speak TLS). Plaintext by default; with STAR_TLS_CERT set it connects over TLS trusting
 that certificate (or STAR_TLS_CA), and when the server demands client certificates (STAR_TLS_CLIENT_CA
-set) it presents the server's own key pair, which must then allow client authentication.
-Exit status: 0 SERVING, 1 anything else.
+set) it presents the server's own key pair, which must then allow client authentication. Over TLS
+the name checked in the server certificate is --server-name (default $STAR_TLS_SERVER_NAME): the
+probe dials 127.0.0.1, which no certificate names, so one of the certificate's DNS names must be
+given (the manifests use the headless Service's, star-scorer-headless.<namespace>.svc.cluster.local).
+Exit status: 0 SERVING, 1 anything else (2 for a usage mistake).
 """
 
 from __future__ import annotations
@@ -28,12 +31,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--service", default="", help="health service name ('' = the whole server)")
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    ap.add_argument(
+        "--server-name",
+        default=os.environ.get("STAR_TLS_SERVER_NAME", ""),
+        help="over TLS: a DNS name the server certificate carries (default: $STAR_TLS_SERVER_NAME)",
+    )
     args = ap.parse_args(argv)
 
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     cert = os.environ.get("STAR_TLS_CERT")
+    if cert and not args.server_name:
+        print(
+            "healthcheck: STAR_TLS_CERT is set but no server name: set STAR_TLS_SERVER_NAME (or "
+            "--server-name) to a DNS name in the server certificate",
+            file=sys.stderr,
+        )
+        return 2
     if cert:
         ca = os.environ.get("STAR_TLS_CA") or cert
         mutual = bool(os.environ.get("STAR_TLS_CLIENT_CA"))
@@ -43,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             certificate_chain=_read(cert) if mutual else None,
         )
         # The certificate names the Service, not 127.0.0.1.
-        name = os.environ.get("STAR_TLS_SERVER_NAME", "star-scorer")
-        channel = grpc.secure_channel(args.address, creds, options=[("grpc.ssl_target_name_override", name)])
+        override = [("grpc.ssl_target_name_override", args.server_name)]
+        channel = grpc.secure_channel(args.address, creds, options=override)
     else:
         channel = grpc.insecure_channel(args.address)
     try:

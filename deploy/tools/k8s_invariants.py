@@ -27,6 +27,11 @@ class InvariantConfig:
     """Startup-probe budget (failureThreshold x periodSeconds) a model-serving container must allow."""
     client_label: tuple[str, str] = ("star.dev/scorer-client", "true")
     """The pod label the scorer's NetworkPolicy admits on the gRPC port."""
+    optional_switches: tuple[tuple[str, str], ...] = (("STAR_AUTH_TOKENS_FILE", "STAR_AUTH_TOKENS_OPTIONAL"),)
+    """(variable, switch): a variable may point into an optional Secret or ConfigMap only when the
+    container sets its switch to 1, which tells the program that an empty mount is expected."""
+    cluster_domain: str = "cluster.local"
+    """The cluster's DNS domain, for the Service names a TLS certificate documents."""
 
 
 def load_docs(texts: Iterable[str]) -> list[dict[str, Any]]:
@@ -153,6 +158,143 @@ def _check_shm(doc: dict[str, Any], spec: dict[str, Any]) -> Iterator[str]:
             yield f"{_name(doc)}: {c['name']} /dev/shm must be an emptyDir with medium: Memory"
 
 
+_TRUE = ("1", "true", "yes", "on")
+OUTPUT_FLAGS = ("--out", "--output", "--output-dir")
+
+
+def _env(c: dict[str, Any]) -> dict[str, str]:
+    return {str(e["name"]): str(e["value"]) for e in c.get("env", []) or [] if "value" in e}
+
+
+def _mount_of(c: dict[str, Any], path: str) -> tuple[str, str] | None:
+    """(volume name, path inside the volume) of `path` in container `c`, by its longest mount; None when
+    `path` is not under any mount."""
+    best: tuple[int, str, str] | None = None
+    for m in c.get("volumeMounts", []) or []:
+        root = str(m["mountPath"]).rstrip("/")
+        if path == root or path.startswith(root + "/"):
+            sub = str(m.get("subPath", "")).strip("/")
+            rest = path[len(root) :].strip("/")
+            inner = "/".join(x for x in (sub, rest) if x)
+            if best is None or len(root) > best[0]:
+                best = (len(root), str(m["name"]), inner)
+    return None if best is None else (best[1], best[2])
+
+
+def _check_optional_mounts(doc: dict[str, Any], spec: dict[str, Any], cfg: InvariantConfig) -> Iterator[str]:
+    """A variable pointing into an optional Secret/ConfigMap volume: Kubernetes mounts an empty directory
+    when the object is missing, so the program must be told that this is expected (the switch)."""
+    volumes = {v["name"]: v for v in spec.get("volumes", []) or []}
+    switches = dict(cfg.optional_switches)
+    for c in containers(spec):
+        env = _env(c)
+        for var, value in env.items():
+            where = _mount_of(c, value) if value.startswith("/") else None
+            if where is None:
+                continue
+            vol = volumes.get(where[0], {})
+            source = vol.get("secret") or vol.get("configMap")
+            if not source or not source.get("optional"):
+                continue
+            kind = "Secret" if "secret" in vol else "ConfigMap"
+            obj = source.get("secretName") or source.get("name")
+            switch = switches.get(var)
+            if switch is None:
+                yield (
+                    f"{_name(doc)}: {c['name']} {var}={value} points into the optional {kind} {obj}, which "
+                    "is mounted empty when missing, and no switch tells the program that is expected"
+                )
+            elif env.get(switch, "").lower() not in _TRUE:
+                yield (
+                    f"{_name(doc)}: {c['name']} {var}={value} points into the optional {kind} {obj} "
+                    f"(mounted empty when missing) but {switch} is not 1: the container fails without it"
+                )
+
+
+def init_outputs(cmd: list[str]) -> list[str]:
+    """The paths a command writes its results to: the directory after --out/--output/--output-dir,
+    or, for star-toy-build, the model directories it writes inside it."""
+    out = None
+    for i, arg in enumerate(cmd):
+        flag, eq, val = arg.partition("=")
+        if flag in OUTPUT_FLAGS:
+            out = val if eq else (cmd[i + 1] if i + 1 < len(cmd) else None)
+    if out is None:
+        return []
+    if cmd and cmd[0] == "star-toy-build":
+        only = next((cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == "--only"), None)
+        parts = [only.replace("-", "_")] if only else ["guard", "chat", "fooled_guard", "data"]
+        return [f"{out.rstrip('/')}/{p}" for p in parts]
+    return [out]
+
+
+def _check_init_outputs(doc: dict[str, Any], spec: dict[str, Any]) -> Iterator[str]:
+    """What an init container writes into a shared volume must be what the main containers read there."""
+    mains = spec.get("containers", []) or []
+    for init in spec.get("initContainers", []) or []:
+        cmd = [str(x) for x in [*(init.get("command") or []), *(init.get("args") or [])]]
+        written = [w for w in (_mount_of(init, p) for p in init_outputs(cmd)) if w is not None]
+        if not written:
+            continue
+        volumes = {v for v, _ in written}
+        reads = [
+            (c["name"], var, value, where)
+            for c in mains
+            for var, value in _env(c).items()
+            if value.startswith("/") and (where := _mount_of(c, value)) is not None and where[0] in volumes
+        ]
+        shown = ", ".join(init_outputs(cmd))
+        if not reads:
+            yield f"{_name(doc)}: init container {init['name']} writes {shown}, which no container reads"
+        for cname, var, value, (vol, inner) in reads:
+            if not any(v == vol and (inner == w or inner.startswith(w + "/")) for v, w in written):
+                yield (
+                    f"{_name(doc)}: {cname} reads {var}={value}, but init container {init['name']} "
+                    f"writes {shown}"
+                )
+
+
+def service_dns_names(doc: dict[str, Any], docs: list[dict[str, Any]], cfg: InvariantConfig) -> list[str]:
+    """The fully qualified DNS names of the Services that select this workload's pods: the names a
+    server certificate documents (deploy/README.md)."""
+    labels = pod_labels(doc)
+    out = []
+    for s in docs:
+        selector = s.get("spec", {}).get("selector") if s.get("kind") == "Service" else None
+        if selector and _selects({"matchLabels": selector}, labels):
+            ns = s["metadata"].get("namespace", "default")
+            out.append(f"{s['metadata']['name']}.{ns}.svc.{cfg.cluster_domain}")
+    return out
+
+
+def _check_tls_probe_name(
+    doc: dict[str, Any], spec: dict[str, Any], docs: list[dict[str, Any]], cfg: InvariantConfig
+) -> Iterator[str]:
+    """An exec probe that checks the server certificate over TLS must expect one of the Services' DNS
+    names (the names the certificate is documented to carry), set explicitly."""
+    for c in spec.get("containers", []) or []:
+        env = _env(c)
+        if not env.get("STAR_TLS_CERT"):
+            continue
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            cmd = [str(x) for x in ((c.get(probe) or {}).get("exec") or {}).get("command", [])]
+            if not any(x.endswith("healthcheck.py") for x in cmd):
+                continue
+            name = next((cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == "--server-name"), None)
+            name = name or env.get("STAR_TLS_SERVER_NAME")
+            documented = service_dns_names(doc, docs, cfg)
+            if not name:
+                yield (
+                    f"{_name(doc)}: {c['name']} {probe} checks the certificate over TLS but sets no "
+                    f"STAR_TLS_SERVER_NAME (one of {documented})"
+                )
+            elif name not in documented:
+                yield (
+                    f"{_name(doc)}: {c['name']} {probe} expects the certificate name {name!r}, not a "
+                    f"documented one ({', '.join(documented) or 'no Service selects the pods'})"
+                )
+
+
 def _check_rollout(doc: dict[str, Any]) -> Iterator[str]:
     strategy = doc.get("spec", {}).get("strategy") or {}
     ru = strategy.get("rollingUpdate") or {}
@@ -263,6 +405,41 @@ def _check_network_policy(
                     yield f"{_name(np)}: gRPC peer selector must be exactly {key}={value}, got {sel}"
 
 
+def serves_star_api(spec: dict[str, Any]) -> bool:
+    """Whether a pod serves the STAR gRPC API (a container port named grpc), not a guard engine."""
+    return any(
+        p.get("name") == "grpc" for c in spec.get("containers", []) or [] for p in c.get("ports", []) or []
+    )
+
+
+def _check_engine_peers(dep: dict[str, Any], docs: list[dict[str, Any]]) -> Iterator[str]:
+    """A guard engine behind the scorer (vLLM): a Service, a PDB and a NetworkPolicy admitting only pods."""
+    labels = pod_labels(dep)
+    name = _name(dep)
+    if not any(
+        d.get("kind") == "Service" and _selects({"matchLabels": d["spec"].get("selector") or {}}, labels)
+        for d in docs
+    ):
+        yield f"{name}: no Service selects its pods"
+    if not any(
+        d.get("kind") == "PodDisruptionBudget" and _selects(d["spec"].get("selector", {}), labels)
+        for d in docs
+    ):
+        yield f"{name}: no PodDisruptionBudget covers its pods"
+    policies = [
+        d
+        for d in docs
+        if d.get("kind") == "NetworkPolicy" and _selects(d["spec"].get("podSelector", {}), labels)
+    ]
+    if not policies:
+        yield f"{name}: no NetworkPolicy selects its pods"
+    for np in policies:
+        for rule in np["spec"].get("ingress", []) or []:
+            peers = rule.get("from") or []
+            if not peers or any("podSelector" not in p or "ipBlock" in p for p in peers):
+                yield f"{_name(np)}: the engine must admit only pod selectors (the scorer), got {peers}"
+
+
 def _check_clients(docs: list[dict[str, Any]], cfg: InvariantConfig) -> Iterator[str]:
     key, value = cfg.client_label
     for d in docs:
@@ -283,9 +460,15 @@ def check(docs: list[dict[str, Any]], cfg: InvariantConfig | None = None) -> lis
         out += _check_resources(doc, spec)
         out += _check_security(doc, spec)
         out += _check_shm(doc, spec)
+        out += _check_optional_mounts(doc, spec, cfg)
+        out += _check_init_outputs(doc, spec)
+        out += _check_tls_probe_name(doc, spec, docs, cfg)
         if doc["kind"] == "Deployment":
             out += _check_rollout(doc)
-            out += _check_deployment_peers(doc, docs, cfg)
+            if serves_star_api(spec):
+                out += _check_deployment_peers(doc, docs, cfg)
+            else:
+                out += _check_engine_peers(doc, docs)
     out += _check_pdbs(docs)
     out += _check_clients(docs, cfg)
     return out
