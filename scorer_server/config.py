@@ -28,6 +28,10 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+CACHE_SALTS = ("request", "off")
+"""How a remote engine's prefix cache is salted (--remote-cache-salt)."""
+
+
 @dataclass(frozen=True)
 class GuardSettings:
     """Which guard to load and how to drive it (becomes a `GuardConfig`)."""
@@ -158,6 +162,13 @@ class RemoteSettings:
         "remote backends: how often to check that an engine answers (health follows it; 0: off)",
         flag="remote_health_interval_s",
     )
+    cache_salt: str = _opt(
+        "request",
+        "vllm: salt the engine's prefix cache (cache_salt, CVE-2025-46570): 'request' gives each Score "
+        "request its own random salt (its cuts still share the cache; no caller can time another's "
+        "prompts), 'off' lets every caller's prompts share it",
+        flag="remote_cache_salt",
+    )
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -166,6 +177,10 @@ class RemoteSettings:
             raise ValueError(f"--backend {self.backend} needs --remote-url")
         if self.max_concurrency < 1:
             raise ValueError("--remote-max-concurrency must be >= 1")
+        if self.cache_salt not in CACHE_SALTS:
+            raise ValueError(
+                f"--remote-cache-salt must be one of {', '.join(CACHE_SALTS)}, not {self.cache_salt!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,12 @@ def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBacken
     from scorer_server.backends.remote import RemoteConfig
 
     remote = config.remote
-    engines = RemoteConfig(urls=remote.urls, max_concurrency=remote.max_concurrency, limits=config.limits)
+    engines = RemoteConfig(
+        urls=remote.urls,
+        max_concurrency=remote.max_concurrency,
+        limits=config.limits,
+        cache_salt=remote.cache_salt,
+    )
     return build_remote_backend(remote.backend, guard, engines)
 
 

@@ -168,6 +168,7 @@ def test_vllm_request_fields_scores_and_retries(guard: PromptGuard) -> None:
                 "logprob_token_ids",
                 "logprobs",
                 "return_tokens_as_token_ids",
+                "cache_salt",
             }
             assert body["max_tokens"] == 1 and body["temperature"] == 0.0
             assert body["logprob_token_ids"] == [guard.safe_id, guard.unsafe_id]
@@ -177,8 +178,43 @@ def test_vllm_request_fields_scores_and_retries(guard: PromptGuard) -> None:
         rendered = {tuple(guard.encode(guard.template.render(CONV, c))) for c, _ in want}
         assert prompts == rendered  # one request per cut, the exact per-cut guard prompt as token ids
         assert 1 <= fake.peak <= 3  # the concurrency cap holds
+        # one prefix-cache salt for the cuts of the request (they share the engine's cache), unguessable
+        salts = {body["cache_salt"] for body in fake.bodies}
+        assert len(salts) == 1 and len(next(iter(salts))) == 32
 
     asyncio.run(run())
+
+
+def test_vllm_cache_salt_keeps_requests_apart_or_is_off(guard: PromptGuard) -> None:
+    """Each Score request gets its own salt, so vLLM's prefix cache (a timing side channel across
+    callers, CVE-2025-46570) is never shared between requests; with cache_salt 'off' no salt is sent."""
+
+    async def run(salt: str) -> list[dict[str, Any]]:
+        fake = FakeVllm(guard)
+        runner, url = await serve(fake.handle)
+        config = RemoteConfig(urls=(url,), retry=FAST_RETRY, cache_salt=salt)
+        backend = VllmBackend(guard, config)
+        await backend.start()
+        try:
+            for _ in range(2):
+                await collect(backend, ScoreRequest(CONV, CutSpec(CutKind.WORDS, every=3)))
+            await backend.judge([CONV, CONV])
+        finally:
+            await backend.stop(1.0)
+            await runner.cleanup()
+        return list(fake.bodies)
+
+    salted = asyncio.run(run("request"))
+    scored = [b for b in salted if b["max_tokens"] == 1]  # Judge asks for more than the verdict token
+    judged = [b["cache_salt"] for b in salted if b["max_tokens"] > 1]
+    cuts = {tuple(b["prompt"]) for b in scored}
+    by_salt: dict[str, set[tuple[int, ...]]] = {}
+    for b in scored:
+        by_salt.setdefault(b["cache_salt"], set()).add(tuple(b["prompt"]))
+    # two requests, two salts, and each salt covers every cut of its request
+    assert len(by_salt) == 2 and all(prompts == cuts for prompts in by_salt.values())
+    assert len(set(judged)) == 2 and not set(judged) & set(by_salt)
+    assert all("cache_salt" not in b for b in asyncio.run(run("off")))
 
 
 def test_vllm_judge_reads_verdict_and_categories(guard: PromptGuard) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class RemoteConfig:
     model: str | None = None
     """The served model name (vLLM's --served-model-name); None lets the engine use its only model."""
     limits: Limits = field(default_factory=Limits)
+    cache_salt: str = "request"
+    """'request': each Score request's prompts carry their own random salt for the engine's prefix
+    cache (docs/security.md); 'off': none."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,15 @@ class RemoteBackend(ABC):
         """Release HTTP sessions."""
 
     @abstractmethod
-    async def _readout(self, url: str, prompt: str, max_new_tokens: int) -> Readout:
+    async def _readout(self, url: str, prompt: str, max_new_tokens: int, salt: str | None = None) -> Readout:
         """One request: the verdict log-prob difference after `prompt` (and the decoded text when
-        `max_new_tokens` > 1). Raises RemoteOverloaded for a busy engine, ConnectionError when
-        unreachable, RemoteEngineError for an unusable answer."""
+        `max_new_tokens` > 1). `salt` keys the engine's prefix cache where it has one (vLLM's
+        cache_salt): only prompts with the same salt share cached blocks. Raises RemoteOverloaded for a
+        busy engine, ConnectionError when unreachable, RemoteEngineError for an unusable answer."""
+
+    def _salt(self) -> str | None:
+        """A fresh salt for one Score request or one Judge conversation (None with cache_salt 'off')."""
+        return secrets.token_hex(16) if self.config.cache_salt == "request" else None
 
     # -- ScoringBackend --
     def info(self) -> GuardInfo:
@@ -140,9 +149,10 @@ class RemoteBackend(ABC):
             raise NotReady("the remote backend is not started")
         cuts, texts = self.prompts(request)
         t = request.temperature
+        salt = self._salt()  # the cuts of one response share the engine's cache, other requests do not
         tasks = {
             asyncio.ensure_future(
-                self.dispatcher.call(functools.partial(self._readout, prompt=p, max_new_tokens=1))
+                self.dispatcher.call(functools.partial(self._readout, prompt=p, max_new_tokens=1, salt=salt))
             ): end
             for end, p in zip(cuts, texts, strict=True)
         }
@@ -178,7 +188,9 @@ class RemoteBackend(ABC):
             self.config.limits.check_tokens(len(self.guard.encode(p)), f"conversations[{i}]")
         outs = await asyncio.gather(
             *(
-                self.dispatcher.call(functools.partial(self._readout, prompt=p, max_new_tokens=steps))
+                self.dispatcher.call(
+                    functools.partial(self._readout, prompt=p, max_new_tokens=steps, salt=self._salt())
+                )
                 for p in prompts
             )
         )

@@ -65,7 +65,8 @@ class TgiBackend(RemoteBackend):
             await client.close()
         self._clients.clear()
 
-    async def _readout(self, url: str, prompt: str, max_new_tokens: int) -> Readout:
+    async def _readout(self, url: str, prompt: str, max_new_tokens: int, salt: str | None = None) -> Readout:
+        # TGI takes no cache salt: its prefix cache is shared by every caller (docs/security.md).
         client = self._clients[url]
         try:
             out: Any = await client.text_generation(

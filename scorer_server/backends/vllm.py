@@ -38,8 +38,8 @@ class VllmBackend(RemoteBackend):
             await self._session.close()
             self._session = None
 
-    def request_body(self, prompt: str, max_new_tokens: int) -> dict[str, Any]:
-        """The completions request for one guard prompt."""
+    def request_body(self, prompt: str, max_new_tokens: int, salt: str | None = None) -> dict[str, Any]:
+        """The completions request for one guard prompt (with `cache_salt` when `salt` is given)."""
         body: dict[str, Any] = {
             "prompt": self.guard.encode(prompt),
             "max_tokens": max_new_tokens,
@@ -52,13 +52,15 @@ class VllmBackend(RemoteBackend):
         }
         if self.config.model:
             body["model"] = self.config.model
+        if salt:
+            body["cache_salt"] = salt
         return body
 
-    async def _readout(self, url: str, prompt: str, max_new_tokens: int) -> Readout:
+    async def _readout(self, url: str, prompt: str, max_new_tokens: int, salt: str | None = None) -> Readout:
         assert self._session is not None, "start() first"
         try:
             async with self._session.post(
-                f"{url}/v1/completions", json=self.request_body(prompt, max_new_tokens)
+                f"{url}/v1/completions", json=self.request_body(prompt, max_new_tokens, salt)
             ) as r:
                 text = await r.text()
                 if r.status != 200:
