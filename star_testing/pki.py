@@ -8,6 +8,7 @@ component's probe presents the server's own pair when the server demands client 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,16 @@ def make_ca(out: Path, cn: str = "star throwaway CA") -> CA:
     return CA(key, cert, out / "ca.crt")
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def issue(ca: CA, out: Path, names: list[str]) -> tuple[Path, Path]:
-    """A leaf certificate for `names` (DNS names; the first is also the CN), for server and client
-    authentication; writes out/tls.crt and out/tls.key and returns their paths."""
+    """A leaf certificate for `names` (DNS names or IP addresses; the first is also the CN), for server
+    and client authentication; writes out/tls.crt and out/tls.key and returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -77,7 +85,7 @@ def issue(ca: CA, out: Path, names: list[str]) -> tuple[Path, Path]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
     )
     cert = _validity(builder).sign(ca.key, hashes.SHA256())
     (out / "tls.key").write_bytes(_pem_key(key))

@@ -2,86 +2,36 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from star_client import ClientConfig, ScorerCallError, ScorerClient
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
+from star_testing.pki import issue, make_ca
 
 TOKEN = "s3cret-token"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write(path: Path, key: Any, cert: x509.Certificate) -> tuple[Path, Path]:
-    key_path, cert_path = path.with_suffix(".key"), path.with_suffix(".pem")
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
-def _issue(ca_key: Any, ca_cert: x509.Certificate, cn: str, server: bool) -> tuple[Any, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-    )
-    if server:
-        san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return key, b.sign(ca_key, hashes.SHA256())
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("star test CA"))
-        .issuer_name(_name("star test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _, ca_pem = _write(d / "ca", ca_key, ca)
-    skey, scert = _write(d / "server", *_issue(ca_key, ca, "localhost", server=True))
-    ckey, ccert = _write(d / "client", *_issue(ca_key, ca, "trainer", server=False))
+    ca = make_ca(d / "ca", "star test CA")
+    scert, skey = issue(ca, d / "server", ["localhost", "127.0.0.1"])
+    ccert, ckey = issue(ca, d / "client", ["trainer"])
     (d / "tokens").write_text(f"# accepted tokens\n{TOKEN}\n")
-    return {"ca": ca_pem, "skey": skey, "scert": scert, "ckey": ckey, "ccert": ccert, "tokens": d / "tokens"}
+    return {
+        "ca": ca.cert_path,
+        "skey": skey,
+        "scert": scert,
+        "ckey": ckey,
+        "ccert": ccert,
+        "tokens": d / "tokens",
+    }
 
 
 @pytest.fixture(scope="module")
