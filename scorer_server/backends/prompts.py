@@ -11,9 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from scorer_server.guards.guard import GuardSide
 from scorer_server.guards.loader import (
     GuardConfig,
-    GuardSide,
     hash_prompt_side,
     load_tokenizer,
     prompt_side,

@@ -17,8 +17,9 @@ from scorer_server.engine.forward import (
 )
 from scorer_server.engine.head_cache import HeadCache
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
+from scorer_server.guards.guard import Guard
 from scorer_server.guards.head import full_logits, verdict_logit_diff
-from scorer_server.guards.loader import Guard, GuardConfig, load_guard
+from scorer_server.guards.loader import GuardConfig, load_guard
 from scorer_server.guards.published import processed_p_safe
 from scorer_server.guards.verdict import p_safe, read_verdict
 from scorer_server.limits import Limits

@@ -9,7 +9,7 @@ import torch
 
 from scorer_server.engine.head_cache import HeadCache
 from scorer_server.engine.plan import WorkItem
-from scorer_server.guards.loader import Guard
+from scorer_server.guards.guard import Guard
 
 
 @dataclass

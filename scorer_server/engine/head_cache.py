@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from scorer_server.engine.plan import common_prefix
-from scorer_server.guards.loader import Guard
+from scorer_server.guards.guard import Guard
 from star_contract.types import Conversation
 
 _PROBES = (("a", "b"), ("Zq 1", "Yx 2"))

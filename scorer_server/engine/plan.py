@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scorer_server.engine.prepare import prepare
-from scorer_server.guards.loader import Guard
+from scorer_server.guards.guard import Guard
 from scorer_server.limits import Limits
 from star_contract.types import ScoreRequest
 

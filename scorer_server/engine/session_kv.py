@@ -23,8 +23,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 from scorer_server.engine.forward import sliding_window_of
 from scorer_server.engine.head_cache import HeadCache
 from scorer_server.engine.plan import common_prefix
+from scorer_server.guards.guard import Guard
 from scorer_server.guards.head import verdict_logit_diff
-from scorer_server.guards.loader import Guard
 
 GROWTH_TOKENS = 32
 """A session's buffers grow by at least this many tokens (or an eighth of their size) at a time: slack

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from scorer_server.guards.loader import Guard
+    from scorer_server.guards.guard import Guard
 
 
 def _postprocess(cfg: Any, logits: torch.Tensor) -> torch.Tensor:

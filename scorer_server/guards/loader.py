@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from scorer_server.errors import TemplateRenderError
+from scorer_server.guards.guard import Guard
 from scorer_server.guards.head import check_head
 from scorer_server.guards.presets import GuardPreset, get_preset
 from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
@@ -60,40 +61,6 @@ class GuardConfig:
             verdict_prefix=self.verdict_prefix,
             category_pattern=self.category_pattern,
         )
-
-
-@dataclass
-class GuardSide:
-    """What both a loaded guard and a weights-free remote prompt side know about a guard."""
-
-    tokenizer: Any
-    template: GuardTemplate
-    preset: GuardPreset
-    safe_id: int
-    unsafe_id: int
-    fingerprint: str
-    name: str
-
-
-@dataclass
-class Guard(GuardSide):
-    """A loaded guard: its model, plus the tokenizer, template, verdict token ids and a fingerprint."""
-
-    model: Any = None
-    config: GuardConfig | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Tokenise rendered prompts exactly as the guard sees them (special tokens are in the text)."""
-        out = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [list(x) for x in out]
 
 
 def load_guard(config: GuardConfig) -> Guard:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from scorer_server.guards.loader import Guard
+    from scorer_server.guards.guard import Guard
 
 
 @dataclass(frozen=True)

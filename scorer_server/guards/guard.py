@@ -1,0 +1,48 @@
+"""A guard as the scorer holds it: its tokenizer, template and verdict tokens, and its loaded model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from scorer_server.guards.presets import GuardPreset
+from scorer_server.guards.template import GuardTemplate
+
+if TYPE_CHECKING:
+    from scorer_server.guards.loader import GuardConfig
+
+
+@dataclass
+class GuardSide:
+    """What both a loaded guard and a weights-free remote prompt side know about a guard."""
+
+    tokenizer: Any
+    template: GuardTemplate
+    preset: GuardPreset
+    safe_id: int
+    unsafe_id: int
+    fingerprint: str
+    name: str
+
+
+@dataclass
+class Guard(GuardSide):
+    """A loaded guard: its model, plus the tokenizer, template, verdict token ids and a fingerprint."""
+
+    model: Any = None
+    config: GuardConfig | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Tokenise rendered prompts exactly as the guard sees them (special tokens are in the text)."""
+        out = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [list(x) for x in out]
