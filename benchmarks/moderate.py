@@ -37,11 +37,12 @@ import torch
 from star_engine import SHAPES  # benchmarks/star_engine.py: the guard shapes, real ones included
 
 from scorer_server.engine.engine import StarEngine
-from scorer_server.engine.forward import forward_prompts
 from scorer_server.engine.incremental import IncrementalSession
+from scorer_server.engine.plain import forward_prompts
 from scorer_server.guards.loader import GuardConfig, load_guard
 from scorer_server.guards.verdict import p_safe
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
+from star_testing.sessions import run
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
 WORDS = ["the", "a", "to", "of", "and", "mix", "heat", "step", "first", "then", "slowly", "next", "until"]
@@ -120,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     conv = Conversation.from_pair("How do I bake bread?", text)
     deltas = _deltas(guard.tokenizer, text, args.delta_tokens)
 
-    warm = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, args.every))
+    warm = IncrementalSession(guard, conv.with_response(""), CutSpec(CutKind.WORDS, args.every))
     for delta in deltas[:20]:
-        warm.push(delta)
-    session = IncrementalSession(engine, conv.with_response(""), CutSpec(CutKind.WORDS, args.every))
+        run(engine, warm, warm.plan_push(delta))
+    session = IncrementalSession(guard, conv.with_response(""), CutSpec(CutKind.WORDS, args.every))
     latencies: list[float] = []
     ours: dict[int, float] = {}
     our_tokens = our_pairs = 0
@@ -135,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         inputs = session.plan_push(d) if d is not None else session.plan_close()
         t_plan += time.perf_counter() - t
         segs = []
-        for inp in inputs:  # one forward each, as `push` runs them
+        for inp in inputs:  # one forward each, to count each cut's tokens
             before = session.state.trunk_tokens + session.state.tail_tokens
-            segs += session.run([inp])
+            segs += run(engine, session, [inp])
             n = session.state.trunk_tokens + session.state.tail_tokens - before  # the last n computed
             our_tokens += n
             our_pairs += causal_pairs(len(inp.ids) - n, n)

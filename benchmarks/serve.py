@@ -64,13 +64,13 @@ def make_requests(n: int, words: tuple[int, int], seed: int = 0) -> list[ScoreRe
 def load_engine(guard_dir: Path, max_batch_tokens: int, threads: int) -> Any:
     import torch
 
+    from scorer_server.budget import TokenBudget
     from scorer_server.engine.engine import EngineConfig, StarEngine
     from scorer_server.guards.loader import GuardConfig, load_guard
 
     torch.set_num_threads(threads)
-    return StarEngine(
-        load_guard(GuardConfig(str(guard_dir))), EngineConfig(max_batch_tokens=max_batch_tokens)
-    )
+    budget = TokenBudget(max_batch_tokens=max_batch_tokens)
+    return StarEngine(load_guard(GuardConfig(str(guard_dir))), EngineConfig(budget=budget))
 
 
 def scrape(metrics_port: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""STAR engine throughput: one-pass layout vs the per-cut definition vs a plain causal forward.
+"""STAR engine throughput: the one-pass engine vs the per-cut definition vs a plain causal forward.
 
     python benchmarks/star_engine.py [--quick] [--device cuda --dtype bfloat16 --shape llama-guard-3-1b]
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from scorer_server.budget import TokenBudget
 from scorer_server.engine.engine import EngineConfig, StarEngine, pack_rows
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.types import Conversation, CutSpec, ScoreRequest
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 path=str(path), dtype=args.dtype, device=args.device, template_kwargs={"categories": policy}
             )
         )
-    engine = StarEngine(guard, EngineConfig(max_batch_tokens=args.max_batch_tokens, max_row_tokens=8192))
+    budget = TokenBudget(max_batch_tokens=args.max_batch_tokens, max_row_tokens=8192)
+    engine = StarEngine(guard, EngineConfig(budget=budget))
     convs = _conversations(n_conv, args.words, seed=1)
     reqs = [ScoreRequest(c, CutSpec(every=args.every)) for c in convs]
 
@@ -184,12 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     engine.score(warm)
     engine.score(warm, method="per_cut")
     t_one, fast = _timeit(lambda: engine.score(reqs), repeats)
-    tree = StarEngine(guard, replace(engine.config, layout="tree"))
-    tree.score(warm)
-    t_tree, _ = _timeit(lambda: tree.score(reqs), slow_repeats)  # informational: one run in --quick
     t_per, slow = _timeit(lambda: engine.score(reqs[:n_slow], method="per_cut"), slow_repeats)
     slow_cuts = sum(len(p.cuts) for p in plans[:n_slow])
-    rows = [it.tokens for batch in pack_rows(items, args.max_batch_tokens) for it in batch]
+    rows = [it.tokens for batch in pack_rows(items, budget) for it in batch]
     t_plain, _ = _timeit(lambda: _plain_forward(engine, rows, args.max_batch_tokens), repeats)
     t_plan, _ = _timeit(lambda: [engine.plan(r) for r in reqs], repeats)
     head = _head_cache_run(engine, args.short_words, args.every, n_conv, n_slow, repeats + 1)
@@ -205,10 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_per_cut": round(one_rate / per_rate, 3),
         "vs_plain_forward": round(t_one / t_plain, 3),
         "max_abs_diff": diff,
+        "kv_bytes_per_cut": round(engine.kv_bytes_per_cut),
         "cuts_per_s": round(one_rate, 2),
         "per_cut_cuts_per_s": round(per_rate, 2),
-        "layout": engine.layout,
-        "tree_layout_cuts_per_s": round(n_cuts / t_tree, 2),
         "plan_share": round(t_plan / t_one, 3),
         "cuts": n_cuts,
         "one_pass_tokens": one_pass_tokens,

@@ -18,9 +18,10 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from scorer_server.budget import TokenBudget
 from star_contract.errors import NotReady, Overloaded
 
 INTERACTIVE = 2**31 - 1
@@ -36,8 +37,8 @@ log = logging.getLogger("star.batcher")
 class BatcherConfig:
     """Batching and backpressure limits."""
 
-    max_batch_tokens: int = 16384
-    """Padded tokens per forward: rows x longest row."""
+    budget: TokenBudget = field(default_factory=TokenBudget)
+    """What one forward may hold (the engine packs by the same budget)."""
     max_wait_s: float = 0.005
     """Longest a queued item waits for company before its forward starts anyway."""
     max_queue: int = 1024
@@ -179,7 +180,7 @@ class Batcher(Generic[I, R]):
 
     def retry_hint(self) -> float:
         queued = sum(e.tokens for e in self._queue)
-        batches = 1 + queued / max(1, self.config.max_batch_tokens)
+        batches = 1 + queued / max(1, self.config.budget.max_batch_tokens)
         return round(min(5.0, max(0.05, batches * self._forward_s)), 3)
 
     # -- lifecycle --
@@ -243,7 +244,7 @@ class Batcher(Generic[I, R]):
             self._drop_cancelled()
             if not self._queue:
                 return
-            if sum(e.tokens for e in self._queue) >= self.config.max_batch_tokens:
+            if sum(e.tokens for e in self._queue) >= self.config.budget.max_batch_tokens:
                 return
             oldest = min(e.enqueued for e in self._queue)
             left = oldest + self.config.max_wait_s - time.monotonic()
@@ -268,11 +269,11 @@ class Batcher(Generic[I, R]):
         batch: list[_Entry[I, R]] = []
         rest: list[_Entry[I, R]] = []
         longest = 0
-        budget = self.config.max_batch_tokens
+        cap = None
         if head.priority < INTERACTIVE and time.monotonic() - self._interactive_at < INTERACTIVE_HOLD_S:
-            budget = min(budget, self.config.bulk_batch_tokens_interactive)
+            cap = self.config.bulk_batch_tokens_interactive
         for e in self._queue:
-            if not batch or (len(batch) + 1) * max(longest, e.tokens) <= budget:
+            if not batch or self.config.budget.admits(len(batch) + 1, max(longest, e.tokens), cap):
                 batch.append(e)
                 longest = max(longest, e.tokens)
             else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer_server.batcher import BatcherConfig
+from scorer_server.budget import TokenBudget
 from scorer_server.flags import add_flags, read_flags, sections_of
 from scorer_server.guards.loader import GuardConfig
 from scorer_server.limits import Limits
@@ -99,7 +100,10 @@ class BatchingSettings:
     """How the local engine groups work into forwards and when it pushes back."""
 
     max_batch_tokens: int = _opt(16384, "padded guard tokens per forward (rows x longest row)")
-    max_row_tokens: int = _opt(4096, "tokens in one row; longer responses are split into several parts")
+    max_row_tokens: int = _opt(
+        4096,
+        "tokens in one row; longer responses, and bursts of live-moderation cuts, are split into several",
+    )
     max_wait_ms: float = _opt(5.0, "longest time the batcher holds work while waiting to fill a forward")
     max_queue: int = _opt(1024, "requests queued or running before new ones get RESOURCE_EXHAUSTED")
     max_pending_tokens: int = _opt(
@@ -125,9 +129,13 @@ class BatchingSettings:
         True, "keep the template head's keys and values once and start every request from them"
     )
 
+    def budget(self) -> TokenBudget:
+        """The one token budget the batcher and the engine share."""
+        return TokenBudget(self.max_batch_tokens, self.max_row_tokens)
+
     def batcher_config(self) -> BatcherConfig:
         return BatcherConfig(
-            self.max_batch_tokens,
+            self.budget(),
             self.max_wait_ms / 1000.0,
             self.max_queue,
             self.max_pending_tokens,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from scorer_server.engine.caches import HeadCache, template_head_ids
 from scorer_server.engine.engine import EngineConfig, StarEngine
-from scorer_server.engine.head_cache import HeadCache, template_head_ids
 from scorer_server.guards.loader import GuardConfig, load_guard
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, StarScores
 from star_testing.real_guards import save_named_real_guard
@@ -89,9 +89,8 @@ def test_usable_prefix_stops_at_first_mismatch_and_keeps_a_verdict_position(tiny
     assert head.usable([[1, 2, 3]], min_shared=50) == 0
 
 
-def test_tree_layout_and_disabled_cache_hold_no_head(tiny_guard_dir: Path) -> None:
+def test_a_disabled_cache_holds_no_head(tiny_guard_dir: Path) -> None:
     guard = load_guard(GuardConfig(path=str(tiny_guard_dir)))
-    assert StarEngine(guard, EngineConfig(layout="tree")).head is None
     assert StarEngine(guard, EngineConfig(head_cache=False)).head is None
     head = StarEngine(guard).head
     assert head is not None and head.tokens == len(template_head_ids(guard)) > 0

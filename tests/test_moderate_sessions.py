@@ -84,8 +84,9 @@ def test_concurrent_sessions_beside_score_traffic_are_exact_with_evictions(
 
     got, bulk_cuts = asyncio.run(run())
     engine = StarEngine.from_dir(tiny_guard_dir)
-    want = engine.score(
-        [ScoreRequest(Conversation.from_pair(PROMPT, r), CutSpec(CutKind.WORDS, 3)) for r in responses]
+    want = engine.score(  # the per-cut oracle: one plain forward per cut, no cache shared with the server's
+        [ScoreRequest(Conversation.from_pair(PROMPT, r), CutSpec(CutKind.WORDS, 3)) for r in responses],
+        method="per_cut",
     )
     for segs, ref in zip(got, want, strict=True):
         assert [s.end for s in segs] == [s.end for s in ref.segments]

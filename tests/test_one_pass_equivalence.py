@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scorer_server.budget import TokenBudget
 from scorer_server.engine.engine import EngineConfig, StarEngine, pack_rows
 from scorer_server.guards.guard import Guard
 from scorer_server.guards.loader import GuardConfig, load_guard
@@ -122,26 +122,16 @@ def requests(draw: st.DrawFn) -> ScoreRequest:
     return ScoreRequest(conv, draw(cut_specs(response)))
 
 
-# Both layouts on the guards that allow them; sliding-window guards (gemma) only take `tree`.
-LAYOUTS = [
-    ("llama", "prefix_cache"),
-    ("llama", "tree"),
-    ("llama-crossing", "prefix_cache"),
-    ("llama-crossing", "tree"),
-    ("granite", "prefix_cache"),
-    ("gemma", "tree"),
-]
-
-
-@pytest.mark.parametrize(("name", "layout"), LAYOUTS)
+@pytest.mark.parametrize("head_cache", [True, False])
+@pytest.mark.parametrize("name", ["llama", "llama-crossing", "granite", "gemma"])
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(requests(), min_size=1, max_size=3))
 def test_one_pass_equals_per_cut_on_random_conversations(
-    guards: dict[str, Guard], name: str, layout: Literal["tree", "prefix_cache"], batch: list[ScoreRequest]
+    guards: dict[str, Guard], name: str, head_cache: bool, batch: list[ScoreRequest]
 ) -> None:
-    config = EngineConfig(max_row_tokens=700, max_batch_tokens=4000, layout=layout, tail_rows_per_item=3)
-    engine = StarEngine(guards[name], config)
-    assert engine.layout == layout
+    """Sliding-window guards (gemma: a window of 48) included: rows reach past the window."""
+    budget = TokenBudget(max_batch_tokens=4000, max_row_tokens=700)
+    engine = StarEngine(guards[name], EngineConfig(budget=budget, head_cache=head_cache))
     assert _max_diff(engine, batch) <= 1e-5
 
 
@@ -165,14 +155,15 @@ def test_fixed_edge_cases(guards: dict[str, Guard], name: str) -> None:
 
 @pytest.mark.parametrize("name", ["llama", "gemma"])
 def test_long_response_split_over_several_rows_and_forwards(guards: dict[str, Guard], name: str) -> None:
-    engine = StarEngine(guards[name], EngineConfig(max_row_tokens=450, max_batch_tokens=1500))
+    budget = TokenBudget(max_batch_tokens=1500, max_row_tokens=450)
+    engine = StarEngine(guards[name], EngineConfig(budget=budget))
     long = " ".join(WORDS[:20]) * 6
     reqs = [ScoreRequest(Conversation.from_pair("tell me", long), CutSpec(every=3))]
     plan = engine.plan(reqs[0])
     items = engine.work_items(plan)
     assert len(items) > 2, "the response should need several rows"
     assert sorted(i for it in items for i in it.cut_indices) == list(range(len(plan.cuts)))
-    batches = list(pack_rows(items, 1500))
+    batches = list(pack_rows(items, budget))
     assert len(batches) > 1
     for b in batches:
         assert len(b) * max(it.tokens for it in b) <= 1500 or len(b) == 1
@@ -191,24 +182,6 @@ def test_divergent_tokenisation_is_scored_through_longer_tails(guards: dict[str,
         plan.shared[i] < plan.shared[i + 1] for i in range(len(plan.cuts) - 1)
     )
     assert _max_diff(engine, [req]) <= 1e-5
-
-
-@pytest.mark.parametrize("rows_per_item", [1, 2, 64])
-def test_prefix_cache_tail_grouping(guards: dict[str, Guard], rows_per_item: int) -> None:
-    config = EngineConfig(layout="prefix_cache", tail_rows_per_item=rows_per_item, max_row_tokens=600)
-    engine = StarEngine(guards["llama"], config)
-    reqs = [
-        ScoreRequest(Conversation.from_pair("q", " ".join(WORDS[: 5 + 7 * k])), CutSpec(every=2))
-        for k in range(4)
-    ]
-    assert _max_diff(engine, reqs) <= 1e-5
-
-
-def test_layouts_resolve_by_guard(guards: dict[str, Guard]) -> None:
-    assert StarEngine(guards["llama"]).layout == "prefix_cache"
-    assert StarEngine(guards["gemma"]).layout == "tree"
-    with pytest.raises(ValueError, match="sliding-window"):
-        StarEngine(guards["gemma"], EngineConfig(layout="prefix_cache"))
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

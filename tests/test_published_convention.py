@@ -164,17 +164,14 @@ def test_a_live_session_under_the_published_convention_equals_per_cut(
     spaces (the response's double spaces and newlines collapse) and P(safe) comes from the processed
     scores, cut for cut as Score's per-cut method gives them, however the text arrives."""
     from scorer_server.engine.incremental import IncrementalSession
+    from star_testing.sessions import stream
 
     engine = StarEngine(llama_guard_3)
     conv = Conversation.from_pair(PROMPT, RESPONSES[0])
     session = IncrementalSession(
-        engine, conv.with_response(""), CutSpec(CutKind.WORDS, 2), convention=PUBLISHED
+        engine.guard, conv.with_response(""), CutSpec(CutKind.WORDS, 2), convention=PUBLISHED
     )
-    got, i, k = [], 0, 0
-    while i < len(conv.response):
-        got += session.push(conv.response[i : i + sizes[k % len(sizes)]])
-        i, k = i + sizes[k % len(sizes)], k + 1
-    got += session.close()
+    got = stream(engine, session, conv.response, sizes)
     want = engine.score(
         [ScoreRequest(conv, CutSpec(CutKind.WORDS, 2), convention=PUBLISHED)], method="per_cut"
     )[0].segments
@@ -183,7 +180,7 @@ def test_a_live_session_under_the_published_convention_equals_per_cut(
     raw = engine.score([ScoreRequest(conv, CutSpec(CutKind.WORDS, 2))])[0].segments
     assert max(abs(a.p_safe - b.p_safe) for a, b in zip(got, raw, strict=True)) > 0.05
     with pytest.raises(InvalidRequest, match="between words"):
-        IncrementalSession(engine, conv, CutSpec(CutKind.GUARD_TOKENS, 2), convention=PUBLISHED)
+        IncrementalSession(engine.guard, conv, CutSpec(CutKind.GUARD_TOKENS, 2), convention=PUBLISHED)
 
 
 def test_offsets_stay_in_the_original_response(llama_guard_3: Guard) -> None:

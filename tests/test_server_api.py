@@ -81,9 +81,11 @@ def stub(channel: grpc.Channel) -> pb_grpc.ScorerServiceStub:
 
 @pytest.fixture(scope="module")
 def engine(tiny_guard_dir: Path) -> Any:
+    from scorer_server.budget import TokenBudget
     from scorer_server.engine.engine import EngineConfig, StarEngine
 
-    return StarEngine.from_dir(tiny_guard_dir, config=EngineConfig(max_row_tokens=700))
+    config = EngineConfig(budget=TokenBudget(max_row_tokens=700))
+    return StarEngine.from_dir(tiny_guard_dir, config=config)
 
 
 def test_served_scores_equal_in_process_engine(server: Any, engine: Any) -> None:

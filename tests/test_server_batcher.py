@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from scorer_server.batcher import Batcher, BatcherConfig
+from scorer_server.budget import TokenBudget
 from star_contract.errors import Overloaded
 
 
@@ -34,7 +35,7 @@ class Recorder:
 
 def make(rec: Recorder, **kw: float) -> Batcher[int, int]:
     cfg = BatcherConfig(
-        max_batch_tokens=int(kw.get("budget", 100)),
+        TokenBudget(max_batch_tokens=int(kw.get("budget", 100))),
         max_wait_s=kw.get("wait", 0.01),
         max_queue=int(kw.get("queue", 100)),
         max_pending_tokens=int(kw.get("pending", 1_000_000)),
@@ -150,7 +151,7 @@ def test_non_oom_errors_reach_their_callers_only() -> None:
         return items
 
     async def main() -> None:
-        cfg = BatcherConfig(max_batch_tokens=10, max_wait_s=0.0, max_queue=10)
+        cfg = BatcherConfig(TokenBudget(max_batch_tokens=10), max_wait_s=0.0, max_queue=10)
         b: Batcher[int, int] = Batcher(cfg, boom, cost=lambda i: 10, executor=ThreadPoolExecutor(1))
         b.start()
         bad, good = b.submit([13]), b.submit([1])

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from scorer_server.backends.moderation import SessionPool
-from scorer_server.engine.session_kv import KVState
+from scorer_server.backends.sessions import SessionPool
+from scorer_server.engine.caches import KVState
 
 TOKENS = 100
 LAYER_BYTES = 2 * TOKENS * 8 * 4  # keys and values of 100 tokens, 8 floats each

@@ -1,4 +1,6 @@
-"""Remote guard engines (vLLM, TGI) as scoring backends, for fleets beyond one scorer process."""
+"""What the servicer scores with (`ScoringBackend`, base.py): the local engine behind the dynamic batcher
+(local.py) with its live-moderation sessions (sessions.py), or a fleet of remote guard engines (vLLM,
+TGI: remote.py, vllm.py, tgi.py), built here by `build_remote_backend`."""
 
 from __future__ import annotations
 

@@ -16,13 +16,7 @@ from typing import Any, Protocol
 
 from scorer_server import __version__
 from scorer_server.backends.base import ScorePart
-from scorer_server.backends.moderation import (
-    ModerationSession,
-    SessionObserver,
-    SessionPool,
-    SessionWork,
-    run_session_work,
-)
+from scorer_server.backends.sessions import LiveSession, SessionObserver, SessionPool
 from scorer_server.batcher import Batcher, BatchObserver
 from scorer_server.config import BatchingSettings
 from scorer_server.guards.loader import GuardConfig, describe_guard
@@ -96,23 +90,15 @@ class LocalBackend:
             server_version=__version__,
         )
 
-    def _run(self, items: list[Any]) -> list[list[Segment]]:
-        """One batch: Score work through the engine, moderation work as one forward over its tails."""
-        sessions = [k for k, it in enumerate(items) if isinstance(it, SessionWork)]
-        scores = [k for k, it in enumerate(items) if not isinstance(it, SessionWork)]
-        out: list[list[Segment]] = [[] for _ in items]
+    def _run(self, works: list[Any]) -> list[list[Segment]]:
+        """One forward over a batch (Score items and session pushes alike), then the sessions' books."""
         head = self._engine.head
         before = head.reused if head is not None else 0
-        if sessions:
-            done = run_session_work([items[k] for k in sessions], self._sessions, self._observer)
-            for k, segs in zip(sessions, done, strict=True):
-                out[k] = segs
-        if scores:
-            for k, segs in zip(scores, self._engine.run([items[k] for k in scores]), strict=True):
-                out[k] = segs
+        ran = self._engine.run(works)
+        self._sessions.after_forward(ran.rows)
         if head is not None and self._observer is not None:
             self._observer.on_head_reused(head.reused - before)
-        return out
+        return list(ran.segments)
 
     def _load(self) -> Any:
         import torch
@@ -124,8 +110,7 @@ class LocalBackend:
             torch.set_num_threads(self.config.batching.threads)
         guard = load_guard(self.config.guard)
         engine_config = EngineConfig(
-            max_batch_tokens=self.config.batching.max_batch_tokens,
-            max_row_tokens=self.config.batching.max_row_tokens,
+            budget=self.config.batching.budget(),
             limits=self.config.limits,
             head_cache=self.config.batching.head_cache,
         )
@@ -145,14 +130,26 @@ class LocalBackend:
         )
         return engine
 
-    def open_session(self, conversation: Conversation, options: ModerateOptions) -> ModerationSession:
+    def open_session(self, conversation: Conversation, options: ModerateOptions) -> LiveSession:
         """A live-moderation session on this backend's guard (its work goes through the batcher)."""
+        from scorer_server.engine.caches import attention_layout
+        from scorer_server.engine.incremental import IncrementalSession
+
         if self._engine is None or self._batcher is None:
             raise NotReady("the guard is still loading")
-        return ModerationSession(
-            self._engine,
+        guard = self._engine.guard
+        session = IncrementalSession(
+            guard,
             conversation,
-            options,
+            options.cuts(),
+            options.temperature,
+            options.convention,
+            self.config.limits,
+            attention_layout(guard.model).window,
+        )
+        return LiveSession(
+            session,
+            self._engine.config.budget.max_row_tokens,
             self._plan_pool,
             self._batcher,
             self._sessions,

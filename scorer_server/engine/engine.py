@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from scorer_server.engine.forward import (
-    forward_items,
-    forward_items_prefix_cache,
-    forward_prompts,
-    supports_prefix_cache,
-)
-from scorer_server.engine.head_cache import HeadCache
+from scorer_server.budget import TokenBudget
+from scorer_server.engine.caches import HeadCache
+from scorer_server.engine.forward import forward_rows
+from scorer_server.engine.plain import forward_prompts
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
+from scorer_server.engine.work import Read, Row, Work
 from scorer_server.guards.guard import Guard
 from scorer_server.guards.head import full_logits, verdict_logit_diff
 from scorer_server.guards.loader import GuardConfig, load_guard
@@ -30,35 +28,33 @@ Method = Literal["one_pass", "per_cut"]
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Batching limits of the engine."""
+    """The engine's token budget, request limits and head cache."""
 
-    max_batch_tokens: int = 16384
-    """Padded tokens in one forward (rows x longest row). Bounds activations and mask memory."""
-    max_row_tokens: int = 4096
-    """Tokens in one row; a response whose trunk + tails exceed it is split over several rows."""
+    budget: TokenBudget = field(default_factory=TokenBudget)
     limits: Limits = field(default_factory=Limits)
     """What one request may ask for (cuts, guard tokens), checked before the work."""
-    layout: Literal["auto", "prefix_cache", "tree"] = "auto"
-    """How a forward computes the cuts. `tree`: one forward per batch, every row holding its trunk and
-    tails under a 4-D mask. `prefix_cache`: the trunks first, then the tails against copies of their
-    trunk's keys and values, skipping the masked-out attention. `auto`: prefix_cache unless the guard
-    has sliding-window layers (whose caches drop old keys), then tree. Both give the same numbers."""
-    tail_rows_per_item: int = 8
-    """prefix_cache: rows the tails of one item are spread over (more rows: less attention, more copies
-    of the trunk cache)."""
     head_cache: bool = True
-    """prefix_cache: keep the keys and values of the guard's template head (the policy before the
-    conversation) once and start every trunk from them instead of recomputing them per request."""
+    """Keep the keys and values of the guard's template head (the policy before the conversation) once
+    and start every row from them instead of recomputing them per request."""
 
 
-def pack_rows(items: list[WorkItem], max_batch_tokens: int) -> Iterator[list[WorkItem]]:
-    """Group rows (sorted by length to limit padding) into forwards of at most `max_batch_tokens`."""
+@dataclass(frozen=True)
+class Ran:
+    """One `StarEngine.run`: each work's segments, and the rows the forward computed."""
+
+    segments: list[list[Segment]]
+    rows: list[Row]
+    kv_bytes: int
+
+
+def pack_rows(items: list[WorkItem], budget: TokenBudget) -> Iterator[list[WorkItem]]:
+    """Group rows (sorted by length to limit padding) into forwards within `budget`."""
     order = sorted(items, key=lambda it: it.tokens)
     batch: list[WorkItem] = []
     longest = 0
     for it in order:
         t = it.tokens
-        if batch and (len(batch) + 1) * max(longest, t) > max_batch_tokens:
+        if batch and not budget.admits(len(batch) + 1, max(longest, t)):
             yield batch
             batch, longest = [], 0
         batch.append(it)
@@ -73,19 +69,11 @@ class StarEngine:
     def __init__(self, guard: Guard, config: EngineConfig | None = None) -> None:
         self.guard = guard
         self.config = config or EngineConfig()
-        layout = self.config.layout
-        if layout == "auto":
-            layout = "prefix_cache" if supports_prefix_cache(guard.model) else "tree"
-        elif layout == "prefix_cache" and not supports_prefix_cache(guard.model):
-            raise ValueError(
-                "layout 'prefix_cache' does not support sliding-window guards; use 'tree' or 'auto'"
-            )
-        self.layout = layout
-        self.head: HeadCache | None = None
-        if layout == "prefix_cache" and self.config.head_cache:
-            self.head = HeadCache(guard)
+        self.head = HeadCache(guard) if self.config.head_cache else None
         tok = guard.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+        self.kv_bytes_per_cut = 0.0
+        """The most key and value bytes a forward has held per cut it scored (benchmarks report it)."""
 
     @classmethod
     def from_dir(
@@ -107,41 +95,41 @@ class StarEngine:
         return plan_response(self.guard, request, self.config.limits)
 
     def work_items(self, plan: ResponsePlan) -> list[WorkItem]:
-        return split_plan(plan, self.config.max_row_tokens)
+        return split_plan(plan, self.config.budget.max_row_tokens)
 
     # -- forwards --
-    def run(self, items: list[WorkItem]) -> list[list[Segment]]:
-        """One forward over `items` (the caller keeps within the token budget)."""
-        if self.layout == "prefix_cache":
-            hidden = forward_items_prefix_cache(
-                self.guard, items, self.pad_id, self.config.tail_rows_per_item, self.head
-            )
-        else:
-            hidden = forward_items(self.guard, items, self.pad_id)
-        probs = self.read_out([(it.plan, i) for it in items for i in it.cut_indices], hidden=hidden)
+    def run(self, works: Sequence[Work]) -> Ran:
+        """One forward over `works` (Score items and live-moderation pushes alike; the caller keeps
+        within the token budget): each work's segments, in its cuts' order."""
+        rows = [w.row(self.head) for w in works]
+        done = forward_rows(self.guard, rows, self.pad_id)
+        reads = [r for w in works for r in w.reads()]
+        probs = self.read_out(reads, hidden=done.hidden)
+        if reads:
+            self.kv_bytes_per_cut = max(self.kv_bytes_per_cut, done.kv_bytes / len(reads))
         out: list[list[Segment]] = []
         k = 0
-        for it in items:
-            ends = [it.plan.cuts[i] for i in it.cut_indices]
+        for row in rows:
+            n = len(row.tails)
             out.append(
-                [Segment(end=e, p_safe=p) for e, p in zip(ends, probs[k : k + len(ends)], strict=True)]
+                [
+                    Segment(end=r.end, p_safe=p)
+                    for r, p in zip(reads[k : k + n], probs[k : k + n], strict=True)
+                ]
             )
-            k += len(ends)
-        return out
+            k += n
+        return Ran(out, rows, done.kv_bytes)
 
     @torch.inference_mode()
     def read_out(
-        self,
-        reads: list[tuple[ResponsePlan, int]],
-        hidden: torch.Tensor | None = None,
-        logits: torch.Tensor | None = None,
+        self, reads: list[Read], hidden: torch.Tensor | None = None, logits: torch.Tensor | None = None
     ) -> list[float]:
-        """P(safe) at each read (plan, cut index) from its final hidden state [N, H] or its full logits
-        [N, V], under its request's convention: the two verdict rows for the raw convention, the whole
-        vocabulary's processed scores for the published one (computed for those reads only)."""
+        """P(safe) of each read from its final hidden state [N, H] or its full logits [N, V], under its
+        convention: the two verdict rows for the raw convention, the whole vocabulary's processed scores
+        for the published one (computed for those reads only)."""
         g = self.guard
-        published = [k for k, (p, _) in enumerate(reads) if p.request.convention is Convention.PUBLISHED]
-        raw = [k for k, (p, _) in enumerate(reads) if p.request.convention is not Convention.PUBLISHED]
+        published = [k for k, r in enumerate(reads) if r.convention is Convention.PUBLISHED]
+        raw = [k for k, r in enumerate(reads) if r.convention is not Convention.PUBLISHED]
         out = [0.0] * len(reads)
         if raw:
             if hidden is not None:
@@ -150,10 +138,10 @@ class StarEngine:
                 assert logits is not None
                 diffs = (logits[raw, g.safe_id] - logits[raw, g.unsafe_id]).cpu().tolist()
             for k, d in zip(raw, diffs, strict=True):
-                out[k] = p_safe(d, reads[k][0].request.temperature)
+                out[k] = p_safe(d, reads[k].temperature)
         if published:
             full = full_logits(g, hidden[published]) if hidden is not None else logits[published]  # type: ignore[index]
-            prompts = [reads[k][0].prompt(reads[k][1]) for k in published]
+            prompts = [reads[k].prompt or [] for k in published]
             for k, x in zip(published, processed_p_safe(g, full, prompts), strict=True):
                 out[k] = x
         return out
@@ -166,8 +154,8 @@ class StarEngine:
         plans = [self.plan(r) for r in reqs]
         items = [it for p in plans for it in self.work_items(p)]
         found: dict[int, dict[int, float]] = {id(p): {} for p in plans}
-        for batch in pack_rows(items, self.config.max_batch_tokens):
-            for it, segs in zip(batch, self.run(batch), strict=True):
+        for batch in pack_rows(items, self.config.budget):
+            for it, segs in zip(batch, self.run(batch).segments, strict=True):
                 for i, s in zip(it.cut_indices, segs, strict=True):
                     found[id(it.plan)][i] = s.p_safe
         return [_scores(p, found[id(p)]) for p in plans]
@@ -179,7 +167,7 @@ class StarEngine:
         found: list[dict[int, float]] = [{} for _ in plans]
         batch: list[tuple[int, int, list[int]]] = []
         for entry in prompts:
-            if batch and (len(batch) + 1) * len(entry[2]) > self.config.max_batch_tokens:
+            if batch and not self.config.budget.admits(len(batch) + 1, len(entry[2])):
                 self._run_prompts(plans, batch, found)
                 batch = []
             batch.append(entry)
@@ -194,7 +182,8 @@ class StarEngine:
         found: list[dict[int, float]],
     ) -> None:
         logits = forward_prompts(self.guard, [b[2] for b in batch], self.pad_id)
-        probs = self.read_out([(plans[k], i) for k, i, _ in batch], logits=logits)
+        reads = [_read(plans[k], i) for k, i, _ in batch]
+        probs = self.read_out(reads, logits=logits)
         for (k, i, _), p in zip(batch, probs, strict=True):
             found[k][i] = p
 
@@ -230,6 +219,11 @@ class StarEngine:
             )
             out_texts.extend(g.tokenizer.batch_decode(gen[:, length:], skip_special_tokens=True))
         return out_texts
+
+
+def _read(plan: ResponsePlan, i: int) -> Read:
+    r = plan.request
+    return Read(plan.cuts[i], r.convention, r.temperature, plan.prompt(i))
 
 
 def _scores(plan: ResponsePlan, found: dict[int, float]) -> StarScores:

@@ -1,4 +1,13 @@
-"""Guard forward passes: the one-pass tree layout and the plain per-cut baseline."""
+"""The guard forward of the STAR engine: any mix of rows (Score items, live-moderation pushes) at once.
+
+Each row attends to its own cache (the template head or its session's trunk) and to its new tokens under
+a 4-D mask built from positions: a trunk token sees every earlier prefix position; a tail token sees the
+prefix positions its cut shares and, causally, its own tail; on sliding-window layers a query also sees
+no key `window` or more positions back. Nothing is copied per tail: every tail reads its row's trunk in
+place. With one row that stores its trunk (a session alone in a forward), the new keys and values are
+written straight into the session's buffers and attention reads a view of them; with several rows,
+each row's cached keys are gathered once into the batch's key tensor.
+"""
 
 from __future__ import annotations
 
@@ -6,218 +15,188 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
-from scorer_server.engine.head_cache import HeadCache
-from scorer_server.engine.plan import WorkItem
+from scorer_server.engine.caches import AttentionLayout, KVState, attention_layout
+from scorer_server.engine.work import Row
 from scorer_server.guards.guard import Guard
 
 
-@dataclass
-class _Row:
-    ids: list[int]
-    pos: list[int]
-    tails: list[tuple[int, int, int]]
-    """(start in row, length, shared trunk tokens) for each tail."""
-    reads: list[int]
-    """Row position of each cut's verdict logits, in the item's cut order."""
+@dataclass(frozen=True)
+class Forward:
+    """What one forward produced."""
 
-
-def _layout(item: WorkItem) -> _Row:
-    plan = item.plan
-    trunk_len = plan.trunk_len(item.cut_indices)
-    ids = list(plan.trunk[:trunk_len])
-    pos = list(range(trunk_len))
-    tails: list[tuple[int, int, int]] = []
-    reads: list[int] = []
-    for i in item.cut_indices:
-        tail = plan.tails[i]
-        if not tail:
-            reads.append(plan.read_position(i))
-            continue
-        start = len(ids)
-        ids.extend(tail)
-        pos.extend(range(plan.shared[i], plan.shared[i] + len(tail)))
-        tails.append((start, len(tail), plan.shared[i]))
-        reads.append(start + len(tail) - 1)
-    return _Row(ids, pos, tails, reads)
-
-
-def sliding_window_of(model: Any) -> tuple[int | None, bool]:
-    """(window, whether the model takes a per-layer-type mask dict)."""
-    cfg = model.config
-    window = getattr(cfg, "sliding_window", None)
-    layer_types = getattr(cfg, "layer_types", None) or []
-    if "sliding_attention" in layer_types:
-        return window, True
-    if window is not None and getattr(cfg, "use_sliding_window", True):
-        return window, False
-    return None, False
-
-
-def build_masks(rows: list[_Row], length: int, model: Any, dtype: torch.dtype) -> Any:
-    """Additive 4-D masks [B, 1, T, T]: trunk causal, each tail on its shared prefix and itself.
-
-    Memory is B x T x T for rows of at most T tokens: the row-token cap bounds it, never the whole
-    batch's token count squared.
-    """
-    b = len(rows)
-    allowed = torch.zeros(b, length, length, dtype=torch.bool)
-    causal = torch.ones(length, length, dtype=torch.bool).tril_()
-    for r, row in enumerate(rows):
-        trunk = len(row.ids) - sum(t[1] for t in row.tails)
-        allowed[r, :trunk, :trunk] = causal[:trunk, :trunk]
-        for start, n, shared in row.tails:
-            allowed[r, start : start + n, :shared] = True
-            allowed[r, start : start + n, start : start + n] = causal[:n, :n]
-        pad = torch.arange(len(row.ids), length)
-        allowed[r, pad, pad] = True  # padding attends to itself only, so no row is all -inf
-    window, as_dict = sliding_window_of(model)
-    neg = torch.finfo(dtype).min
-    full = torch.zeros(b, 1, length, length, dtype=dtype).masked_fill_(~allowed[:, None], neg)
-    if window is None:
-        return full
-    pos = torch.tensor([row.pos + [0] * (length - len(row.pos)) for row in rows])
-    near = (pos[:, :, None] - pos[:, None, :]) < window
-    sliding_allowed = allowed & near
-    idx = torch.arange(length)
-    sliding_allowed[:, idx, idx] = True
-    sliding = torch.zeros_like(full).masked_fill_(~sliding_allowed[:, None], neg)
-    if as_dict:
-        return {"full_attention": full, "sliding_attention": sliding}
-    return sliding
+    hidden: torch.Tensor
+    """Final hidden states [reads, H] at every row's reads, rows in order."""
+    kv_bytes: int
+    """Bytes of the keys and values attention read (all layers): what the forward held for them."""
 
 
 @torch.inference_mode()
-def forward_items(guard: Guard, items: list[WorkItem], pad_id: int = 0) -> torch.Tensor:
-    """One forward over the rows of `items`: the final hidden state [N, H] at each verdict position, the
-    items' cuts in order (each item's in its `cut_indices` order)."""
-    rows = [_layout(it) for it in items]
-    length = max(len(r.ids) for r in rows)
+def forward_rows(guard: Guard, rows: list[Row], pad_id: int = 0) -> Forward:
+    """One forward over `rows`; afterwards every storing row's cache holds its trunk."""
+    layout = attention_layout(guard.model)
     device = guard.device
-    ids = torch.tensor([r.ids + [pad_id] * (length - len(r.ids)) for r in rows], device=device)
-    pos = torch.tensor([r.pos + [0] * (length - len(r.pos)) for r in rows], device=device)
-    mask = build_masks(rows, length, guard.model, guard.dtype)
-    mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(device)
-    out = guard.model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    new = [r.ids for r in rows]
+    length = max(len(n) for n in new)
+    ids = torch.tensor([n + [pad_id] * (length - len(n)) for n in new], device=device)
+    pos_rows = [r.positions + [_last(r) + 1 + i for i in range(length - len(r.positions))] for r in rows]
+    pos = torch.tensor(pos_rows, device=device)
+    in_place = len(rows) == 1 and rows[0].store and rows[0].cache is not None
+    spans = {
+        False: [(0, _start(r)) for r in rows],
+        True: [(_first_sliding(r, layout), _start(r)) for r in rows],
+    }
+    layers: list[DynamicLayer] = []
+    for i, sliding in enumerate(layout.sliding):
+        if in_place:
+            layers.append(_InPlaceLayer(rows[0], i))
+        else:
+            layers.append(_GatheredLayer(rows, i, spans[sliding]))
+    masks = {k: _mask(rows, pos_rows, spans[k], length, layout, k, guard.dtype) for k in _kinds(layout)}
+    mask: Any = {
+        name: masks[kind].to(device)
+        for name, kind in (("full_attention", False), ("sliding_attention", True))
+        if kind in masks
+    }
+    if not layout.per_type_masks:
+        mask = next(iter(mask.values()))
+    cache = Cache(layers=layers)  # type: ignore[arg-type]
+    out = guard.model.base_model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+    )
     hidden = out.last_hidden_state
-    flat_rows = [r for r, row in enumerate(rows) for _ in row.reads]
-    flat_pos = [p for row in rows for p in row.reads]
-    return hidden[flat_rows, flat_pos]
+    picked = [hidden[r, i] for r, row in enumerate(rows) for i in row.reads]
+    kv_bytes = sum(2 * x.keys.numel() * x.keys.element_size() for x in layers if x.keys is not None)
+    for r, row in enumerate(rows):
+        _store(row, r, layers, in_place, layout)
+    reads = torch.stack(picked) if picked else hidden.new_empty(0, hidden.shape[-1])
+    return Forward(reads, kv_bytes)
 
 
-@dataclass
-class _TailRow:
-    item: int
-    ids: list[int]
-    pos: list[int]
-    spans: list[tuple[int, int, int]]
-    """(start in row, length, shared trunk tokens) for each tail."""
+def _kinds(layout: AttentionLayout) -> list[bool]:
+    if layout.mixed:
+        return [False, True]
+    return [layout.window is not None]
 
 
-def _tail_rows(
-    items: list[WorkItem], rows_per_item: int
-) -> tuple[list[_TailRow], list[list[tuple[int, int]]]]:
-    """Group each item's tails into at most `rows_per_item` rows; per item, where each cut is read:
-    (-1, trunk position) or (tail row, position in that row)."""
-    rows: list[_TailRow] = []
-    reads: list[list[tuple[int, int]]] = []
-    for k, it in enumerate(items):
-        plan = it.plan
-        with_tail = [i for i in it.cut_indices if plan.tails[i]]
-        per_row = max(1, -(-len(with_tail) // rows_per_item))
-        where: dict[int, tuple[int, int]] = {}
-        for g in range(0, len(with_tail), per_row):
-            row = _TailRow(k, [], [], [])
-            for i in with_tail[g : g + per_row]:
-                tail, shared = plan.tails[i], plan.shared[i]
-                row.spans.append((len(row.ids), len(tail), shared))
-                row.ids.extend(tail)
-                row.pos.extend(range(shared, shared + len(tail)))
-                where[i] = (len(rows), len(row.ids) - 1)
-            rows.append(row)
-        reads.append([where.get(i, (-1, plan.read_position(i))) for i in it.cut_indices])
-    return rows, reads
+def _start(row: Row) -> int:
+    return row.start if row.cache is not None else 0
 
 
-def supports_prefix_cache(model: Any) -> bool:
-    """Whether the two-stage layout applies: no sliding-window layers (their caches drop old keys)."""
-    return sliding_window_of(model)[0] is None
+def _last(row: Row) -> int:
+    return row.positions[-1] if row.positions else row.start - 1
 
 
-@torch.inference_mode()
-def forward_items_prefix_cache(
-    guard: Guard,
-    items: list[WorkItem],
-    pad_id: int = 0,
-    rows_per_item: int = 8,
-    head: HeadCache | None = None,
+def _first_sliding(row: Row, layout: AttentionLayout) -> int:
+    """The first position a row's cache holds on sliding layers (they all drop the same keys)."""
+    if row.cache is None or layout.window is None:
+        return 0
+    return row.cache.first_at(layout.sliding.index(True))
+
+
+def _mask(
+    rows: list[Row],
+    pos_rows: list[list[int]],
+    spans: list[tuple[int, int]],
+    length: int,
+    layout: AttentionLayout,
+    sliding: bool,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The same hidden states as `forward_items`, computed in two stages that skip the masked-out work.
-
-    Stage 1 runs every item's trunk as a plain causal forward and keeps its keys and values; with a
-    `head` cache, the trunks start from the guard's cached template head and only the rest is computed.
-    Stage 2 runs the tails, grouped into a few rows per item, against a copy of their item's trunk
-    cache: a tail attends to the first `shared` trunk keys and causally to itself. Attention then costs
-    about tails x (shared + tail) instead of (trunk + tails)^2 per row, and the trunk is computed once.
-    """
-    from transformers import DynamicCache
-
-    model, device = guard.model.base_model, guard.device
-    trunks = [it.plan.trunk[: it.plan.trunk_len(it.cut_indices)] for it in items]
-    t_len = max(len(t) for t in trunks)
-    m = 0
-    if head is not None:
-        min_shared = min(it.plan.shared[i] for it in items for i in it.cut_indices)
-        m = head.usable(trunks, min_shared)
-    cache = head.cache_for(guard.model.config, m, len(items)) if head is not None and m else None
-    if cache is None:
-        cache = DynamicCache(config=guard.model.config)
-    ids = torch.tensor([t[m:] + [pad_id] * (t_len - len(t)) for t in trunks], device=device)
-    attn = torch.tensor([[1] * len(t) + [0] * (t_len - len(t)) for t in trunks], device=device)
-    pos = torch.arange(m, t_len, device=device).expand(len(items), -1)
-    trunk_out = model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True)
-    trunk_hidden = trunk_out.last_hidden_state  # positions m .. t_len - 1
-
-    rows, reads = _tail_rows(items, rows_per_item)
-    tail_hidden = trunk_hidden  # replaced below when any cut has a tail
-    if rows:
-        q_len = max(len(r.ids) for r in rows)
-        allowed = torch.zeros(len(rows), q_len, t_len + q_len, dtype=torch.bool)
-        causal = torch.ones(q_len, q_len, dtype=torch.bool).tril_()
-        for r, row in enumerate(rows):
-            for start, n, shared in row.spans:
-                allowed[r, start : start + n, :shared] = True
-                allowed[r, start : start + n, t_len + start : t_len + start + n] = causal[:n, :n]
-            pad = torch.arange(len(row.ids), q_len)
-            allowed[r, pad, t_len + pad] = True
-        mask = torch.zeros(len(rows), 1, q_len, t_len + q_len, dtype=guard.dtype)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(guard.dtype).min)
-        cache.reorder_cache(torch.tensor([r.item for r in rows], device=device))  # type: ignore[arg-type]
-        tail_ids = torch.tensor([r.ids + [pad_id] * (q_len - len(r.ids)) for r in rows], device=device)
-        tail_pos = torch.tensor([r.pos + [0] * (q_len - len(r.pos)) for r in rows], device=device)
-        tail_out = model(
-            input_ids=tail_ids,
-            attention_mask=mask.to(device),
-            position_ids=tail_pos,
-            cache=cache,
-            use_cache=True,
-        )
-        tail_hidden = tail_out.last_hidden_state
-    picked = []
-    for k, item_reads in enumerate(reads):
-        for where, p in item_reads:
-            picked.append(trunk_hidden[k, p - m] if where < 0 else tail_hidden[where, p])
-    return torch.stack(picked)
+    """Additive mask [B, 1, length, C + length]: row r's cached positions spans[r] in columns [0, C),
+    left-aligned, its new tokens from column C on."""
+    b = len(rows)
+    cached = max(hi - lo for lo, hi in spans)
+    qpos = torch.tensor(pos_rows)
+    limit = torch.zeros(b, length, dtype=torch.long)  # prefix positions below this are visible
+    tail = torch.full((b, length), -2)  # -1 trunk token, k tail k, -2 padding
+    for r, row in enumerate(rows):
+        n = len(row.trunk)
+        limit[r, :n] = qpos[r, :n] + 1
+        tail[r, :n] = -1
+        at = n
+        for k, t in enumerate(row.tails):
+            limit[r, at : at + len(t.ids)] = t.shared
+            tail[r, at : at + len(t.ids)] = k
+            at += len(t.ids)
+    kpos_cached = torch.tensor([[lo + j for j in range(cached)] for lo, _ in spans]).reshape(b, cached)
+    held = torch.tensor([hi - lo for lo, hi in spans])
+    cached_ok = (torch.arange(cached)[None, :] < held[:, None])[:, None, :]
+    see_cached = cached_ok & (kpos_cached[:, None, :] < limit[:, :, None])
+    prefix_key = (tail == -1)[:, None, :] & (qpos[:, None, :] < limit[:, :, None])
+    causal = torch.ones(length, length, dtype=torch.bool).tril_()[None]
+    same_tail = (tail[:, :, None] == tail[:, None, :]) & (tail >= 0)[:, :, None] & causal
+    see_new = prefix_key | same_tail
+    allowed = torch.cat([see_cached, see_new], dim=2)
+    if sliding:
+        assert layout.window is not None
+        kpos = torch.cat([kpos_cached, qpos], dim=1)
+        allowed &= (qpos[:, :, None] - kpos[:, None, :]) < layout.window
+    pad = tail == -2  # padding sees itself only, so no row of the mask is all -inf
+    idx = torch.arange(length)
+    allowed[:, idx, cached + idx] |= pad
+    mask = torch.zeros(b, 1, length, cached + length, dtype=dtype)
+    return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
 
 
-@torch.inference_mode()
-def forward_prompts(guard: Guard, prompts: list[list[int]], pad_id: int = 0) -> torch.Tensor:
-    """The per-cut definition: each prompt as its own sequence, left-padded, plain `model(...)` logits
-    [N, V] (float32) at the last position. Used as the test oracle and the benchmark baseline."""
-    length = max(len(p) for p in prompts)
-    device = guard.device
-    ids = torch.tensor([[pad_id] * (length - len(p)) + p for p in prompts], device=device)
-    attn = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    out = guard.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=1)
-    return out.logits[:, -1].float()
+class _InPlaceLayer(DynamicLayer):
+    """One storing row's cache layer: `update` writes the new keys and values into the row's state after
+    its cache, in place, and hands attention a view (nothing is concatenated or gathered)."""
+
+    def __init__(self, row: Row, index: int) -> None:
+        super().__init__()
+        assert row.cache is not None
+        self._state, self._index, self._start = row.cache, index, row.start
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.keys, self.values = self._state.write(self._index, self._start, key_states, value_states)
+        self.device, self.is_initialized = self.keys.device, True
+        return self.keys, self.values
+
+
+class _GatheredLayer(DynamicLayer):
+    """A batch's cache layer: row r's cached keys (positions spans[r]) left-aligned in columns [0, C),
+    zero-padded (the mask hides the padding), the new keys from column C on."""
+
+    def __init__(self, rows: list[Row], index: int, spans: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self._rows, self._index, self._spans = rows, index, spans
+        self.cached = max(hi - lo for lo, hi in spans)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        b, heads, length, dim = key_states.shape
+        c = self.cached
+        keys = key_states.new_zeros(b, heads, c + length, dim)
+        values = value_states.new_zeros(b, heads, c + length, value_states.shape[3])
+        for r, (row, (lo, hi)) in enumerate(zip(self._rows, self._spans, strict=True)):
+            if hi > lo:
+                assert row.cache is not None
+                k, v = row.cache.view(self._index, hi)
+                keys[r, :, : hi - lo], values[r, :, : hi - lo] = k[0], v[0]
+        keys[:, :, c:], values[:, :, c:] = key_states, value_states
+        self.keys, self.values = keys, values
+        self.device, self.is_initialized = keys.device, True
+        return keys, values
+
+
+def _store(row: Row, r: int, layers: list[DynamicLayer], in_place: bool, layout: AttentionLayout) -> None:
+    """After the forward: a storing row's cache holds its trunk (in place already for a lone row)."""
+    state = row.cache
+    if state is None or not row.store:
+        return
+    n = len(row.trunk)
+    if not in_place:
+        for i, layer in enumerate(layers):
+            assert isinstance(layer, _GatheredLayer) and layer.keys is not None and layer.values is not None
+            c = layer.cached
+            state.write(
+                i, row.start, layer.keys[r : r + 1, :, c : c + n], layer.values[r : r + 1, :, c : c + n]
+            )
+    state.ids = state.ids[: row.start] + list(row.trunk)
+    state.trim(layout.sliding)
+    state.trunk_tokens += n
+    state.tail_tokens += sum(len(t.ids) for t in row.tails)
+
+
+__all__ = ["Forward", "KVState", "forward_rows"]

@@ -24,25 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
+from scorer_server.engine.caches import HeadCache, KVState
 from scorer_server.engine.cuts import plan_cuts
-from scorer_server.engine.engine import StarEngine
-from scorer_server.engine.forward import sliding_window_of
 from scorer_server.engine.incremental_tokens import IncrementalTokenizer
 from scorer_server.engine.plan import common_prefix
 from scorer_server.engine.prepare import check_published, published_text
-from scorer_server.engine.session_kv import KVState, TailJob, forward_tails_hidden
-from scorer_server.guards.head import full_logits, verdict_logit_diff
-from scorer_server.guards.published import processed_p_safe
-from scorer_server.guards.verdict import p_safe
+from scorer_server.engine.work import Read, Row, Tail
+from scorer_server.guards.guard import GuardSide
+from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest
-from star_contract.types import Convention, Conversation, CutKind, CutSpec, Segment
-
-TAIL_TOKENS_PER_FORWARD = 1024
-"""The most tail tokens (template suffixes, mostly) one forward computes for one session's cuts: the
-cuts a push completes share a forward up to this, so a burst of text costs a few forwards, not one
-per cut, and the attention mask (quadratic in the row's length) stays small."""
+from star_contract.types import Convention, Conversation, CutKind, CutSpec
 
 
 @dataclass(frozen=True)
@@ -57,31 +48,55 @@ class CutInput:
     """Leading tokens shared with the response so far (later cuts start from them); < len(ids)."""
 
 
-def forward_groups(inputs: list[CutInput]) -> list[list[CutInput]]:
-    """`inputs` in order, split into groups that each fit one forward (TAIL_TOKENS_PER_FORWARD)."""
-    groups: list[list[CutInput]] = []
-    size = 0
-    for inp in inputs:
-        tail = len(inp.ids) - inp.stable
-        if groups and size + tail <= TAIL_TOKENS_PER_FORWARD:
-            groups[-1].append(inp)
-            size += tail
-        else:
-            groups.append([inp])
-            size = tail
-    return groups
+@dataclass(eq=False)
+class SessionPush:
+    """Some cuts of one push of a session, over the session's cache: a `Work` like a Score item."""
+
+    state: KVState
+    inputs: list[CutInput]
+    convention: Convention
+    temperature: float
+
+    @property
+    def tokens(self) -> int:
+        """Guard tokens to compute, as the batcher budgets them (the cache may shrink before it runs)."""
+        trunk = max(i.stable for i in self.inputs)
+        tails = sum(len(i.ids) - i.stable for i in self.inputs)
+        return max(1, trunk - min(len(self.state.ids), trunk) + tails)
+
+    def row(self, head: HeadCache | None) -> Row:
+        """The longest stable prefix among the cuts as the trunk after what the cache still holds of it
+        (a new or evicted state starts from the template head), and a tail per cut."""
+        state = self.state
+        trunk: list[int] = []
+        for inp in self.inputs:
+            if inp.stable > len(trunk):
+                trunk = inp.ids[: inp.stable]
+        state.roll_back(trunk)
+        shared = [min(common_prefix(i.ids, trunk), len(i.ids) - 1) for i in self.inputs]
+        if not state.serves(min([len(state.ids), *shared])):
+            state.clear()  # a sliding layer dropped keys a query here needs: recompute (rare)
+        if head is not None and not state.ids:
+            state.copy_prefix(head.state, head.take(trunk, len(trunk) + 1))
+        start = len(state.ids)
+        tails = [Tail(s, i.ids[s:]) for s, i in zip(shared, self.inputs, strict=True)]
+        return Row(state, start, trunk[start:], tails, store=True)
+
+    def reads(self) -> list[Read]:
+        published = self.convention is Convention.PUBLISHED
+        return [
+            Read(i.end, self.convention, self.temperature, i.ids if published else None) for i in self.inputs
+        ]
 
 
 @dataclass
 class IncrementalSession:
-    """STAR scores of a response arriving in deltas of any size (down to single characters).
+    """The planning side of a live-moderation session: a response arriving in deltas of any size (down
+    to single characters), tokenised into the cuts each delta completes. `pushes` turns them into
+    `SessionPush` work over the session's cache, which the engine runs like any other work (the local
+    backend: through the batcher, beside Score items)."""
 
-    `push` and `close` do everything in the calling thread; a server splits each into `plan_push` /
-    `plan_close` (tokenisation) and `forward_tails_hidden` over many sessions' `jobs` (see
-    backends/moderation).
-    """
-
-    engine: StarEngine
+    guard: GuardSide
     conversation: Conversation
     """The conversation so far, ending with the assistant message being generated (usually empty)."""
     cuts: CutSpec = field(default_factory=CutSpec)
@@ -89,8 +104,9 @@ class IncrementalSession:
     convention: Convention = Convention.RAW
     """RAW, or PUBLISHED: the guard sees the response's words joined by single spaces, and P(safe) is
     read from generate()'s processed scores (see guards/published.py)."""
-    state: KVState = field(default_factory=KVState)
-    """The guard's keys and values for the stable trunk (evictable: the next cut then recomputes)."""
+    limits: Limits = field(default_factory=Limits)
+    window: int | None = None
+    """The guard's sliding attention window, if it has sliding layers (their old keys are dropped)."""
 
     def __post_init__(self) -> None:
         self.conversation.require_response()
@@ -103,17 +119,18 @@ class IncrementalSession:
             raise InvalidRequest(f"cut spacing must be >= 1, got {self.cuts.every}")
         if self.convention is Convention.PUBLISHED:
             check_published(self.cuts.kind, self.temperature)
+        self.state = KVState(window=self.window)
+        """The guard's keys and values for the stable trunk (evictable: the next cut recomputes)."""
         self.text = self.conversation.response
         self.closed = False
-        self.cuts_scored = 0
         self.cuts_planned = 0
         self._planned = -1
-        self._window = sliding_window_of(self.engine.guard.model)[0]
-        self.prompt_tokens = IncrementalTokenizer(self.engine.guard.tokenizer)
+        tokenizer = self.guard.tokenizer
+        self.prompt_tokens = IncrementalTokenizer(tokenizer)
         """Tokenises each cut's prompt from the previous one's."""
-        self.current_tokens = IncrementalTokenizer(self.engine.guard.tokenizer)
+        self.current_tokens = IncrementalTokenizer(tokenizer)
         """Tokenises the prompt of the whole response so far, from the previous push's."""
-        self.response_tokens = IncrementalTokenizer(self.engine.guard.tokenizer)
+        self.response_tokens = IncrementalTokenizer(tokenizer)
         """Tokenises the response alone, for guard-token cuts."""
         if self.cuts.kind is CutKind.GUARD_TOKENS and not self.response_tokens.incremental:
             raise InvalidRequest(
@@ -121,24 +138,15 @@ class IncrementalSession:
                 "final until the response is; cut every M words (CUT_KIND_WORDS) instead"
             )
 
-    def push(self, delta: str) -> list[Segment]:
-        """Append `delta` to the response; the scores of the cuts it completes."""
-        return self.run(self.plan_push(delta))
-
-    def close(self) -> list[Segment]:
-        """The response is complete: the scores of the cuts still due, the last at its end."""
-        return self.run(self.plan_close())
-
     def plan_push(self, delta: str) -> list[CutInput]:
         """Append `delta`; the tokenised cuts it completes (to run in order, once each)."""
         if self.closed:
             raise InvalidRequest("the session is closed")
         self.text += delta
-        limits = self.engine.config.limits
-        if len(self.text) > limits.max_conversation_chars:  # before any tokenising of it
+        if len(self.text) > self.limits.max_conversation_chars:  # before any tokenising of it
             raise InvalidRequest(
                 f"the response has reached {len(self.text)} characters, more than any prompt within "
-                f"--max-conversation-tokens ({limits.max_conversation_tokens}) can hold"
+                f"--max-conversation-tokens ({self.limits.max_conversation_tokens}) can hold"
             )
         return self._inputs([c for c in self._ready_cuts() if c > self._planned])
 
@@ -148,31 +156,21 @@ class IncrementalSession:
         if self.closed:
             raise InvalidRequest("the session is closed")
         self.closed = True
-        final = plan_cuts(self.text, self.cuts, self.engine.guard.tokenizer)
+        final = plan_cuts(self.text, self.cuts, self.guard.tokenizer)
         return self._inputs([c for c in final if c > self._planned])
 
-    def jobs(self, inputs: list[CutInput]) -> list[TailJob]:
-        """The forward work of `inputs` over this session's cache (`forward_tails_hidden`)."""
-        return [TailJob(self.state, inp.ids, inp.stable) for inp in inputs]
-
-    @torch.inference_mode()
-    def segments(self, inputs: list[CutInput], hidden: torch.Tensor) -> list[Segment]:
-        """The cuts' STAR segments from the final hidden states [len(inputs), H] at their verdict
-        positions, under the session's convention."""
-        g = self.engine.guard
-        if self.convention is Convention.PUBLISHED:
-            ps = processed_p_safe(g, full_logits(g, hidden), [i.ids for i in inputs])
-        else:
-            ps = [p_safe(d, self.temperature) for d in verdict_logit_diff(g, hidden).float().tolist()]
-        self.cuts_scored += len(inputs)
-        return [Segment(end=i.end, p_safe=p) for i, p in zip(inputs, ps, strict=True)]
-
-    def run(self, inputs: list[CutInput]) -> list[Segment]:
-        """Score `inputs` in this thread: the cuts of one push share forwards (`forward_groups`)."""
-        g, out = self.engine.guard, []
-        for group in forward_groups(inputs):
-            hidden = forward_tails_hidden(g, self.jobs(group), self.engine.pad_id, self.engine.head)
-            out += self.segments(group, hidden)
+    def pushes(self, inputs: list[CutInput], max_row_tokens: int) -> list[SessionPush]:
+        """`inputs` as work over this session's cache, in order, each within `max_row_tokens` (the
+        engine's row budget; a lone cut may exceed it). Run them one after the other: each starts from
+        the trunk the one before stored."""
+        out: list[SessionPush] = []
+        for inp in inputs:
+            if out:
+                grown = SessionPush(self.state, [*out[-1].inputs, inp], self.convention, self.temperature)
+                if grown.tokens <= max_row_tokens:
+                    out[-1] = grown
+                    continue
+            out.append(SessionPush(self.state, [inp], self.convention, self.temperature))
         return out
 
     def _ready_cuts(self) -> list[int]:
@@ -190,13 +188,13 @@ class IncrementalSession:
         if not cuts:
             return []
         # the session's cuts in all, like one Score request's: one delta cannot queue thousands
-        self.engine.config.limits.check_cuts(self.cuts_planned + len(cuts))
+        self.limits.check_cuts(self.cuts_planned + len(cuts))
         self.cuts_planned += len(cuts)
         now = self.current_tokens.encode(self._prompt(self.text)).ids
         out: list[CutInput] = []
         for c in cuts:
             ids = self.prompt_tokens.encode(self._prompt(self.text[:c])).ids
-            self._check_length(len(ids))
+            self.limits.check_tokens(len(ids))
             # Tokens this cut shares with the response so far stay valid for later cuts; at least the
             # last token is left to the tail, whose final hidden state is the verdict position.
             out.append(CutInput(c, ids, min(common_prefix(ids, now), len(ids) - 1)))
@@ -209,15 +207,7 @@ class IncrementalSession:
         same text)."""
         if self.convention is Convention.PUBLISHED:
             response = published_text(response)
-        return self.engine.guard.template.render(self.conversation.with_response(response))
-
-    def _check_length(self, tokens: int) -> None:
-        self.engine.config.limits.check_tokens(tokens)
-        if self._window is not None and tokens >= self._window:
-            raise InvalidRequest(
-                f"the guard prompt has reached {tokens} tokens, the guard's attention window "
-                f"({self._window}); live moderation on this guard covers prompts below it"
-            )
+        return self.guard.template.render(self.conversation.with_response(response))
 
     @property
     def cache_tokens(self) -> int:

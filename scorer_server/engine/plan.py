@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scorer_server.engine.prepare import prepare
+from scorer_server.engine.work import Read, Row, Tail
 from scorer_server.guards.guard import Guard
 from scorer_server.limits import Limits
-from star_contract.types import ScoreRequest
+from star_contract.types import Convention, ScoreRequest
+
+if TYPE_CHECKING:
+    from scorer_server.engine.caches import HeadCache
 
 
 @dataclass
@@ -56,7 +60,7 @@ class ResponsePlan:
 
 @dataclass
 class WorkItem:
-    """Some of a response's cuts: one row of a forward pass."""
+    """Some of a response's cuts: one row of a forward pass (a `Work`)."""
 
     plan: ResponsePlan
     cut_indices: list[int]
@@ -66,6 +70,28 @@ class WorkItem:
     @property
     def tokens(self) -> int:
         return self.plan.cost(self.cut_indices)
+
+    def row(self, head: HeadCache | None) -> Row:
+        """The trunk up to the furthest cut's shared prefix, from the longest head prefix it begins with
+        (keeping every cut's verdict position among the computed tokens), and a tail per cut."""
+        plan, idx = self.plan, self.cut_indices
+        end = plan.trunk_len(idx)
+        m = head.take(plan.trunk[:end], min(plan.shared[i] for i in idx)) if head is not None else 0
+        tails = [Tail(plan.shared[i], plan.tails[i]) for i in idx]
+        return Row(head.state if m and head is not None else None, m, plan.trunk[m:end], tails)
+
+    def reads(self) -> list[Read]:
+        request = self.plan.request
+        published = request.convention is Convention.PUBLISHED
+        return [
+            Read(
+                self.plan.cuts[i],
+                request.convention,
+                request.temperature,
+                self.plan.prompt(i) if published else None,
+            )
+            for i in self.cut_indices
+        ]
 
 
 def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:

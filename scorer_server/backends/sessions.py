@@ -1,11 +1,11 @@
 """Live-moderation sessions on the local backend: tokenised on the planning thread, scored in the batcher.
 
-Each push of a session becomes one `SessionWork` item in the same dynamic batcher as Score traffic, at
-`SESSION_PRIORITY` (above any Score priority: a user is waiting on every cut). Work of many sessions
-that lands in one batch runs as one forward over their tails (`forward_tails_hidden`). All sessions'
-cached keys and values share one byte budget (`SessionPool`); past it, the cache whose next use looks
-furthest away is dropped and recomputed on that session's next cut, so a score is never wrong, only
-slower.
+Each push of a session becomes `SessionPush` work (engine/incremental.py) in the same dynamic batcher as
+Score traffic, at `SESSION_PRIORITY` (above any Score priority: a user is waiting on every cut). The
+engine runs it like a Score item: one row over the session's cached trunk, in the same forward as
+whatever else is in the batch. All sessions' cached keys and values share one byte budget
+(`SessionPool`); past it, the cache whose next use looks furthest away is dropped and recomputed on that
+session's next cut, so a score is never wrong, only slower.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from scorer_server.batcher import INTERACTIVE
-from scorer_server.engine.incremental import CutInput, IncrementalSession, forward_groups
-from scorer_server.engine.session_kv import KVState, forward_tails_hidden
+from scorer_server.engine.caches import KVState
+from scorer_server.engine.incremental import CutInput, IncrementalSession
+from scorer_server.engine.work import Row
 from star_contract.errors import NotReady, Overloaded
-from star_contract.types import Conversation, ModerateOptions, Segment
+from star_contract.types import Segment
 
 SESSION_PRIORITY = INTERACTIVE
 """The batcher priority of moderation work: above any ScoreRequest.priority; while it arrives, batches
@@ -88,6 +89,17 @@ class SessionPool:
             self._uses.pop(id(state), None)
             self._report()
 
+    def after_forward(self, rows: list[Row]) -> None:
+        """The books after a forward (on the forward thread): the tokens computed over session caches
+        (the rows that stored their trunk), and `used` on those caches."""
+        stored = [r for r in rows if r.store and r.cache is not None]
+        if not stored:
+            return
+        if self._observer is not None:
+            tail = sum(len(t.ids) for r in stored for t in r.tails)
+            self._observer.on_session_tokens(sum(len(r.trunk) for r in stored), tail)
+        self.used([r.cache for r in stored if r.cache is not None])
+
     def used(self, states: list[KVState]) -> None:
         """Record that `states` were just used, then evict caches over the budget (see the class)."""
         with self._lock:
@@ -129,61 +141,21 @@ class SessionPool:
             self._observer.on_sessions(len(self._states), nbytes, self.evictions)
 
 
-@dataclass(frozen=True, eq=False)
-class SessionWork:
-    """One push of one session in the batcher: the cuts it completed, scored in order."""
-
-    session: IncrementalSession
-    inputs: list[CutInput]
-
-    @property
-    def tokens(self) -> int:
-        """Guard tokens to compute, as the batcher budgets them (the cache may shrink before it runs)."""
-        cached = len(self.session.state.ids)
-        return max(1, sum(len(i.ids) - min(cached, i.stable) for i in self.inputs))
-
-
-def run_session_work(
-    works: list[SessionWork], pool: SessionPool, observer: SessionObserver | None = None
-) -> list[list[Segment]]:
-    """Score a batch's session work: one forward per round, round r holding each session's r-th group
-    of cuts (`forward_groups`: the cuts of one push share a row, up to a tail budget)."""
-    out: list[list[Segment]] = [[] for _ in works]
-    engine = works[0].session.engine
-    states = [w.session.state for w in works]
-    before = sum(s.trunk_tokens for s in states), sum(s.tail_tokens for s in states)
-    groups = [forward_groups(w.inputs) for w in works]
-    for r in range(max(len(g) for g in groups)):
-        rows = [(k, works[k], g[r]) for k, g in enumerate(groups) if r < len(g)]
-        jobs = [job for _, w, group in rows for job in w.session.jobs(group)]
-        hidden = forward_tails_hidden(engine.guard, jobs, engine.pad_id, engine.head)
-        at = 0
-        for k, w, group in rows:
-            out[k] += w.session.segments(group, hidden[at : at + len(group)])
-            at += len(group)
-    pool.used(states)
-    if observer is not None:
-        trunk, tail = sum(s.trunk_tokens for s in states), sum(s.tail_tokens for s in states)
-        observer.on_session_tokens(trunk - before[0], tail - before[1])
-    return out
-
-
-class ModerationSession:
-    """One caller's session: `push` and `close` return the STAR scores of the cuts they complete."""
+class LiveSession:
+    """One caller's session on the local backend: `push` and `close` return the STAR scores of the cuts
+    they complete (implements scorer_server.backends.base.Session)."""
 
     def __init__(
         self,
-        engine: Any,
-        conversation: Conversation,
-        options: ModerateOptions,
+        session: IncrementalSession,
+        max_row_tokens: int,
         plan_pool: Executor,
         batcher: Any,
         pool: SessionPool,
         observer: SessionObserver | None = None,
     ) -> None:
-        self._session = IncrementalSession(
-            engine, conversation, options.cuts(), options.temperature, convention=options.convention
-        )
+        self._session = session
+        self._max_row_tokens = max_row_tokens
         self._plan_pool = plan_pool
         self._batcher = batcher
         self._pool = pool
@@ -209,17 +181,18 @@ class ModerationSession:
             t0 = time.monotonic()
             loop = asyncio.get_running_loop()
             inputs: list[CutInput] = await loop.run_in_executor(self._plan_pool, plan, *args)
-            if not inputs:
-                return []
-            ticket = self._batcher.submit([SessionWork(self._session, inputs)], SESSION_PRIORITY)
-            future = ticket.futures[0]
-            try:
-                await asyncio.wait([future])
-            finally:
-                ticket.cancel()  # no-op once done; drops the work if the caller went away first
-            if future.cancelled():
-                raise NotReady("the scorer is shutting down; retry on another replica")
-            segments: list[Segment] = future.result()
+            segments: list[Segment] = []
+            # one push after the other: each starts from the trunk the one before stored
+            for push in self._session.pushes(inputs, self._max_row_tokens):
+                ticket = self._batcher.submit([push], SESSION_PRIORITY)
+                future = ticket.futures[0]
+                try:
+                    await asyncio.wait([future])
+                finally:
+                    ticket.cancel()  # no-op once done; drops the work if the caller went away first
+                if future.cancelled():
+                    raise NotReady("the scorer is shutting down; retry on another replica")
+                segments += future.result()
             if self._observer is not None:
                 seconds = time.monotonic() - t0  # each cut's score waited this long after its delta
                 for _ in segments:
