@@ -224,9 +224,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
             yield pb.ModerateResponse(segment=convert.segment_to_pb(seg))
             stop = rule.observe(seg)
             if stop is not None:
-                yield pb.ModerateResponse(
-                    stop=pb.ModerateStop(offset=stop.offset, cut=stop.cut, p_safe=stop.p_safe), complete=True
-                )
+                yield pb.ModerateResponse(stop=convert.stop_to_pb(stop), complete=True)
                 return
 
     # -- helpers --
