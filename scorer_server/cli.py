@@ -1,15 +1,23 @@
 """`star-scorer serve`: serve a guard's STAR scores over gRPC.
 
-`star-scorer moderate`: guard text arriving on stdin against a running server, as it arrives.
-Scoring a file against a running server is `star-client score` (the client package, no torch needed).
+Scoring a file against a running server is `star-client score`, and guarding text arriving on stdin is
+`star-client moderate` (the client package, no torch needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import sys
+from typing import NoReturn
 
 from star_contract.cli_errors import USER_ERRORS, fail
+
+MODERATE_MOVED = (
+    "star-scorer moderate has moved to `star-client moderate` (same flags); this alias will be removed in "
+    "the next release"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,16 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reflection and Prometheus metrics. Every flag can also be set as STAR_<FLAG_IN_UPPER_SNAKE>.",
     )
     add_server_arguments(serve)
-    from star_client.moderate_cli import __doc__ as moderate_doc
-    from star_client.moderate_cli import add_moderate_arguments
-
-    moderate = sub.add_parser(
-        "moderate",
-        help="guard a response read from stdin as it arrives (live moderation)",
-        description=moderate_doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_moderate_arguments(moderate)
+    # Listed for --help only: main() hands `moderate` to the client before parsing.
+    sub.add_parser("moderate", help="moved to `star-client moderate` (alias until the next release)")
     return ap
 
 
@@ -41,8 +41,6 @@ def _exit_past_stuck_threads(code: int) -> int:
     """`code`, and exit now when a worker thread is still busy after the drain (a forward or a
     planning step that hangs would otherwise keep the process alive past its grace period)."""
     import logging
-    import os
-    import sys
     import threading
 
     busy = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
@@ -56,12 +54,11 @@ def _exit_past_stuck_threads(code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["moderate"]:
+        _moderate_moved(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "moderate":
-        return _moderate(args)
     try:
-        import os
-
         from scorer_server.config import config_from
 
         config = config_from(args)
@@ -78,17 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _moderate(args: argparse.Namespace) -> int:
-    import grpc
-
-    from star_client.moderate_cli import moderate
-
-    try:
-        return asyncio.run(moderate(args))
-    except (*USER_ERRORS, grpc.RpcError) as exc:
-        return fail("star-scorer moderate", exc)
-    except KeyboardInterrupt:
-        return 130
+def _moderate_moved(args: list[str]) -> NoReturn:
+    """`star-scorer moderate ARGS`, kept for one release: one line on stderr saying where the command
+    went, then this process becomes `star-client moderate ARGS` (stdin, stdout, stderr and the exit code
+    are the client's; the server package never imports the client)."""
+    print(MODERATE_MOVED, file=sys.stderr, flush=True)
+    os.execv(sys.executable, [sys.executable, "-m", "star_client.cli", "moderate", *args])
 
 
 if __name__ == "__main__":

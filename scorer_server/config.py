@@ -116,8 +116,9 @@ class BatchingSettings:
     )
     session_cache_mib: float = _opt(
         4096.0,
-        "memory for the keys and values live-moderation sessions keep; beyond it the least recently "
-        "used session's are dropped and recomputed on its next delta",
+        "memory for the keys and values live-moderation sessions keep; beyond it the cache whose next use "
+        "looks furthest away is dropped (a session quiet for longer than its usual gap between pushes is "
+        "expected to stay quiet; see docs/moderation.md) and recomputed on that session's next delta",
     )
     bulk_batch_tokens_interactive: int = _opt(
         2048,

@@ -1,4 +1,5 @@
-"""`star-client`: score a JSONL file of conversations against a running scorer, or show what it serves.
+"""`star-client`: score a JSONL file of conversations against a running scorer, show what it serves, or
+guard a response read from stdin as it arrives (`star-client moderate`).
 
 Needs only the client and the contract packages (no torch): a trainer or data machine can run it.
 """
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from star_client.moderate_cli import __doc__ as MODERATE_HELP
+from star_client.moderate_cli import add_moderate_arguments
 from star_contract.cli_errors import USER_ERRORS, fail
 
 SCORE_HELP = """\
@@ -65,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="print what a server serves (JSON)", description="Print GetInfo as JSON."
     )
     _add_client_args(info)
+    moderate = sub.add_parser(
+        "moderate",
+        help="guard a response read from stdin as it arrives (live moderation)",
+        description=MODERATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_moderate_arguments(moderate)
     return ap
 
 
@@ -149,12 +159,22 @@ async def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _moderate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from star_client.moderate_cli import moderate
+
+    try:
+        return await moderate(args)
+    except grpc.RpcError as exc:  # a status the server ended the session with: one line, exit 2
+        return fail(f"star-client {args.command}", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"score": _score, "info": _info, "moderate": _moderate}
     try:
-        if args.command == "score":
-            return asyncio.run(_score(args))
-        return asyncio.run(_info(args))
+        return asyncio.run(commands[args.command](args))
     except USER_ERRORS as exc:
         return fail(f"star-client {args.command}", exc)
     except KeyboardInterrupt:

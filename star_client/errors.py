@@ -1,4 +1,11 @@
-"""Errors the client raises. Malformed requests raise `scorer_server.errors.InvalidRequest`."""
+"""Errors the client raises.
+
+A request the server refuses as malformed (INVALID_ARGUMENT) raises `star_contract.errors.InvalidRequest`
+(also exported as `star_client.InvalidRequest`) from `score`, `score_many`, `judge` and `info`, as does a
+conversation the client cannot encode, before anything is sent; any other final status raises
+`ScorerCallError`. A moderation session raises the gRPC error itself (`grpc.aio.AioRpcError`, with its
+`code()` and `details()`), or `star_client.moderation.ModerationLost` when its replica goes away.
+"""
 
 from __future__ import annotations
 

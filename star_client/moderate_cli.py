@@ -1,6 +1,6 @@
-"""`star-scorer moderate`: guard text arriving on stdin, as it arrives, against a running scorer.
+"""`star-client moderate`: guard text arriving on stdin, as it arrives, against a running scorer.
 
-    some-generator | star-scorer moderate --target 127.0.0.1:50051 --prompt "How do I ...?"
+    some-generator | star-client moderate --target 127.0.0.1:50051 --prompt "How do I ...?"
 
 The text passes through to stdout as it is read (unless --quiet) and stops at the guard's stop; each
 cut's score and the stop are JSON lines on stderr. Exit 0 when the response ended safe, 3 when the

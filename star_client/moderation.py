@@ -261,8 +261,7 @@ class ModerationSession:
                         self.segments.append(segment)
                         self._events.put_nowait(segment)
                 if reply.HasField("stop"):
-                    s = reply.stop
-                    self.stop = ModerationStop(s.offset, s.cut, s.p_safe)
+                    self.stop = convert.stop_from_pb(reply.stop)
                     self._events.put_nowait(self.stop)
                 if reply.complete:
                     break

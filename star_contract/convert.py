@@ -19,6 +19,7 @@ from star_contract.types import (
     GuardInfo,
     Message,
     ModerateOptions,
+    ModerationStop,
     ScoreRequest,
     Segment,
     StarScores,
@@ -243,3 +244,11 @@ def moderate_open_to_pb(conversation: Conversation, options: ModerateOptions) ->
     if options.temperature != 1.0:
         out.temperature = options.temperature
     return out
+
+
+def stop_to_pb(stop: ModerationStop) -> pb.ModerateStop:
+    return pb.ModerateStop(offset=stop.offset, cut=stop.cut, p_safe=stop.p_safe)
+
+
+def stop_from_pb(msg: pb.ModerateStop) -> ModerationStop:
+    return ModerationStop(offset=msg.offset, cut=msg.cut, p_safe=msg.p_safe)

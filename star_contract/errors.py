@@ -1,7 +1,7 @@
 """Exceptions with a meaning for callers, shared by the scorer, the client and the trainer.
 
-The server maps each to one gRPC status in one place (`scorer_server.api.interceptors`); the client
-raises InvalidRequest for a request it can tell is malformed before sending it.
+The server maps each to one gRPC status in one place (`scorer_server.api.status.status_for`); the
+client raises InvalidRequest for a request it can tell is malformed before sending it.
 """
 
 

@@ -211,7 +211,10 @@ def test_a_session_the_server_refused_raises_its_status_not_a_transport_error(se
 
 
 def test_stop_rule_names_the_end_of_the_last_safe_cut() -> None:
-    from scorer_server.moderation import StopRule
+    """StopRule fires at the `consecutive`-th unsafe cut in a row (P(safe) below `unsafe_below`; at it is
+    safe); a safe cut in between resets the run; the stop's offset is the end of the last safe cut, or 0
+    when none came before."""
+    from scorer_server.api.stop_rule import StopRule
     from star_contract.types import ModerateOptions, ModerationStop, Segment
 
     rule = StopRule(ModerateOptions(unsafe_below=0.5, consecutive=2))
@@ -220,3 +223,8 @@ def test_stop_rule_names_the_end_of_the_last_safe_cut() -> None:
         rule.observe(Segment(end, p)) for end, p in [(10, 0.9), (20, 0.2), (30, 0.7), (40, 0.1), (50, 0.3)]
     ]
     assert seen == [None, None, None, None, ModerationStop(offset=30, cut=50, p_safe=0.3)]
+    rule = StopRule(ModerateOptions(unsafe_below=0.5, consecutive=1))
+    assert rule.observe(Segment(5, 0.5)) is None  # exactly at the threshold: safe
+    assert rule.observe(Segment(9, 0.49)) == ModerationStop(offset=5, cut=9, p_safe=0.49)
+    first = StopRule(ModerateOptions(unsafe_below=0.5, consecutive=1)).observe(Segment(4, 0.1))
+    assert first == ModerationStop(offset=0, cut=4, p_safe=0.1)  # nothing safe before it

@@ -139,7 +139,7 @@ def test_moderate_cli_guards_stdin(server: Any, tiny_guard_dir: Path, unsafe_bel
     import sys
 
     text = " ".join(WORDS * 3)
-    cmd = [sys.executable, "-m", "scorer_server.cli", "moderate", "--target", server.address]
+    cmd = [sys.executable, "-m", "star_client.cli", "moderate", "--target", server.address]
     cmd += ["--prompt", PROMPT, "--every", "2", "--unsafe-below", str(unsafe_below)]
     proc = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=60)
     events = [json.loads(line) for line in proc.stderr.decode().splitlines()]
@@ -177,7 +177,7 @@ def test_moderate_cli_cuts_every_n_guard_tokens_under_the_published_convention(
     from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
 
     text = " ".join(WORDS * 2)
-    cmd = [sys.executable, "-m", "scorer_server.cli", "moderate", "--target", server.address, "--quiet"]
+    cmd = [sys.executable, "-m", "star_client.cli", "moderate", "--target", server.address, "--quiet"]
     cmd += ["--prompt", PROMPT, "--every", "3", "--cut", "guard-tokens", "--unsafe-below", "0"]
     proc = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == b"", proc.stderr.decode()
@@ -191,3 +191,50 @@ def test_moderate_cli_cuts_every_n_guard_tokens_under_the_published_convention(
     )
     assert proc.returncode == 2 and "between words" in proc.stderr.decode()
     assert "Traceback" not in proc.stderr.decode()
+
+
+def test_star_scorer_moderate_is_an_alias_of_star_client_moderate_that_says_it_moved(server: Any) -> None:
+    """`star-scorer moderate` (kept for one release) takes the same arguments and does what
+    `star-client moderate` does: same stdout, same events, same exit code, after one line on stderr
+    saying where the command went."""
+    import json
+    import subprocess
+    import sys
+
+    from scorer_server.cli import MODERATE_MOVED
+
+    text = " ".join(WORDS * 2)
+    args = ["moderate", "--target", server.address, "--prompt", PROMPT, "--every", "3", "--unsafe-below", "0"]
+    new, old = (
+        subprocess.run(
+            [sys.executable, "-m", module, *args], input=text.encode(), capture_output=True, timeout=60
+        )
+        for module in ("star_client.cli", "scorer_server.cli")
+    )
+    assert new.returncode == old.returncode == 0, (new.stderr.decode(), old.stderr.decode())
+    assert new.stdout == old.stdout == text.encode()
+    notice, *events = old.stderr.decode().splitlines()
+    assert notice == MODERATE_MOVED and "star-client moderate" in notice
+    assert events == new.stderr.decode().splitlines()
+    assert [json.loads(e)["cut"] for e in events][-1] == len(text)  # every cut's score, up to the end
+
+
+def test_moderate_help_is_the_client_s_and_the_alias_shows_it_too() -> None:
+    import subprocess
+    import sys
+
+    from scorer_server.cli import MODERATE_MOVED
+
+    def run(module: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", module, "moderate", "--help"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    new, old = run("star_client.cli"), run("scorer_server.cli")
+    assert new.returncode == old.returncode == 0 and new.stderr == ""
+    assert new.stdout.startswith("usage: star-client moderate ")
+    assert "some-generator | star-client moderate --target" in new.stdout
+    for flag in ("--target", "--prompt", "--conversation", "--every", "--cut", "--unsafe-below"):
+        assert flag in new.stdout
+    for flag in ("--consecutive", "--temperature", "--convention", "--quiet"):
+        assert flag in new.stdout
+    assert old.stdout == new.stdout and old.stderr.splitlines() == [MODERATE_MOVED]

@@ -1,6 +1,8 @@
 """The packages' import rules, read from the source (runtime imports only; TYPE_CHECKING blocks skipped).
 
 - star_contract imports none of our other packages; star_client imports only star_contract and star_proto;
+- scorer_server imports only star_contract and star_proto of the others: never star_client, not even
+  inside a function (the `star-scorer moderate` alias re-executes `star-client moderate` instead);
 - trainer_client reaches scorer_server through one module, trainer_client/in_process.py;
 - no package's runtime imports form a cycle;
 - the client and the contract load without torch (a fresh interpreter checks).
@@ -104,6 +106,7 @@ def test_trainer_reaches_the_scorer_only_through_in_process() -> None:
         ("star_contract", {"star_contract"}),
         ("star_client", {"star_client", "star_contract"}),
         ("star_testing", {"star_testing", "star_contract"}),
+        ("scorer_server", {"scorer_server", "star_contract"}),
     ],
 )
 def test_shared_packages_import_only_below_themselves(package: str, allowed: set[str]) -> None:

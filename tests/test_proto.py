@@ -11,7 +11,15 @@ import pytest
 
 from star_contract import convert
 from star_contract.errors import InvalidRequest
-from star_contract.types import Conversation, CutKind, CutSpec, GuardInfo, ScoreRequest, Verdict
+from star_contract.types import (
+    Conversation,
+    CutKind,
+    CutSpec,
+    GuardInfo,
+    ModerationStop,
+    ScoreRequest,
+    Verdict,
+)
 from star_proto import scorer_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +76,20 @@ def test_info_and_verdict_round_trip() -> None:
     assert convert.info_from_pb(convert.info_to_pb(info, 123)) == info
     v = Verdict(0.75, ("S1", "S2"), "unsafe\nS1,S2")
     assert convert.verdict_from_pb(convert.verdict_to_pb(v)) == v
+
+
+def test_moderation_stop_round_trip() -> None:
+    for stop in (
+        ModerationStop(0, 7, 0.0),
+        ModerationStop(30, 50, 0.3),
+        ModerationStop(2**32 - 1, 2**32 - 1, 1.0),
+    ):
+        msg = convert.stop_to_pb(stop)
+        assert (msg.offset, msg.cut, msg.p_safe) == (stop.offset, stop.cut, stop.p_safe)
+        assert convert.stop_from_pb(msg) == stop
+        # as it travels: inside a ModerateResponse, through the wire format
+        wire = pb.ModerateResponse(stop=msg, complete=True).SerializeToString()
+        assert convert.stop_from_pb(pb.ModerateResponse.FromString(wire).stop) == stop
 
 
 def test_client_imports_no_torch() -> None:

@@ -89,6 +89,20 @@ def test_sections_are_frozen() -> None:
         NetworkSettings().port = 1  # type: ignore[misc]
 
 
+def test_session_cache_help_names_the_eviction_rule_the_pool_uses() -> None:
+    """Past --session-cache-mib the pool drops the cache whose next use looks furthest away, not the
+    least recently used one (which, for sessions streaming at one pace, is the one needed next): the
+    flag's help says so and points to the page that explains the rule."""
+    parser = argparse.ArgumentParser()
+    add_server_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    about = text[text.rindex("--session-cache-mib") :][:400]  # the option, past the usage line
+    assert "furthest away" in about and "least recently" not in about
+    assert "docs/moderation.md" in about
+    page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "moderation.md").read_text().split())
+    assert "drops the cache whose next use looks furthest away" in page
+
+
 def test_help_groups_flags_by_sub_config() -> None:
     from scorer_server.flags import add_flags
 

@@ -1,1 +1,2 @@
-"""The gRPC edge: protobuf conversion, validation, the servicer and its interceptors."""
+"""The gRPC edge: protobuf conversion, validation, the servicer (with live moderation's stop rule) and
+its interceptors."""

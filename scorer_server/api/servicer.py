@@ -10,11 +10,11 @@ from typing import Any
 import grpc
 
 from scorer_server.api.status import status_for
+from scorer_server.api.stop_rule import StopRule
 from scorer_server.api.validation import validate_conversation, validate_judge, validate_score_request
 from scorer_server.backends.base import ScoringBackend
 from scorer_server.limits import Limits
 from scorer_server.metrics import ServerMetrics
-from scorer_server.moderation import StopRule
 from star_contract import convert
 from star_contract.errors import InvalidRequest, NotReady
 from star_contract.types import ScoreRequest, Segment
@@ -224,9 +224,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
             yield pb.ModerateResponse(segment=convert.segment_to_pb(seg))
             stop = rule.observe(seg)
             if stop is not None:
-                yield pb.ModerateResponse(
-                    stop=pb.ModerateStop(offset=stop.offset, cut=stop.cut, p_safe=stop.p_safe), complete=True
-                )
+                yield pb.ModerateResponse(stop=convert.stop_to_pb(stop), complete=True)
                 return
 
     # -- helpers --
