@@ -185,8 +185,9 @@ class HeadCache:
     Llama Guard 3 spends 138 (1B template) or 146 (8B) tokens before the conversation begins (real
     Llama 3 tokenizer); a prefix-caching engine such as vLLM reuses them across requests, and so does
     this. Each row starts from the longest head prefix its own tokens really begin with (checked token
-    by token), so a conversation whose first characters merge with the head's last token under the
-    tokenizer is still exact: it only reuses fewer tokens."""
+    by token), so a conversation whose first characters merge with the head's last token is still
+    exact: it only reuses fewer tokens. (Llama 3's pre-tokenizer never merges across the head's final
+    `User: `; tokenizers that merge across spaces do, tests/test_head_cache.py.)"""
 
     def __init__(self, guard: Guard, ids: list[int] | None = None) -> None:
         from scorer_server.engine.forward import Row, forward_rows
