@@ -141,17 +141,18 @@ def test_sessions_stay_exact_past_a_sliding_window(engine: StarEngine) -> None:
         assert set(state.first) == {0}
         return
     assert len(state.ids) > 4 * layout.window
+    slack = max(32, layout.window // 4)
     for layer, sliding in enumerate(layout.sliding):
-        held = state.buffers[layer][0].shape[2]
-        if sliding:  # dropped what no query can see: holds about two windows, not the whole prompt
-            assert state.first[layer] > 0 and held < len(state.ids) // 2
+        held = len(state.ids) - state.first[layer]  # positions whose keys the layer keeps
+        if sliding:  # dropped what no query can see: at most about two windows, not the whole prompt
+            assert state.first[layer] > 0 and held <= 2 * (layout.window + slack)
         else:
-            assert state.first[layer] == 0 and held >= len(state.ids)
+            assert state.first[layer] == 0 and held == len(state.ids)
 
 
 def test_tails_read_their_trunk_in_place(engine: StarEngine) -> None:
-    """The keys and values a forward holds are one row's cache plus its own tokens, however many cuts
-    (tails) the row has: no copy of the trunk per tail."""
+    """The keys and values a forward holds are one row's cache plus its own tokens (its tails packed in
+    chunks: some padding), however many cuts (tails) the row has: no copy of the trunk per tail."""
     cfg = engine.guard.model.config.get_text_config()
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     per_token = 2 * cfg.num_key_value_heads * head_dim * 4  # keys and values, float32, one layer
@@ -160,7 +161,10 @@ def test_tails_read_their_trunk_in_place(engine: StarEngine) -> None:
         item = engine.work_items(engine.plan(ScoreRequest(conv, CutSpec(every=every))))[0]
         ran = engine.run([item])
         row = ran.rows[0]
-        assert ran.kv_bytes == cfg.num_hidden_layers * per_token * (row.start + len(row.ids))
+        own = cfg.num_hidden_layers * per_token * (row.start + len(row.ids))
+        assert (
+            own <= ran.kv_bytes <= 2 * own
+        )  # its own tokens (tails packed in chunks), never a copy per tail
 
 
 def test_live_sessions_through_the_local_backend_equal_the_per_cut_oracle(

@@ -12,7 +12,7 @@ with a cache it is the same row offset by where the cache ends.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -42,22 +42,12 @@ class Row:
     store: bool = False
     """Write the trunk's keys and values into `cache` after its first `start` tokens (a session's
     state); False leaves the cache as it is (the shared template head)."""
-    positions: list[int] = field(init=False)
-    reads: list[int] = field(init=False)
-    """Index, among the row's new tokens, of each cut's verdict hidden state."""
 
     def __post_init__(self) -> None:
         end = self.start + len(self.trunk)
-        pos, reads = list(range(self.start, end)), []
         for t in self.tails:
-            if t.ids:
-                pos += range(t.shared, t.shared + len(t.ids))
-                reads.append(len(pos) - 1)
-            else:
-                if not self.start < t.shared <= end:
-                    raise ValueError(f"a cut read off the trunk must end among its new tokens: {t.shared}")
-                reads.append(t.shared - 1 - self.start)
-        self.positions, self.reads = pos, reads
+            if not t.ids and not self.start < t.shared <= end:
+                raise ValueError(f"a cut read off the trunk must end among its new tokens: {t.shared}")
 
     @property
     def ids(self) -> list[int]:
