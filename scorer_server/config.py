@@ -42,8 +42,13 @@ class GuardSettings:
     )
     preset: str = _opt(
         "llama-guard-3",
-        "guard family preset: llama-guard-3, granite-guardian-3, shieldgemma, or custom (then give "
-        "--safe-word and --unsafe-word)",
+        "guard family preset: llama-guard-3, llama-guard-4, qwen3guard-gen, granite-guardian-3, "
+        "shieldgemma, or custom (then give --safe-word and --unsafe-word); docs/guards.md",
+    )
+    safe_classes: str = _opt(
+        "",
+        "comma-separated verdict classes that also count as safe (qwen3guard-gen: Controversial, its "
+        '"loose" reading; the default counts it unsafe, "strict")',
     )
     safe_word: str = _opt("", "verdict word of a safe response; overrides the preset's (e.g. safe, No)")
     unsafe_word: str = _opt(
@@ -85,6 +90,7 @@ class GuardSettings:
             safe_word=self.safe_word or None,
             unsafe_word=self.unsafe_word or None,
             verdict_prefix=None if self.verdict_prefix == "auto" else self.verdict_prefix,
+            safe_classes=tuple(w.strip() for w in self.safe_classes.split(",") if w.strip()),
         )
 
     def check(self) -> None:

@@ -16,7 +16,7 @@ from scorer_server.backends import build_remote_backend, load_prompt_guard
 from scorer_server.backends.http import Dispatcher, RemoteOverloaded, RetryPolicy
 from scorer_server.backends.prompts import PromptGuard
 from scorer_server.backends.remote import RemoteBackend, RemoteConfig
-from scorer_server.backends.tgi import TgiBackend, verdict_diff
+from scorer_server.backends.tgi import TgiBackend, verdict_logprobs
 from scorer_server.backends.vllm import VllmBackend
 from scorer_server.engine.cuts import plan_cuts
 from scorer_server.guards.loader import GuardConfig
@@ -373,8 +373,8 @@ def test_tgi_missing_verdict_token_uses_the_documented_bound(guard: PromptGuard)
             assert p == 0.5
             both_missing += 1
     assert both_missing < len(got)
-    assert verdict_diff([(1, -0.5), (2, -3.0)], safe_id=1, unsafe_id=99) == pytest.approx(2.5)
-    assert verdict_diff([(1, -0.5), (2, -3.0)], safe_id=99, unsafe_id=1) == pytest.approx(-2.5)
+    assert verdict_logprobs([(1, -0.5), (2, -3.0)], (1, 99)) == (-0.5, -3.0)  # 99 missing: the floor
+    assert verdict_logprobs([(1, -0.5), (2, -3.0)], (99, 1, 2)) == (-3.0, -0.5, -3.0)
 
 
 # -- shared machinery ------------------------------------------------------------------------------------

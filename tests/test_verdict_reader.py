@@ -15,16 +15,38 @@ from scorer_server.guards.verdict import read_verdict
 
 def test_categories_are_read_after_the_verdict_line_only() -> None:
     preset = get_preset("llama-guard-3")
-    v = read_verdict(-3.0, "unsafe S3\nS1,S10,S1", preset)
+    v = read_verdict([0.0, 3.0], "unsafe S3\nS1,S10,S1", preset)
     assert v.unsafe and v.categories == ("S1", "S10") and v.text == "unsafe S3\nS1,S10,S1"
     assert v.p_unsafe == pytest.approx(1.0 / (1.0 + math.exp(-3.0)))
-    assert read_verdict(-3.0, "unsafe S3", preset).categories == ()
+    assert read_verdict([0.0, 3.0], "unsafe S3", preset).categories == ()
 
 
 def test_a_safe_verdict_names_no_category() -> None:
-    v = read_verdict(2.0, "safe\nS1", get_preset("llama-guard-3"))
+    v = read_verdict([2.0, 0.0], "safe\nS1", get_preset("llama-guard-3"))
     assert not v.unsafe and v.categories == ()
 
 
 def test_both_judge_paths_use_the_one_reader() -> None:
     assert engine.read_verdict is read_verdict and remote.read_verdict is read_verdict
+
+
+def test_three_class_verdicts_sum_the_classes_that_count_as_safe() -> None:
+    """Qwen3Guard's Safe / Unsafe / Controversial: strict by default (Controversial is unsafe), loose
+    with --safe-classes Controversial; categories come from its `Categories:` line."""
+    from scorer_server.guards.verdict import classes_p_safe
+
+    strict = get_preset("qwen3guard-gen")
+    loose = strict.counting_safe(("Controversial",))
+    logits = [1.0, 0.0, 2.0]
+    z = sum(math.exp(x) for x in logits)
+    assert classes_p_safe(logits, [c.safe for c in strict.classes]) == pytest.approx(math.exp(1.0) / z)
+    assert classes_p_safe(logits, [c.safe for c in loose.classes]) == pytest.approx(
+        (math.exp(1) + math.exp(2)) / z
+    )
+    assert classes_p_safe(logits, [True, False, False], temperature=2.0) == pytest.approx(
+        math.exp(0.5) / sum(math.exp(x / 2) for x in logits)
+    )
+    v = read_verdict([0.0, 3.0, 1.0], " Unsafe\nCategories: Violent, Sexual Content\nRefusal: No", strict)
+    assert v.unsafe and v.categories == ("Violent", "Sexual Content")
+    with pytest.raises(Exception, match="not a verdict class"):
+        strict.counting_safe(("Maybe",))

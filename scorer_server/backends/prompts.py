@@ -45,10 +45,13 @@ def load_prompt_guard(config: GuardConfig, engine: str) -> PromptGuard:
     preset = config.resolved_preset()
     tokenizer = load_tokenizer(config.path)
     template_text = read_template_file(config.template_file)
-    template, safe_id, unsafe_id = prompt_side(tokenizer, preset, template_text)
+    template, class_ids = prompt_side(tokenizer, preset, template_text)
     h = hashlib.sha256(f"remote:{engine}\0".encode())
     config_file = path / "config.json"
     if config_file.is_file():
         h.update(config_file.read_bytes())
-    hash_prompt_side(h, template, preset, safe_id, unsafe_id)
-    return PromptGuard(tokenizer, template, preset, safe_id, unsafe_id, h.hexdigest()[:16], path.name)
+    hash_prompt_side(h, template, preset, class_ids)
+    fingerprint = h.hexdigest()[:16]
+    return PromptGuard(
+        tokenizer, template, preset, class_ids[0], class_ids[1], fingerprint, path.name, class_ids
+    )

@@ -21,7 +21,7 @@ from scorer_server.backends.http import Dispatcher, RetryPolicy
 from scorer_server.backends.prompts import PromptGuard
 from scorer_server.engine.prepare import prepare
 from scorer_server.guards.loader import describe_guard
-from scorer_server.guards.verdict import p_safe, read_verdict
+from scorer_server.guards.verdict import classes_p_safe, read_verdict
 from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest, NotReady
 from star_contract.types import (
@@ -60,8 +60,8 @@ class RemoteConfig:
 class Readout:
     """What one engine request returns."""
 
-    diff: float
-    """logprob(safe) - logprob(unsafe) at the first generated position."""
+    logprobs: tuple[float, ...]
+    """The verdict classes' log-probs at the first generated position (in `preset.classes` order)."""
     text: str = ""
     """Generated text (Judge only)."""
 
@@ -90,7 +90,7 @@ class RemoteBackend(ABC):
 
     @abstractmethod
     async def _readout(self, url: str, prompt: str, max_new_tokens: int, salt: str | None = None) -> Readout:
-        """One request: the verdict log-prob difference after `prompt` (and the decoded text when
+        """One request: the verdict classes' log-probs after `prompt` (and the decoded text when
         `max_new_tokens` > 1). `salt` keys the engine's prefix cache where it has one (vLLM's
         cache_salt): only prompts with the same salt share cached blocks. Raises RemoteOverloaded for a
         busy engine, ConnectionError when unreachable, RemoteEngineError for an unusable answer."""
@@ -161,8 +161,9 @@ class RemoteBackend(ABC):
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                ready = sorted((tasks[d], d.result().diff) for d in done)
-                segments = tuple(Segment(end=end, p_safe=p_safe(diff, t)) for end, diff in ready)
+                ready = sorted((tasks[d], d.result().logprobs) for d in done)
+                safe = self.guard.safe_classes
+                segments = tuple(Segment(end=end, p_safe=classes_p_safe(lp, safe, t)) for end, lp in ready)
                 count += 1
                 last = not pending
                 yield ScorePart(segments, count - 1, count if last else 0, last)
@@ -194,4 +195,4 @@ class RemoteBackend(ABC):
                 for p in prompts
             )
         )
-        return [read_verdict(out.diff, out.text, preset) for out in outs]
+        return [read_verdict(out.logprobs, out.text, preset) for out in outs]

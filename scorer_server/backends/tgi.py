@@ -29,14 +29,14 @@ from scorer_server.backends.prompts import PromptGuard
 from scorer_server.backends.remote import Readout, RemoteBackend, RemoteConfig
 
 
-def verdict_diff(tokens: list[tuple[int, float]], safe_id: int, unsafe_id: int) -> float:
-    """logprob(safe) - logprob(unsafe) from the (id, logprob) pairs returned at one position, with a
+def verdict_logprobs(tokens: list[tuple[int, float]], class_ids: tuple[int, ...]) -> tuple[float, ...]:
+    """The verdict classes' log-probs from the (id, logprob) pairs returned at one position, with a
     missing token's log-prob bounded by the smallest returned one."""
     if not tokens:
         raise RemoteEngineError("TGI returned no log-probs for the first generated position")
     seen = {i: lp for i, lp in tokens}
     floor = min(seen.values())
-    return seen.get(safe_id, floor) - seen.get(unsafe_id, floor)
+    return tuple(seen.get(i, floor) for i in class_ids)
 
 
 def _id_logprob(token: Any) -> tuple[int, float]:
@@ -91,5 +91,5 @@ class TgiBackend(RemoteBackend):
         if details is None or not details.top_tokens or not details.tokens:
             raise RemoteEngineError(f"TGI at {url} returned no token details (is it a TGI server?)")
         first = [_id_logprob(t) for t in [*details.top_tokens[0], details.tokens[0]]]
-        diff = verdict_diff(first, self.guard.safe_id, self.guard.unsafe_id)
-        return Readout(diff=diff, text=str(out.generated_text or ""))
+        logprobs = verdict_logprobs(first, self.guard.class_ids)
+        return Readout(logprobs=logprobs, text=str(out.generated_text or ""))

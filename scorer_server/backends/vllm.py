@@ -44,7 +44,7 @@ class VllmBackend(RemoteBackend):
             "prompt": self.guard.encode(prompt),
             "max_tokens": max_new_tokens,
             "temperature": 0.0,
-            "logprob_token_ids": [self.guard.safe_id, self.guard.unsafe_id],
+            "logprob_token_ids": list(self.guard.class_ids),
             # vLLM 0.32 refuses logprob_token_ids without logprobs ("`logprobs` must be set"); the
             # requested ids then appear in top_logprobs[0] next to the sampled token.
             "logprobs": 1,
@@ -73,15 +73,14 @@ class VllmBackend(RemoteBackend):
         return self.parse(payload)
 
     def parse(self, payload: dict[str, Any]) -> Readout:
-        """Verdict log-prob difference (and text) from a completions answer."""
+        """The verdict classes' log-probs (and text) from a completions answer."""
         try:
             choice = payload["choices"][0]
             first = choice["logprobs"]["top_logprobs"][0]
-            lp_safe = float(first[f"token_id:{self.guard.safe_id}"])
-            lp_unsafe = float(first[f"token_id:{self.guard.unsafe_id}"])
+            logprobs = tuple(float(first[f"token_id:{i}"]) for i in self.guard.class_ids)
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise RemoteEngineError(
                 "vLLM's answer lacks the verdict log-probs (choices[0].logprobs.top_logprobs[0] keyed "
                 f"'token_id:<id>'); does this vLLM support logprob_token_ids on completions? ({err!r})"
             ) from err
-        return Readout(diff=lp_safe - lp_unsafe, text=str(choice.get("text", "")))
+        return Readout(logprobs=logprobs, text=str(choice.get("text", "")))

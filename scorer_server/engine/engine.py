@@ -16,10 +16,10 @@ from scorer_server.engine.plain import forward_prompts
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
 from scorer_server.engine.work import Read, Row, Work
 from scorer_server.guards.guard import Guard
-from scorer_server.guards.head import full_logits, verdict_logit_diff
+from scorer_server.guards.head import full_logits, verdict_logits
 from scorer_server.guards.loader import GuardConfig, load_guard
 from scorer_server.guards.published import processed_p_safe
-from scorer_server.guards.verdict import p_safe, read_verdict
+from scorer_server.guards.verdict import classes_p_safe, read_verdict
 from scorer_server.limits import Limits
 from star_contract.types import Convention, Conversation, ScoreRequest, Segment, StarScores, Verdict
 
@@ -133,12 +133,12 @@ class StarEngine:
         out = [0.0] * len(reads)
         if raw:
             if hidden is not None:
-                diffs = verdict_logit_diff(g, hidden[raw]).cpu().tolist()
+                classes = verdict_logits(g, hidden[raw]).cpu().tolist()
             else:
                 assert logits is not None
-                diffs = (logits[raw, g.safe_id] - logits[raw, g.unsafe_id]).cpu().tolist()
-            for k, d in zip(raw, diffs, strict=True):
-                out[k] = p_safe(d, reads[k].temperature)
+                classes = logits[raw][:, list(g.class_ids)].cpu().tolist()
+            for k, row in zip(raw, classes, strict=True):
+                out[k] = classes_p_safe(row, g.safe_classes, reads[k].temperature)
         if published:
             full = full_logits(g, hidden[published]) if hidden is not None else logits[published]  # type: ignore[index]
             prompts = [reads[k].prompt or [] for k in published]
@@ -195,12 +195,12 @@ class StarEngine:
         prompts = g.encode([g.template.render(c) for c in conversations])
         for i, p in enumerate(prompts):
             self.config.limits.check_tokens(len(p), f"conversations[{i}]")
-        diffs: list[float] = []
+        classes: list[list[float]] = []
         for start in range(0, len(prompts), 32):
             last = forward_prompts(g, prompts[start : start + 32], self.pad_id)
-            diffs.extend((last[:, g.safe_id] - last[:, g.unsafe_id]).cpu().tolist())
+            classes.extend(last[:, list(g.class_ids)].cpu().tolist())
         texts = self._decode(prompts) if decode and g.preset.judge_max_new_tokens > 0 else [""] * len(prompts)
-        return [read_verdict(d, text, g.preset) for d, text in zip(diffs, texts, strict=True)]
+        return [read_verdict(c, text, g.preset) for c, text in zip(classes, texts, strict=True)]
 
     def _decode(self, prompts: list[list[int]]) -> list[str]:
         g = self.guard

@@ -25,6 +25,14 @@ class GuardSide:
     unsafe_id: int
     fingerprint: str
     name: str
+    class_ids: tuple[int, ...] = ()
+    """Token ids of the preset's verdict classes, in `preset.classes` order (safe_id and unsafe_id are
+    the first two), each the first token of its word tokenised in context."""
+
+    @property
+    def safe_classes(self) -> tuple[bool, ...]:
+        """Per verdict class, whether it counts as safe."""
+        return tuple(c.safe for c in self.preset.classes)
 
 
 @dataclass

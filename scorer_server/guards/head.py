@@ -26,14 +26,29 @@ def _postprocess(cfg: Any, logits: torch.Tensor) -> torch.Tensor:
     return logits.float()
 
 
-def verdict_logit_diff(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
-    """logit(safe) - logit(unsafe) from final hidden states [N, H], using only the two verdict rows."""
+def verdict_logits(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
+    """The verdict classes' logits [N, K] (float32) from final hidden states [N, H], using only their
+    rows of the output embedding."""
     head = guard.model.get_output_embeddings()
-    w = head.weight[[guard.safe_id, guard.unsafe_id]]
+    rows = list(guard.class_ids or (guard.safe_id, guard.unsafe_id))
+    w = head.weight[rows]
     logits = hidden.to(w.dtype) @ w.T
     if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias[[guard.safe_id, guard.unsafe_id]]
-    logits = _postprocess(guard.model.config, logits)
+        logits = logits + head.bias[rows]
+    return _postprocess(guard.model.config, logits)
+
+
+def class_p_safe(guard: Guard, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """P(safe) [N] from the verdict classes' logits [N, K]: the softmax at `temperature` summed over the
+    classes that count as safe (with two classes, sigmoid((safe - unsafe) / T))."""
+    safe = torch.tensor(guard.safe_classes or (True, False), device=logits.device)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    return probs[:, safe].sum(-1)
+
+
+def verdict_logit_diff(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
+    """logit(safe) - logit(unsafe) from final hidden states [N, H] (the first two verdict classes)."""
+    logits = verdict_logits(guard, hidden)
     return logits[:, 0] - logits[:, 1]
 
 
@@ -52,7 +67,7 @@ def check_head(guard: Guard, prompt: list[int]) -> float:
     """
     ids = torch.tensor([prompt], device=guard.device)
     hidden = guard.model.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
-    fast = verdict_logit_diff(guard, hidden)[0].item()
+    fast = verdict_logits(guard, hidden)[0]
     logits = guard.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()
-    full = (logits[guard.safe_id] - logits[guard.unsafe_id]).item()
-    return abs(fast - full)
+    full = logits[list(guard.class_ids or (guard.safe_id, guard.unsafe_id))]
+    return float((fast - full).abs().max().item())

@@ -44,6 +44,8 @@ class GuardConfig:
     unsafe_word: str | None = None
     verdict_prefix: str | None = None
     category_pattern: str | None = None
+    safe_classes: tuple[str, ...] = ()
+    """Verdict classes that also count as safe (Qwen3Guard's "Controversial" read loose)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for `from_pretrained` (e.g. trust_remote_code is never set for you)."""
 
@@ -54,13 +56,14 @@ class GuardConfig:
             base = GuardPreset(name="custom", safe_word=self.safe_word, unsafe_word=self.unsafe_word)
         else:
             base = get_preset(self.preset)
-        return base.with_overrides(
+        preset = base.with_overrides(
             safe_word=self.safe_word,
             unsafe_word=self.unsafe_word,
             template_kwargs=self.template_kwargs,
             verdict_prefix=self.verdict_prefix,
             category_pattern=self.category_pattern,
         )
+        return preset.counting_safe(self.safe_classes) if self.safe_classes else preset
 
 
 def load_guard(config: GuardConfig) -> Guard:
@@ -128,10 +131,10 @@ def build_guard(
     side: PromptSide | None = None,
 ) -> Guard:
     """Derive the template split, verdict prefix and verdict ids for an already-loaded model."""
-    template, safe_id, unsafe_id = side or prompt_side(tokenizer, preset, template_text)
+    template, class_ids = side or prompt_side(tokenizer, preset, template_text)
     prompt = template.render(PROBE)
-    fingerprint = _fingerprint(model, template, preset, safe_id, unsafe_id, config)
-    side_fields = (tokenizer, template, preset, safe_id, unsafe_id, fingerprint, name)
+    fingerprint = _fingerprint(model, template, preset, class_ids, config)
+    side_fields = (tokenizer, template, preset, class_ids[0], class_ids[1], fingerprint, name, class_ids)
     guard = Guard(*side_fields, model=model, config=config)
     gap = check_head(guard, guard.encode([prompt])[0])
     tol = 1e-3 if guard.dtype == torch.float32 else 0.25
@@ -143,15 +146,17 @@ def build_guard(
     return guard
 
 
-PromptSide = tuple[GuardTemplate, int, int]
+PromptSide = tuple[GuardTemplate, tuple[int, ...]]
 
 
 def prompt_side(tokenizer: Any, preset: GuardPreset, template_text: str | None) -> PromptSide:
-    """The guard's prompt side: its template (content form and verdict prefix decided) and the
-    verdict token ids. Raises ConfigError naming the setting to change.
+    """The guard's prompt side: its template (content form and verdict prefix decided) and the token
+    ids of its verdict classes. Raises ConfigError naming the setting to change.
 
     Shared by the local engine and the tokenizer-only remote backends, so both build identical prompts.
     """
+    if preset.reasons_first:
+        raise ConfigError(f"preset {preset.name!r} cannot be scored: {preset.reasons_first}")
     if template_text is None and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("the guard tokenizer has no chat template; pass one with --template-file")
     probe = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix="")
@@ -161,15 +166,39 @@ def prompt_side(tokenizer: Any, preset: GuardPreset, template_text: str | None) 
         tokenizer, template_text, preset.template_kwargs, prefix, content_form=probe.content_form
     )
     prompt = rendered + prefix
+    check_reasoning(rendered + prefix, preset)
     check_verdict_words(rendered, preset)
-    safe_id = first_token_after(tokenizer, prompt, preset.safe_word)
-    unsafe_id = first_token_after(tokenizer, prompt, preset.unsafe_word)
-    if safe_id == unsafe_id:
-        raise ConfigError(
-            f"verdict words {preset.safe_word!r} and {preset.unsafe_word!r} start with the same token; "
-            "choose verdict words whose first tokens differ (--safe-word / --unsafe-word)"
-        )
-    return template, safe_id, unsafe_id
+    words = [c.word for c in preset.classes]
+    ids = tuple(first_token_after(tokenizer, prompt, w) for w in words)
+    for i, a in enumerate(ids):
+        for j in range(i):
+            if ids[j] == a:
+                raise ConfigError(
+                    f"verdict words {words[j]!r} and {words[i]!r} start with the same token; choose "
+                    "verdict words whose first tokens differ (--safe-word / --unsafe-word)"
+                )
+    return template, ids
+
+
+REASONING_OPENERS = ("<think>", "<|channel|>analysis")
+"""Where a prompt ending in one of these opens a reasoning trace the guard fills before its verdict."""
+
+
+def check_reasoning(prompt: str, preset: GuardPreset) -> None:
+    """Refuse a guard whose rendered prompt leaves it reasoning before its verdict: a reasoning block
+    opened and not closed (a template in thinking mode) means the verdict is not the next thing the
+    guard writes, and a number read there would be read where the guard writes no verdict."""
+    tail = prompt.rstrip()
+    for opener in REASONING_OPENERS:
+        at = tail.rfind(opener)
+        close = "</think>" if opener == "<think>" else "<|end|>"
+        if at >= 0 and close not in tail[at:]:
+            raise ConfigError(
+                f"the guard prompt ends inside an open reasoning block ({opener!r} without {close!r}): the "
+                "guard reasons before its verdict, so no verdict can be read per cut. Render the "
+                "template in its non-reasoning mode (e.g. --template-kwargs "
+                "'{\"enable_thinking\": false}' or '{\"think\": false}'), or use a guard that answers first"
+            )
 
 
 def _render_probe(template: GuardTemplate) -> str:
@@ -188,7 +217,7 @@ def check_verdict_words(rendered: str, preset: GuardPreset) -> None:
     """
     if preset.name == "custom":
         return
-    missing = [w for w in (preset.safe_word, preset.unsafe_word) if not _mentions(rendered, w)]
+    missing = [c.word for c in preset.classes if not _mentions(rendered, c.word.strip())]
     if not missing:
         return
     hint = ""
@@ -230,29 +259,31 @@ def first_token_after(tokenizer: Any, prompt: str, word: str) -> int:
 
 
 def hash_prompt_side(
-    h: Any, template: GuardTemplate, preset: GuardPreset, safe_id: int, unsafe_id: int
+    h: Any, template: GuardTemplate, preset: GuardPreset, class_ids: tuple[int, ...]
 ) -> None:
-    """Feed what the guard sees around the conversation (template split, verdict words and ids) to `h`.
+    """Feed what the guard sees around the conversation (template split, verdict classes and ids) to `h`.
 
     Part of every fingerprint, local (`load_guard`) and remote (`load_prompt_guard`).
     """
     split = template.split(PROBE)
     h.update(split.head.encode() + b"\0" + split.suffix.encode())
-    h.update(json.dumps([preset.safe_word, preset.unsafe_word, safe_id, unsafe_id]).encode())
+    classes = [[c.word, c.safe] for c in preset.classes]
+    h.update(json.dumps([preset.safe_word, preset.unsafe_word, *class_ids[:2]]).encode())
+    if len(classes) > 2:  # two-class guards keep the fingerprints they had
+        h.update(json.dumps([classes, list(class_ids)]).encode())
 
 
 def _fingerprint(
     model: Any,
     template: GuardTemplate,
     preset: GuardPreset,
-    safe_id: int,
-    unsafe_id: int,
+    class_ids: tuple[int, ...],
     config: GuardConfig | None,
 ) -> str:
     """Hash of everything the guard sees apart from the conversation: weights, template, policy."""
     h = hashlib.sha256()
     h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    hash_prompt_side(h, template, preset, safe_id, unsafe_id)
+    hash_prompt_side(h, template, preset, class_ids)
     h.update(str(next(model.parameters()).dtype).encode())
     if config is not None:
         for f in sorted(Path(config.path).glob("*.safetensors")) + sorted(Path(config.path).glob("*.bin")):

@@ -9,11 +9,23 @@ from star_contract.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class VerdictClass:
+    """One answer a guard can give where the scorer reads its verdict."""
+
+    word: str
+    """What the guard writes (as it writes it: Qwen3Guard's classes carry their leading space)."""
+    safe: bool
+    """Whether this answer counts as safe for P(safe)."""
+
+
+@dataclass(frozen=True)
 class GuardPreset:
     """How to read a verdict out of one family of generative guards.
 
     The scorer never hard-codes token ids: the verdict words are tokenised in context (right after the
-    rendered prompt) when the guard is loaded, so the same preset works for every size of a family.
+    rendered prompt and the forced text) when the guard is loaded, so the same preset works for every
+    size of a family. P(safe) is the softmax over the classes' first tokens, summed over the classes
+    that count as safe; with two classes that is sigmoid(logit(safe) - logit(unsafe)).
     """
 
     name: str
@@ -21,6 +33,11 @@ class GuardPreset:
     """The verdict the guard writes for a safe response ("safe", or "No" for risk-question guards)."""
     unsafe_word: str
     """The verdict for an unsafe response ("unsafe", or "Yes")."""
+    more_classes: tuple[VerdictClass, ...] = ()
+    """Answers beyond the two (Qwen3Guard's " Controversial", unsafe unless counted safe)."""
+    reasons_first: str | None = None
+    """Set for guards that write a reasoning trace before any verdict: the reason they are refused
+    (a verdict read per cut in one forward would be read where the guard writes none)."""
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the chat template (Granite's guardian_config, a policy text, ...)."""
     verdict_prefix: str | None = None
@@ -35,6 +52,24 @@ class GuardPreset:
 
     def with_overrides(self, **changes: Any) -> GuardPreset:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def classes(self) -> tuple[VerdictClass, ...]:
+        """Every verdict class: the safe word, the unsafe word, then the others."""
+        return (VerdictClass(self.safe_word, True), VerdictClass(self.unsafe_word, False), *self.more_classes)
+
+    def counting_safe(self, words: tuple[str, ...]) -> GuardPreset:
+        """The preset with the classes named in `words` (stripped) counted as safe too (Qwen3Guard's
+        "loose" reading counts " Controversial" as safe)."""
+        wanted = {w.strip() for w in words}
+        known = {c.word.strip() for c in self.classes}
+        if not wanted <= known:
+            raise ConfigError(
+                f"--safe-classes names {', '.join(sorted(wanted - known))}, not a verdict class of preset "
+                f"{self.name!r} ({', '.join(sorted(known))})"
+            )
+        more = tuple(replace(c, safe=c.safe or c.word.strip() in wanted) for c in self.more_classes)
+        return replace(self, more_classes=more)
 
 
 SHIELDGEMMA_GUIDELINE = (
@@ -52,6 +87,37 @@ PRESETS: dict[str, GuardPreset] = {
         safe_word="safe",
         unsafe_word="unsafe",
         category_pattern=r"S\d+",
+    ),
+    "llama-guard-4": GuardPreset(
+        # The prompt ends at `<|header_start|>assistant<|header_end|>`; the guard writes "\n\n" first
+        # (the auto verdict prefix), then safe or unsafe and, if unsafe, the S1..S14 codes.
+        name="llama-guard-4",
+        safe_word="safe",
+        unsafe_word="unsafe",
+        category_pattern=r"S\d+",
+    ),
+    "qwen3guard-gen": GuardPreset(
+        # After the template's empty think block the guard writes `Safety: Safe|Unsafe|Controversial`,
+        # then `Categories: ...` (and in response mode `Refusal: Yes|No`). Controversial counts as
+        # unsafe ("strict"); --safe-classes Controversial reads it "loose".
+        name="qwen3guard-gen",
+        safe_word=" Safe",
+        unsafe_word=" Unsafe",
+        more_classes=(VerdictClass(" Controversial", False),),
+        verdict_prefix="Safety:",
+        category_pattern=r"(?:(?<=Categories: )|(?<=, ))[^\n,]+",
+        judge_max_new_tokens=24,
+    ),
+    "gpt-oss-safeguard": GuardPreset(
+        name="gpt-oss-safeguard",
+        safe_word="SAFE",
+        unsafe_word="VIOLATION",
+        reasons_first=(
+            "gpt-oss-safeguard writes its reasoning in the harmony analysis channel before a "
+            "policy-defined label, and has no mode without it: no verdict exists at the first position "
+            "it generates, so it cannot be scored per cut in one forward (score with a guard that "
+            "answers first, e.g. --preset llama-guard-4 or qwen3guard-gen)"
+        ),
     ),
     "granite-guardian-3": GuardPreset(
         name="granite-guardian-3",

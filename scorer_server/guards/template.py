@@ -103,9 +103,9 @@ def _probe_messages() -> list[dict[str, str]]:
 def auto_verdict_prefix(rendered: str) -> str:
     """What the guard writes before its verdict word, judged from the rendered prompt.
 
-    Llama-3 headers end in `<|end_header_id|>` and the model then writes "\\n\\n" first; a template
-    that already ends with the blank line needs nothing.
+    Llama 3 headers end in `<|end_header_id|>` and Llama 4's in `<|header_end|>`; the model then writes
+    "\\n\\n" first. A template that already ends with the blank line needs nothing.
     """
-    if rendered.endswith("<|end_header_id|>"):
+    if rendered.endswith(("<|end_header_id|>", "<|header_end|>")):
         return "\n\n"
     return ""

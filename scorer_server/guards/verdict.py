@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Sequence
 
 from scorer_server.guards.presets import GuardPreset
 from star_contract.types import Verdict
@@ -21,6 +22,17 @@ def p_safe(diff: float, temperature: float = 1.0) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def classes_p_safe(logits: Sequence[float], safe: Sequence[bool], temperature: float = 1.0) -> float:
+    """P(safe) from the verdict classes' logits (or log-probs: a shared normaliser cancels): the softmax
+    at `temperature` over the classes, summed over those that count as safe. Two classes give
+    sigmoid((safe - unsafe) / T)."""
+    if len(logits) == 2 and safe[0] and not safe[1]:
+        return p_safe(logits[0] - logits[1], temperature)
+    top = max(logits)
+    weights = [math.exp((x - top) / temperature) for x in logits]
+    return sum(w for w, s in zip(weights, safe, strict=True) if s) / sum(weights)
 
 
 @functools.lru_cache(maxsize=32)
@@ -39,10 +51,10 @@ def parse_categories(text: str, pattern: re.Pattern[str] | None) -> tuple[str, .
     return tuple(dict.fromkeys(pattern.findall(rest[1]))) if len(rest) == 2 else ()
 
 
-def read_verdict(diff: float, text: str, preset: GuardPreset) -> Verdict:
-    """The Verdict for logit(safe) - logit(unsafe) = `diff` and the guard's decoded answer `text`
-    (categories only for an unsafe verdict, read as `parse_categories` says)."""
-    p_unsafe = 1.0 - p_safe(diff)
+def read_verdict(logits: Sequence[float], text: str, preset: GuardPreset) -> Verdict:
+    """The Verdict for the verdict classes' logits `logits` (in `preset.classes` order) and the guard's
+    decoded answer `text` (categories only for an unsafe verdict, read as `parse_categories` says)."""
+    p_unsafe = 1.0 - classes_p_safe(logits, [c.safe for c in preset.classes])
     pattern = _compiled(preset.category_pattern) if preset.category_pattern else None
     cats = parse_categories(text, pattern) if p_unsafe >= 0.5 else ()
     return Verdict(p_unsafe=p_unsafe, categories=cats, text=text.strip())
