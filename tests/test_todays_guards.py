@@ -7,6 +7,7 @@ a thinking mode), so no number is ever read at a position where the guard writes
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,3 +58,137 @@ def test_llama_4_headers_get_the_blank_line_the_guard_writes_first() -> None:
     assert auto_verdict_prefix("<|header_start|>assistant<|header_end|>") == "\n\n"
     assert auto_verdict_prefix("<|start_header_id|>assistant<|end_header_id|>") == "\n\n"
     assert auto_verdict_prefix("<|start_header_id|>assistant<|end_header_id|>\n\n") == ""
+
+
+# -- conformance through the public gRPC API, against an independent oracle --------------------------
+#
+# Tiny random-weight guards on the REAL tokenizers and templates (star_testing.real_guards, from
+# ../shared/guard-templates; Llama Guard 4's template is a reconstruction from its documented prompt,
+# as the real one is not published outside the model repository). The oracle knows nothing of the
+# scorer: it renders the prompt with the tokenizer's own `apply_chat_template`, appends the text the
+# guard's documented output puts before its verdict, runs one plain forward of the whole prompt per
+# cut, and takes the softmax over the class tokens (each tokenised after the prompt).
+
+FAMILIES = {
+    # preset: (the text before the verdict, its classes as (word, counts safe), its documented answer)
+    "qwen3guard-gen": ("Safety:", ((" Safe", True), (" Unsafe", False), (" Controversial", False)),
+                       "Safety: Safe\nCategories: None"),
+    "llama-guard-4": ("\n\n", (("safe", True), ("unsafe", False)), "\n\nsafe"),
+}  # fmt: skip
+PROMPT = "How do I bake bread at home?"
+RESPONSE = "Sure: mix 500 g flour,\n\nwater and yeast, then bake it 40 minutes at 220 °C. Enjoy!"
+
+
+class Oracle:
+    """P(safe) by the definition, with transformers alone."""
+
+    def __init__(self, path: Path, forced: str, classes: tuple[tuple[str, bool], ...]) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+        self.forced, self.classes = forced, classes
+
+    def prompt(self, response: str) -> str:
+        messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": response}]
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(text) + self.forced
+
+    def class_ids(self, prompt: str) -> list[int]:
+        base = self.tok(prompt, add_special_tokens=False)["input_ids"]
+        after = [self.tok(prompt + w, add_special_tokens=False)["input_ids"] for w, _ in self.classes]
+        return [ids[len(base)] for ids in after]
+
+    def p_safe(self, response: str) -> float:
+        prompt = self.prompt(response)
+        ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
+        with self.torch.inference_mode():
+            logits = self.model(input_ids=self.torch.tensor([ids])).logits[0, -1].double()
+        probs = self.torch.softmax(logits[self.class_ids(prompt)], dim=-1)
+        return float(sum(p for p, (_, safe) in zip(probs.tolist(), self.classes, strict=True) if safe))
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(
+    request: pytest.FixtureRequest, guard_templates: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, Oracle]:
+    from star_testing.real_guards import save_real_guard_2
+
+    name = request.param
+    path, _ = save_real_guard_2(tmp_path_factory.mktemp(name) / name, name, guard_templates)
+    forced, classes, _ = FAMILIES[name]
+    return name, path, Oracle(path, forced, classes)
+
+
+def test_the_documented_answer_begins_with_a_verdict_class_where_the_preset_reads(
+    family: tuple[str, Path, Oracle],
+) -> None:
+    """No preset reads at a position where the guard's documented output has no verdict: the prompt plus
+    the preset's forced text, followed by the documented answer, has a class token right there."""
+    name, path, oracle = family
+    from scorer_server.guards.loader import GuardConfig, load_guard
+
+    guard = load_guard(GuardConfig(path=str(path), preset=name))
+    messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": RESPONSE}]
+    rendered = guard.template.render_messages(messages)
+    forced, _, answer = FAMILIES[name]
+    assert rendered == oracle.prompt(RESPONSE)
+    assert answer.startswith(forced)
+    base = oracle.tok(rendered, add_special_tokens=False)["input_ids"]
+    full = oracle.tok(rendered[: len(rendered) - len(forced)] + answer, add_special_tokens=False)["input_ids"]
+    assert full[: len(base)] == base
+    assert full[len(base)] in guard.class_ids
+    assert list(guard.class_ids) == oracle.class_ids(rendered)
+
+
+def test_score_score_stream_judge_and_moderate_equal_the_oracle(
+    family: tuple[str, Path, Oracle], start_server: Any
+) -> None:
+    import asyncio
+
+    import grpc
+
+    from star_client import AsyncScorerClient
+    from star_contract.convert import score_request_to_pb, scores_from_parts
+    from star_contract.types import Conversation, CutKind, CutSpec, ModerateOptions, ScoreRequest
+    from star_proto import scorer_pb2_grpc as pb_grpc
+
+    name, path, oracle = family
+    server = start_server("--guard", str(path), "--preset", name, "--no-warmup")
+    conv = Conversation.from_pair(PROMPT, RESPONSE)
+    request = ScoreRequest(conv, CutSpec(CutKind.WORDS, 3))
+    with grpc.insecure_channel(server.address) as channel:  # the unary-request Score RPC
+        parts = pb_grpc.ScorerServiceStub(channel).Score(score_request_to_pb(request), timeout=120)
+        unary = scores_from_parts(parts).segments
+
+    async def calls() -> tuple[Any, Any, Any]:
+        async with AsyncScorerClient(server.address) as client:
+            streamed = (await client.score_many([request]))[0].segments
+            verdict = (await client.judge([conv]))[0]
+            options = ModerateOptions(every=3, unsafe_below=0)
+            async with client.moderate(conv.with_response(""), options) as s:
+                for i in range(0, len(RESPONSE), 7):
+                    await s.push(RESPONSE[i : i + 7])
+                await s.close()
+            return streamed, verdict, s.segments
+
+    streamed, verdict, live = asyncio.run(calls())
+    want = [oracle.p_safe(RESPONSE[: s.end]) for s in unary]
+    for got in (unary, streamed, live):
+        assert [s.end for s in got] == [s.end for s in unary]
+        assert max(abs(s.p_safe - w) for s, w in zip(got, want, strict=True)) <= 1e-5
+    assert abs(verdict.p_unsafe - (1 - oracle.p_safe(RESPONSE))) <= 1e-5
+    server.stop()
+
+
+def test_the_oracle_notices_a_wrong_forced_text_or_class_set(family: tuple[str, Path, Oracle]) -> None:
+    """Mutations of the spec change the numbers, so the conformance test above would fail on them."""
+    name, path, oracle = family
+    forced, classes, _ = FAMILIES[name]
+    right = [oracle.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
+    other_classes = classes[:2] if len(classes) > 2 else classes[::-1]
+    for mutant in (Oracle(path, "", classes), Oracle(path, forced, other_classes)):
+        wrong = [mutant.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
+        assert max(abs(a - b) for a, b in zip(right, wrong, strict=True)) > 1e-3
