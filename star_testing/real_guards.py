@@ -13,6 +13,9 @@ is downloaded. Each directory pairs a template with a model of its family's arch
 
 No real Granite or Gemma tokenizer is available here (see SOURCES.md), so those two use stand-ins
 with the families' special tokens; the templates are the real ones.
+
+Round 2's real tokenizers (Qwen3, Llama 4, Mistral v3; SOURCES-2.md) are built in `real_tokenizers` and
+re-exported here.
 """
 
 from __future__ import annotations
@@ -22,7 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from star_testing.real_tokenizers import llama4_tokenizer, mistral_v3_tokenizer, qwen3_tokenizer
 from star_testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
+
+__all__ = [
+    "REAL_GUARDS",
+    "RealGuard",
+    "find_guard_templates",
+    "in_ci",
+    "llama3_tokenizer",
+    "llama4_tokenizer",
+    "mistral_v3_tokenizer",
+    "qwen3_tokenizer",
+    "require_guard_templates",
+    "save_named_real_guard",
+    "save_real_guard",
+]
 
 LLAMA3_SPECIALS = (
     "<|begin_of_text|>",
