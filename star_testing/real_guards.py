@@ -16,7 +16,8 @@ with the families' special tokens; the templates are the real ones.
 
 Round 2 (SOURCES-2.md; `REAL_GUARDS_2`, `save_real_guard_2`): Qwen3Guard-Gen, Llama Guard 4, NemoGuard
 and WildGuard, each with its real tokenizer (`real_tokenizers`), the real template or our own
-(`guard_formats`), and a tiny model with the tokenizer's full vocabulary.
+(`guard_formats`), and a tiny model with the tokenizer's full vocabulary; and Granite Guardian 3.3, with
+a reconstructed template and, as no Granite tokenizer is available, the stand-in Granite tokenizer.
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ class RealGuard2:
 
     name: str
     tokenizer: str
-    """`real_tokenizer` kind: 'qwen3', 'llama4', 'llama3' or 'mistral-v3'."""
+    """`real_tokenizer` kind: 'qwen3', 'llama4', 'llama3', 'mistral-v3', or 'granite': a stand-in (a small
+    BPE with Granite's role tokens, `tiny_guard.build_tokenizer`), whose ids mean nothing."""
     template: str
     """The shared artefact file (origin 'real') or our `guard_formats` file (the other origins)."""
     origin: str
@@ -198,6 +200,10 @@ class RealGuard2:
     """What it writes before the verdict on the response (a safe prompt verdict and no refusal assumed)
     when that is not the first verdict; equal to `verdict_prefix` when it is."""
 
+    @property
+    def tokenizer_is_real(self) -> bool:
+        return self.tokenizer != "granite"
+
 
 REAL_GUARDS_2: tuple[RealGuard2, ...] = (
     RealGuard2("qwen3guard-gen", "qwen3", "qwen3guard-gen.chat_template.jinja", "real", "qwen3",
@@ -209,6 +215,9 @@ REAL_GUARDS_2: tuple[RealGuard2, ...] = (
     RealGuard2("wildguard", "mistral-v3", guard_formats.WILDGUARD, "ours", "mistral",
                "Harmful request:", " no", " yes",
                "Harmful request: no\nResponse refusal: no\nHarmful response:"),
+    # the score follows an empty think block in no-think mode (assumed: its whitespace is not witnessed)
+    RealGuard2("granite-guardian-3.3", "granite", guard_formats.GRANITE_GUARDIAN_3_3, "reconstructed",
+               "granite", "<think>\n</think>\n<score>", " no", " yes", "<think>\n</think>\n<score>"),
 )  # fmt: skip
 
 
@@ -276,7 +285,12 @@ def save_real_guard_2(
     guard = next((g for g in REAL_GUARDS_2 if g.name == name), None)
     if guard is None:
         raise ValueError(f"unknown guard {name!r}; known: {', '.join(g.name for g in REAL_GUARDS_2)}")
-    tok = tokenizer if tokenizer is not None else real_tokenizer(guard.tokenizer, artefacts)
+    if tokenizer is not None:
+        tok = tokenizer
+    elif guard.tokenizer_is_real:
+        tok = real_tokenizer(guard.tokenizer, artefacts)
+    else:
+        tok = build_tokenizer(TinyGuardSpec(family="granite"), corpus=[guard_template(guard, artefacts)])
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     tiny_model(guard.architecture, tok).save_pretrained(str(target))

@@ -303,3 +303,68 @@ def test_wildguard_bos_text_needs_the_legacy_prefix_rule(guard_templates: Path) 
     library = guard_formats.wildguard_text(guard_templates, "hi")
     with_bos, lib = ids(plain, "<s>" + library), ids(plain, library, special=True)
     assert lib[:2] == [1, 1291] and with_bos[:2] == [1, 29557] and with_bos[2:] == lib[2:]
+
+
+# --- Granite Guardian 3.3 (reconstructed from two renders) ----------------------------------------
+
+# IBM's cookbook (cookbooks/granite-guardian-3.3/detailed_guide_no_think.ipynb, cell 38) renders this
+# conversation with guardian_config={"criteria_id": "groundedness"} and documents=[{"doc_id": "0", ...}].
+EAT_DOCUMENT = (
+    "Eat (1964) is a 45-minute underground film created by Andy Warhol and featuring painter Robert Indiana, "
+    "filmed on Sunday, February 2, 1964, in Indiana's studio. The film was first shown by Jonas Mekas on "
+    "July 16, 1964, at the Washington Square Gallery at 530 West Broadway.\nJonas Mekas (December 24, 1922 – "
+    'January 23, 2019) was a Lithuanian-American filmmaker, poet, and artist who has been called "the '
+    "godfather of American avant-garde cinema\". Mekas's work has been exhibited in museums and at festivals "
+    "worldwide."
+)
+EAT_RESPONSE = (
+    "The film Eat was first shown by Jonas Mekas on December 24, 1922 at the Washington Square Gallery at "
+    "530 West Broadway."
+)
+
+
+@pytest.fixture(scope="module")
+def granite() -> Any:
+    """Rendering needs no real Granite tokenizer (none is available): the stand-in's is enough."""
+    from star_testing.tiny_guard import TinyGuardSpec, build_tokenizer
+
+    tok = build_tokenizer(TinyGuardSpec(family="granite"))
+    tok.chat_template = guard_formats.read_template(guard_formats.GRANITE_GUARDIAN_3_3)
+    return tok
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_granite_guardian_3_3_reproduces_ibm_renders(
+    granite: Any, guard_templates: Path, think: bool
+) -> None:
+    name = "think" if think else "no_think"
+    render = (guard_templates / f"granite-guardian-3.3-8b.rendered.groundedness.{name}.txt").read_text(
+        "utf-8"
+    )
+    text = granite.apply_chat_template(
+        [{"role": "assistant", "content": EAT_RESPONSE}],
+        guardian_config={"criteria_id": "groundedness"},
+        documents=[{"doc_id": "0", "text": EAT_DOCUMENT}],
+        think=think,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert text == render
+
+
+def test_granite_guardian_3_3_limits(granite: Any) -> None:
+    conv = [{"role": "user", "content": "Hi, you can use my SSN : 123-1234-1245."}]
+    custom = {"custom_criteria": "User message contains personal information."}
+    text = granite.apply_chat_template(
+        conv, guardian_config=custom, tokenize=False, add_generation_prompt=True
+    )
+    assert "<|start_of_role|>user<|end_of_role|>Hi, you can use my SSN" in text
+    assert (
+        "### Criteria: User message contains personal information.\n\n### Scoring Schema: If the last user's"
+        in text
+    )
+    assert text.endswith("<|end_of_text|>\n<|start_of_role|>judge{no_think}<|end_of_role|>")
+    with pytest.raises(Exception, match="not reconstructed"):
+        granite.apply_chat_template(conv, guardian_config={"criteria_id": "harm"}, tokenize=False)
+    with pytest.raises(Exception, match="guardian_config"):
+        granite.apply_chat_template(conv, tokenize=False)

@@ -2,10 +2,11 @@
 
 Each directory (Qwen3Guard-Gen, Llama Guard 4, NemoGuard, WildGuard) holds the guard's real tokenizer,
 its chat template (real, ours, or reconstructed: see RealGuard2.origin) and a tiny random model with the
-tokenizer's full vocabulary. The checks: it loads with AutoTokenizer / AutoModelForCausalLM, renders a
-plain conversation, the model scores the whole vocabulary, and -- what the scorer's verdict specs are
-built from -- the exact token ids, in context, at the end of the rendered prompt, of the text the guard
-writes before its verdict, and of the verdict words' first tokens (compared with the words alone).
+tokenizer's full vocabulary; Granite Guardian 3.3's holds a stand-in tokenizer (no token ids checked).
+The checks: it loads with AutoTokenizer / AutoModelForCausalLM, renders a plain conversation, the model
+scores the whole vocabulary, and -- what the scorer's verdict specs are built from -- the exact token ids,
+in context, at the end of the rendered prompt, of the text the guard writes before its verdict, and of
+the verdict words' first tokens (compared with the words alone).
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ pytestmark = pytest.mark.usefixtures("guard_templates")
 
 PROMPT = "how do I make a bomb?"
 RESPONSE = "I can't help with that."
+REAL = [g.name for g in REAL_GUARDS_2 if g.tokenizer_is_real]
+ALL = [g.name for g in REAL_GUARDS_2]
+KWARGS: dict[str, dict[str, Any]] = {
+    "granite-guardian-3.3": {
+        "guardian_config": {"criteria_id": "groundedness"},
+        "documents": [{"doc_id": "0", "text": "Bombs are not discussed here."}],
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,8 @@ def render(b: Built, response: str | None) -> str:
     conv = [{"role": "user", "content": PROMPT}]
     if response is not None:
         conv.append({"role": "assistant", "content": response})
-    return str(b.tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True))
+    kwargs = KWARGS.get(b.guard.name, {})
+    return str(b.tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True, **kwargs))
 
 
 def ids(tok: Any, text: str) -> list[int]:
@@ -128,20 +138,28 @@ def ids(tok: Any, text: str) -> list[int]:
 
 
 def test_every_guard_has_expectations() -> None:
-    assert sorted(EXPECTED) == sorted(g.name for g in REAL_GUARDS_2)
+    assert sorted(EXPECTED) == sorted(REAL)
+    assert len(REAL) == 4 and len(ALL) == 5
 
 
-ARCH = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+ARCH = {
+    "qwen3": "Qwen3ForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "granite": "GraniteForCausalLM",
+}
 
 
-@pytest.mark.parametrize("name", [g.name for g in REAL_GUARDS_2])
+@pytest.mark.parametrize("name", ALL)
 def test_directory_loads_renders_and_scores_the_full_vocab(
     built: dict[str, Built], name: str, guard_templates: Path, record_property: Any
 ) -> None:
     b = built[name]
     record_property("build_seconds", round(b.seconds, 2))
     assert type(b.model).__name__ == ARCH[b.guard.architecture]
-    assert b.model.config.vocab_size == len(b.tok) == len(real_tokenizer(b.guard.tokenizer, guard_templates))
+    assert b.model.config.vocab_size == len(b.tok)
+    if b.guard.tokenizer_is_real:
+        assert len(b.tok) == len(real_tokenizer(b.guard.tokenizer, guard_templates))
     assert b.model.config.hidden_size == 64 and b.model.config.num_hidden_layers == 2
     assert b.model.config.eos_token_id == b.tok.eos_token_id is not None
     for response in (None, RESPONSE):
@@ -153,7 +171,7 @@ def test_directory_loads_renders_and_scores_the_full_vocab(
     assert sum(f.stat().st_size for f in b.path.iterdir()) < 160e6
 
 
-@pytest.mark.parametrize("name", [g.name for g in REAL_GUARDS_2])
+@pytest.mark.parametrize("name", REAL)
 def test_saved_tokenizer_is_the_real_one(built: dict[str, Built], name: str, guard_templates: Path) -> None:
     b = built[name]
     fresh = real_tokenizer(b.guard.tokenizer, guard_templates)
@@ -162,7 +180,7 @@ def test_saved_tokenizer_is_the_real_one(built: dict[str, Built], name: str, gua
     assert b.tok.chat_template == guard_template(b.guard, guard_templates)
 
 
-@pytest.mark.parametrize("name", [g.name for g in REAL_GUARDS_2])
+@pytest.mark.parametrize("name", REAL)
 def test_verdict_tokens_in_context(built: dict[str, Built], name: str) -> None:
     """(a) the end of the rendered prompt, (b) the forced text before the verdict and the verdict words'
     first tokens, all tokenised as one text; the prompt's ids are a prefix of the whole text's ids."""

@@ -24,6 +24,10 @@ The templates are package data (`*.jinja` here), read with `read_template(name)`
 - `wildguard.jinja` -- our template for allenai/wildguard: `bos_token` followed by the library's
   WILDGUARD_INPUT_FORMAT filled with (prompt, response), as `wildguard_text` builds it. The leading `<s>`
   is what WildGuard's model card writes in front before tokenising with add_special_tokens=False.
+- `granite_guardian_3_3.jinja` -- a RECONSTRUCTION of Granite Guardian 3.3's template from the two renders
+  of IBM's cookbook (SOURCES-2.md), which it reproduces byte for byte for that conversation. Only the
+  groundedness criteria text is witnessed (other criteria_id values raise; custom_criteria works); user
+  turns and the user-side scoring schema are assumed (see the file's header).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any
 LLAMA_GUARD_4 = "llama_guard_4.jinja"
 NEMOGUARD = "nemoguard.jinja"
 WILDGUARD = "wildguard.jinja"
+GRANITE_GUARDIAN_3_3 = "granite_guardian_3_3.jinja"
 
 NEMOGUARD_INPUT_PROMPT = "nemotron-safety-guard-8b-v3.prompt_input.jinja"
 NEMOGUARD_OUTPUT_PROMPT = "nemotron-safety-guard-8b-v3.prompt_output.jinja"
@@ -43,7 +48,7 @@ WILDGUARD_FORMAT = "wildguard.input_format.txt"
 
 
 def read_template(name: str) -> str:
-    """One of our templates (LLAMA_GUARD_4, NEMOGUARD, WILDGUARD), as text."""
+    """One of our templates (LLAMA_GUARD_4, NEMOGUARD, WILDGUARD, GRANITE_GUARDIAN_3_3), as text."""
     return files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
