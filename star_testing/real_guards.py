@@ -13,16 +13,41 @@ is downloaded. Each directory pairs a template with a model of its family's arch
 
 No real Granite or Gemma tokenizer is available here (see SOURCES.md), so those two use stand-ins
 with the families' special tokens; the templates are the real ones.
+
+Round 2 (SOURCES-2.md; `REAL_GUARDS_2`, `save_real_guard_2`): Qwen3Guard-Gen, Llama Guard 4, NemoGuard
+and WildGuard, each with its real tokenizer (`real_tokenizers`), the real template or our own
+(`guard_formats`), and a tiny model with the tokenizer's full vocabulary; and Granite Guardian 3.3, with
+a reconstructed template and, as no Granite tokenizer is available, the stand-in Granite tokenizer.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from star_testing import guard_formats
+from star_testing.real_tokenizers import llama4_tokenizer, mistral_v3_tokenizer, qwen3_tokenizer
 from star_testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
+
+__all__ = [
+    "REAL_GUARDS",
+    "REAL_GUARDS_2",
+    "RealGuard",
+    "RealGuard2",
+    "find_guard_templates",
+    "in_ci",
+    "llama3_tokenizer",
+    "llama4_tokenizer",
+    "mistral_v3_tokenizer",
+    "qwen3_tokenizer",
+    "real_tokenizer",
+    "require_guard_templates",
+    "save_named_real_guard",
+    "save_real_guard",
+    "save_real_guard_2",
+]
 
 LLAMA3_SPECIALS = (
     "<|begin_of_text|>",
@@ -150,3 +175,129 @@ def save_real_guard(
     model.save_pretrained(str(target))
     tok.save_pretrained(str(target))
     return target
+
+
+@dataclass(frozen=True)
+class RealGuard2:
+    """One of round 2's guards (SOURCES-2.md): its tokenizer, template and what it writes."""
+
+    name: str
+    tokenizer: str
+    """`real_tokenizer` kind: 'qwen3', 'llama4', 'llama3', 'mistral-v3', or 'granite': a stand-in (a small
+    BPE with Granite's role tokens, `tiny_guard.build_tokenizer`), whose ids mean nothing."""
+    template: str
+    """The shared artefact file (origin 'real') or our `guard_formats` file (the other origins)."""
+    origin: str
+    """'real' (the guard's own template), 'ours' (ours, rendering the published construction exactly) or
+    'reconstructed' (ours, from renders of a template we do not have)."""
+    architecture: str
+    """The tiny model's architecture: 'qwen3', 'llama', 'mistral' or 'granite'."""
+    verdict_prefix: str
+    """What the guard writes between the rendered prompt and its (first) verdict word."""
+    safe_word: str
+    unsafe_word: str
+    response_prefix: str
+    """What it writes before the verdict on the response (a safe prompt verdict and no refusal assumed)
+    when that is not the first verdict; equal to `verdict_prefix` when it is."""
+
+    @property
+    def tokenizer_is_real(self) -> bool:
+        return self.tokenizer != "granite"
+
+
+REAL_GUARDS_2: tuple[RealGuard2, ...] = (
+    RealGuard2("qwen3guard-gen", "qwen3", "qwen3guard-gen.chat_template.jinja", "real", "qwen3",
+               "Safety:", " Safe", " Unsafe", "Safety:"),
+    RealGuard2("llama-guard-4", "llama4", guard_formats.LLAMA_GUARD_4, "reconstructed", "llama",
+               "\n\n", "safe", "unsafe", "\n\n"),
+    RealGuard2("nemoguard", "llama3", guard_formats.NEMOGUARD, "ours", "llama",
+               '{"User Safety": "', "safe", "unsafe", '{"User Safety": "safe", "Response Safety": "'),
+    RealGuard2("wildguard", "mistral-v3", guard_formats.WILDGUARD, "ours", "mistral",
+               "Harmful request:", " no", " yes",
+               "Harmful request: no\nResponse refusal: no\nHarmful response:"),
+    # the score follows an empty think block in no-think mode (assumed: its whitespace is not witnessed)
+    RealGuard2("granite-guardian-3.3", "granite", guard_formats.GRANITE_GUARDIAN_3_3, "reconstructed",
+               "granite", "<think>\n</think>\n<score>", " no", " yes", "<think>\n</think>\n<score>"),
+)  # fmt: skip
+
+
+def real_tokenizer(kind: str, artefacts: str | Path) -> Any:
+    """The real tokenizer of `kind` (see RealGuard2.tokenizer), built from the shared artefacts."""
+    folder = Path(artefacts)
+    if kind == "qwen3":
+        return qwen3_tokenizer(folder)
+    if kind == "llama4":
+        return llama4_tokenizer(folder)
+    if kind == "llama3":
+        return llama3_tokenizer(folder / "llama3.tokenizer.model")
+    if kind == "mistral-v3":
+        return mistral_v3_tokenizer(folder)
+    raise ValueError(f"no real tokenizer {kind!r}")
+
+
+def tiny_model(architecture: str, tokenizer: Any, spec: TinyGuardSpec | None = None) -> Any:
+    """Random tiny weights of `architecture` with the tokenizer's full vocabulary (`len(tokenizer)`) and
+    its BOS/EOS/PAD ids. 'llama' and 'granite' are `tiny_guard.build_model`'s; Llama stands in for Llama
+    Guard 4's Llama 4 text model (its MoE layers and chunked attention do not change how a verdict is
+    read), Qwen3 and Mistral are the real guards' own architectures."""
+    import torch
+    from transformers import AutoModelForCausalLM, MistralConfig, Qwen3Config
+
+    spec = spec or TinyGuardSpec()
+    if architecture in ("llama", "granite"):
+        return build_model(replace(spec, family=architecture), len(tokenizer), tokenizer=tokenizer)
+    common: dict[str, Any] = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.hidden // spec.heads,
+        intermediate_size=spec.intermediate,
+        max_position_embeddings=4096,
+        initializer_range=spec.init_range,
+        tie_word_embeddings=False,
+        **{f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")},
+    )
+    if architecture == "qwen3":
+        cfg: Any = Qwen3Config(**common)
+    elif architecture == "mistral":
+        cfg = MistralConfig(**common, sliding_window=None)
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}")
+    torch.manual_seed(spec.seed)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+
+
+def guard_template(guard: RealGuard2, artefacts: str | Path) -> str:
+    """The chat template `guard` ships: the real one from `artefacts`, or ours from guard_formats."""
+    if guard.origin == "real":
+        return (Path(artefacts) / guard.template).read_text(encoding="utf-8")
+    return guard_formats.read_template(guard.template)
+
+
+def save_real_guard_2(
+    out: str | Path, name: str, artefacts: str | Path, tokenizer: Any = None
+) -> tuple[Path, RealGuard2]:
+    """Write the guard directory of REAL_GUARDS_2's `name`: its tokenizer (`tokenizer`, to reuse one
+    conversion, else built here) saved with the guard's chat template, and a tiny random model
+    (`tiny_model`). Loads with AutoTokenizer / AutoModelForCausalLM.from_pretrained."""
+    guard = next((g for g in REAL_GUARDS_2 if g.name == name), None)
+    if guard is None:
+        raise ValueError(f"unknown guard {name!r}; known: {', '.join(g.name for g in REAL_GUARDS_2)}")
+    if tokenizer is not None:
+        tok = tokenizer
+    elif guard.tokenizer_is_real:
+        tok = real_tokenizer(guard.tokenizer, artefacts)
+    else:
+        tok = build_tokenizer(TinyGuardSpec(family="granite"), corpus=[guard_template(guard, artefacts)])
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    tiny_model(guard.architecture, tok).save_pretrained(str(target))
+    before = tok.chat_template
+    tok.chat_template = guard_template(guard, artefacts)
+    try:
+        tok.save_pretrained(str(target))
+    finally:
+        tok.chat_template = before
+    return target, guard

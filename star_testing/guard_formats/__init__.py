@@ -1,0 +1,86 @@
+"""Chat templates we write for guards whose published input is not a chat template, and the published
+constructions they must reproduce.
+
+The templates are package data (`*.jinja` here), read with `read_template(name)`:
+
+- `llama_guard_4.jinja` -- a RECONSTRUCTION of Llama Guard 4's template. No copy of Meta's template was
+  found (../shared/guard-templates/SOURCES-2.md, "Not found"); the one witness is a render of the official
+  template printed in a console log (SOURCES-2.md, "Seen but not used"), for one user message. Witnessed
+  there and reproduced exactly: the Llama 4 header tokens, "according to our safety policy" (Llama Guard
+  3 says "according our"), a single newline after `<BEGIN CONVERSATION>`, the turn written as
+  "User: <text>" followed by a LITERAL backslash-n pair (kept on purpose: it is what the official
+  template feeds the model, whatever its origin), then two real newlines before `<END CONVERSATION>`, and
+  the space before `<|eot|>`. Taken from Llama Guard 3 (1B / 11B-Vision template, the multimodal line
+  Llama Guard 4 continues): 'User'/'Agent' chosen by the parity of the number of messages, roles that
+  must alternate, `categories` / `excluded_category_keys`, `| trim` of each turn, content as a string or
+  typed parts. Assumed, not witnessed: the categories S2..S13 (the render elides them; these are the 14
+  MLCommons categories of Llama Guard 3 8B's template, which Llama Guard 4 shares per its model card), and
+  the separators of a multi-turn conversation (each turn ends with the literal pair, as the one turn does).
+- `nemoguard.jinja` -- our template for Llama-3.1-Nemotron-Safety-Guard-8B-v3 / NemoGuard-8B-ContentSafety.
+  The published construction (`nemoguard_two_step`) is two steps: NeMo Guardrails renders its task prompt
+  (`content_safety_check_input` / `_output`, with {{ user_input }} and {{ bot_response }}) and sends it as
+  the user message of a chat, to which the NIM applies the Llama 3.1 Instruct chat template. This template
+  renders that final text directly from a plain [user] or [user, assistant] conversation.
+- `wildguard.jinja` -- our template for allenai/wildguard: `bos_token` followed by the library's
+  WILDGUARD_INPUT_FORMAT filled with (prompt, response), as `wildguard_text` builds it. The leading `<s>`
+  is what WildGuard's model card writes in front before tokenising with add_special_tokens=False.
+- `granite_guardian_3_3.jinja` -- a RECONSTRUCTION of Granite Guardian 3.3's template from the two renders
+  of IBM's cookbook (SOURCES-2.md), which it reproduces byte for byte for that conversation. Only the
+  groundedness criteria text is witnessed (other criteria_id values raise; custom_criteria works); user
+  turns and the user-side scoring schema are assumed (see the file's header).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+LLAMA_GUARD_4 = "llama_guard_4.jinja"
+NEMOGUARD = "nemoguard.jinja"
+WILDGUARD = "wildguard.jinja"
+GRANITE_GUARDIAN_3_3 = "granite_guardian_3_3.jinja"
+
+NEMOGUARD_INPUT_PROMPT = "nemotron-safety-guard-8b-v3.prompt_input.jinja"
+NEMOGUARD_OUTPUT_PROMPT = "nemotron-safety-guard-8b-v3.prompt_output.jinja"
+LLAMA_31_TEMPLATE = "llama-3.1-8b-instruct.chat_template.jinja"
+WILDGUARD_FORMAT = "wildguard.input_format.txt"
+
+
+def read_template(name: str) -> str:
+    """One of our templates (LLAMA_GUARD_4, NEMOGUARD, WILDGUARD, GRANITE_GUARDIAN_3_3), as text."""
+    return files(__name__).joinpath(name).read_text(encoding="utf-8")
+
+
+def nemoguard_prompt(artefacts: str | Path, user: str, response: str | None) -> str:
+    """NeMo Guardrails' content-safety task prompt for NemoGuard, rendered with jinja2 from the shared
+    file: the response-moderation prompt when `response` is given (even ""), else the prompt one."""
+    from jinja2.sandbox import SandboxedEnvironment
+
+    name = NEMOGUARD_INPUT_PROMPT if response is None else NEMOGUARD_OUTPUT_PROMPT
+    source = (Path(artefacts) / name).read_text(encoding="utf-8")
+    # A default environment drops the file's final newline; the chat template trims the message anyway.
+    values = {"user_input": user} if response is None else {"user_input": user, "bot_response": response}
+    return SandboxedEnvironment().from_string(source).render(**values)
+
+
+def nemoguard_two_step(
+    artefacts: str | Path, llama3_tokenizer: Any, user: str, response: str | None, **kwargs: Any
+) -> str:
+    """The published NemoGuard construction: `nemoguard_prompt`, sent as the only user message of a chat
+    rendered with the real Llama 3.1 8B Instruct template (add_generation_prompt=True), with the real
+    Llama 3 tokenizer's `bos_token`."""
+    template = (Path(artefacts) / LLAMA_31_TEMPLATE).read_text(encoding="utf-8")
+    messages = [{"role": "user", "content": nemoguard_prompt(artefacts, user, response)}]
+    return str(
+        llama3_tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True, **kwargs
+        )
+    )
+
+
+def wildguard_text(artefacts: str | Path, prompt: str, response: str = "") -> str:
+    """allenai/wildguard's input: WILDGUARD_INPUT_FORMAT.format(prompt=..., response=...), from the shared
+    file (without BOS: the library tokenises it with add_special_tokens=True)."""
+    source = (Path(artefacts) / WILDGUARD_FORMAT).read_text(encoding="utf-8")
+    return source.format(prompt=prompt, response=response)
