@@ -188,7 +188,8 @@ def test_the_oracle_notices_a_wrong_forced_text_or_class_set(family: tuple[str, 
     name, path, oracle = family
     forced, classes, _ = FAMILIES[name]
     right = [oracle.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
-    other_classes = classes[:2] if len(classes) > 2 else classes[::-1]
+    # a class dropped (Qwen3Guard's Controversial), or the safe and unsafe words swapped
+    other_classes = classes[:2] if len(classes) > 2 else ((classes[0][0], False), (classes[1][0], True))
     for mutant in (Oracle(path, "", classes), Oracle(path, forced, other_classes)):
         wrong = [mutant.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
         assert max(abs(a - b) for a, b in zip(right, wrong, strict=True)) > 1e-3
