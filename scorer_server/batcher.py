@@ -259,7 +259,8 @@ class Batcher(Generic[I, R]):
     def _take(self) -> list[_Entry[I, R]]:
         """The oldest item of the highest priority always goes; the rest of the budget is filled with
         items of that priority closest in length to it (less padding), then lower priorities. Padded
-        tokens stay within the budget (a lone oversize row still runs on its own). While interactive
+        tokens stay within the budget and within `max_padding` times the real ones (a lone oversize
+        row still runs on its own). While interactive
         work arrives, a batch led by other work gets the smaller `bulk_batch_tokens_interactive`."""
         self._drop_cancelled()
         if not self._queue:
@@ -268,14 +269,15 @@ class Batcher(Generic[I, R]):
         self._queue.sort(key=lambda e: (-e.priority, e is not head, abs(e.tokens - head.tokens), e.seq))
         batch: list[_Entry[I, R]] = []
         rest: list[_Entry[I, R]] = []
-        longest = 0
+        longest = total = 0
         cap = None
         if head.priority < INTERACTIVE and time.monotonic() - self._interactive_at < INTERACTIVE_HOLD_S:
             cap = self.config.bulk_batch_tokens_interactive
         for e in self._queue:
-            if not batch or self.config.budget.admits(len(batch) + 1, max(longest, e.tokens), cap):
+            padded = (len(batch) + 1, max(longest, e.tokens))
+            if not batch or self.config.budget.admits(*padded, cap, total + e.tokens):
                 batch.append(e)
-                longest = max(longest, e.tokens)
+                longest, total = max(longest, e.tokens), total + e.tokens
             else:
                 rest.append(e)
         self._queue = rest

@@ -15,7 +15,14 @@ class TokenBudget:
     max_row_tokens: int = 4096
     """Tokens in one row: a response or a push whose trunk and tails exceed it is split over rows."""
 
-    def admits(self, rows: int, longest: int, cap: int | None = None) -> bool:
-        """Whether `rows` rows of at most `longest` tokens fit one forward (within `cap` if smaller)."""
+    max_padding: float = 2.0
+    """A forward's padded tokens at most this many times its real ones (when the batcher mixes rows of
+    different lengths: a short live-moderation row beside a long Score row would otherwise be padded to
+    the long one)."""
+
+    def admits(self, rows: int, longest: int, cap: int | None = None, tokens: int | None = None) -> bool:
+        """Whether `rows` rows of at most `longest` tokens (`tokens` in all, when known) fit one forward,
+        within `cap` if smaller than the budget."""
         limit = self.max_batch_tokens if cap is None else min(cap, self.max_batch_tokens)
-        return rows * longest <= limit
+        padded = rows * longest
+        return padded <= limit and (tokens is None or padded <= self.max_padding * tokens)

@@ -59,6 +59,27 @@ def test_budget_and_results() -> None:
     asyncio.run(main())
 
 
+def test_rows_of_very_different_lengths_are_not_padded_into_one_forward() -> None:
+    """A short live-moderation row beside a long Score row would be padded to the long one: the
+    batcher keeps a forward's padded tokens within `max_padding` (2) times its real ones."""
+
+    async def main() -> None:
+        rec = Recorder()
+        rec.gate.clear()  # hold the first forward so everything below queues together
+        cfg = BatcherConfig(TokenBudget(max_batch_tokens=100_000), max_wait_s=0.0)
+        b: Batcher[int, int] = Batcher(cfg, rec, cost=lambda i: i, executor=ThreadPoolExecutor(1))
+        b.start()
+        first = b.submit([1], 0)
+        await asyncio.sleep(0.05)
+        tickets = [b.submit([n], 0) for n in (70, 60, 3000, 80)]
+        rec.gate.set()
+        await asyncio.gather(first.futures[0], *[t.futures[0] for t in tickets])
+        assert sorted(map(sorted, rec.batches[1:])) == [[60, 70, 80], [3000]]
+        await b.stop()
+
+    asyncio.run(main())
+
+
 def test_priority_first_and_max_wait_batches_callers() -> None:
     async def main() -> None:
         rec = Recorder()

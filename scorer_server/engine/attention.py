@@ -72,12 +72,14 @@ def tree_attention(
     group = heads // key.shape[1]
     scale = scaling if scaling is not None else dim**-0.5
     prefix = attention_mask.shape[-1]
-    k, v = _repeat(key, group), _repeat(value, group)
-    out, lse = _attend(query, k[:, :, :prefix], v[:, :, :prefix], attention_mask, scale, softcap)
+    out, lse = _attend_grouped(
+        query, key[:, :, :prefix], value[:, :, :prefix], attention_mask, scale, softcap
+    )
     if plan.chunks:
+        k, v = _repeat(key[:, :, prefix:], group), _repeat(value[:, :, prefix:], group)
         t, c, w = plan.trunk, plan.chunks, plan.width
         q_b = _chunked(query[:, :, t:], c, w)
-        k_b, v_b = _chunked(k[:, :, prefix:], c, w), _chunked(v[:, :, prefix:], c, w)
+        k_b, v_b = _chunked(k, c, w), _chunked(v, c, w)
         mask_b = plan.tail_masks[plan.sliding[module.layer_idx]]
         o_b, lse_b = _attend(q_b, k_b, v_b, mask_b, scale, softcap)
         o_b = o_b.reshape(b, c, heads, w, -1).permute(0, 2, 1, 3, 4).reshape(b, heads, c * w, -1)
@@ -88,6 +90,22 @@ def tree_attention(
         merged = (out[:, :, t:].float() * w_a + o_b.float() * w_b) / (w_a + w_b)
         out = torch.cat([out[:, :, :t], merged.to(out.dtype)], dim=2)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _attend_grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_attend` for grouped-query heads: the keys repeated per query head (what the model's own
+    attention does) when that is the smaller copy, else the queries of a key head stacked as one longer
+    sequence and the mask repeated along it (a session's few new tokens over a long cache)."""
+    b, heads, length, dim = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    if group == 1 or group * length >= 2 * heads * dim:  # mask copy: G x L x K; keys: 2 x H x K x d
+        return _attend(q, _repeat(k, group), _repeat(v, group), mask, scale, softcap)
+    stacked = q.reshape(b, kv_heads, group * length, dim)
+    out, lse = _attend(stacked, k, v, mask.repeat(1, 1, group, 1), scale, softcap)
+    return out.reshape(b, heads, length, -1), lse.reshape(b, heads, length)
 
 
 def _repeat(x: torch.Tensor, group: int) -> torch.Tensor:
