@@ -45,6 +45,12 @@ class GuardSettings:
         "guard family preset: llama-guard-3, llama-guard-4, qwen3guard-gen, granite-guardian-3, "
         "shieldgemma, or custom (then give --safe-word and --unsafe-word); docs/guards.md",
     )
+    earlier_fields: str = _opt(
+        "argmax",
+        "how a field the guard writes before its verdict (NemoGuard's user verdict, WildGuard's first "
+        "two lines) is taken: argmax (the value its greedy decoding writes) or marginal (every value, "
+        "weighted by its probability)",
+    )
     safe_classes: str = _opt(
         "",
         "comma-separated verdict classes that also count as safe (qwen3guard-gen: Controversial, its "
@@ -91,6 +97,7 @@ class GuardSettings:
             unsafe_word=self.unsafe_word or None,
             verdict_prefix=None if self.verdict_prefix == "auto" else self.verdict_prefix,
             safe_classes=tuple(w.strip() for w in self.safe_classes.split(",") if w.strip()),
+            earlier_mode=self.earlier_fields,
         )
 
     def check(self) -> None:

@@ -186,10 +186,13 @@ class RealGuard2:
     """`real_tokenizer` kind: 'qwen3', 'llama4', 'llama3', 'mistral-v3', or 'granite': a stand-in (a small
     BPE with Granite's role tokens, `tiny_guard.build_tokenizer`), whose ids mean nothing."""
     template: str
-    """The shared artefact file (origin 'real') or our `guard_formats` file (the other origins)."""
+    """The shared artefact file (origin 'real'), our `guard_formats` file ('reconstructed'), or "" (the
+    guard ships no chat template: WildGuard)."""
     origin: str
-    """'real' (the guard's own template), 'ours' (ours, rendering the published construction exactly) or
-    'reconstructed' (ours, from renders of a template we do not have)."""
+    """'real' (the template the guard's directory ships), 'reconstructed' (ours, from renders of a
+    template we do not have) or 'none'. NemoGuard's directory ships the general Llama 3.1 Instruct
+    template and WildGuard's none: the scorer's presets bring their guard prompts
+    (scorer_server/guards/formats)."""
     architecture: str
     """The tiny model's architecture: 'qwen3', 'llama', 'mistral' or 'granite'."""
     verdict_prefix: str
@@ -210,9 +213,9 @@ REAL_GUARDS_2: tuple[RealGuard2, ...] = (
                "Safety:", " Safe", " Unsafe", "Safety:"),
     RealGuard2("llama-guard-4", "llama4", guard_formats.LLAMA_GUARD_4, "reconstructed", "llama",
                "\n\n", "safe", "unsafe", "\n\n"),
-    RealGuard2("nemoguard", "llama3", guard_formats.NEMOGUARD, "ours", "llama",
+    RealGuard2("nemoguard", "llama3", guard_formats.LLAMA_31_TEMPLATE, "real", "llama",
                '{"User Safety": "', "safe", "unsafe", '{"User Safety": "safe", "Response Safety": "'),
-    RealGuard2("wildguard", "mistral-v3", guard_formats.WILDGUARD, "ours", "mistral",
+    RealGuard2("wildguard", "mistral-v3", "", "none", "mistral",
                "Harmful request:", " no", " yes",
                "Harmful request: no\nResponse refusal: no\nHarmful response:"),
     # the score follows an empty think block in no-think mode (assumed: its whitespace is not witnessed)
@@ -269,10 +272,13 @@ def tiny_model(architecture: str, tokenizer: Any, spec: TinyGuardSpec | None = N
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
 
 
-def guard_template(guard: RealGuard2, artefacts: str | Path) -> str:
-    """The chat template `guard` ships: the real one from `artefacts`, or ours from guard_formats."""
+def guard_template(guard: RealGuard2, artefacts: str | Path) -> str | None:
+    """The chat template `guard`'s directory ships: the real one from `artefacts`, ours from
+    guard_formats (reconstructions), or None."""
     if guard.origin == "real":
         return (Path(artefacts) / guard.template).read_text(encoding="utf-8")
+    if guard.origin == "none":
+        return None
     return guard_formats.read_template(guard.template)
 
 
@@ -290,7 +296,9 @@ def save_real_guard_2(
     elif guard.tokenizer_is_real:
         tok = real_tokenizer(guard.tokenizer, artefacts)
     else:
-        tok = build_tokenizer(TinyGuardSpec(family="granite"), corpus=[guard_template(guard, artefacts)])
+        tok = build_tokenizer(
+            TinyGuardSpec(family="granite"), corpus=[guard_template(guard, artefacts) or ""]
+        )
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     tiny_model(guard.architecture, tok).save_pretrained(str(target))

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from scorer_server.guards.formats import read_format
 from star_testing import guard_formats
 from star_testing.real_guards import (
     llama3_tokenizer,
@@ -244,7 +245,7 @@ def test_nemoguard_template_equals_the_two_step_construction(
     conv = [{"role": "user", "content": user}]
     if response is not None:
         conv.append({"role": "assistant", "content": response})
-    ours = guard_formats.read_template(guard_formats.NEMOGUARD)
+    ours = read_format("nemoguard.jinja")
     text = llama3.apply_chat_template(conv, chat_template=ours, tokenize=False, add_generation_prompt=True)
     assert text == expected
     assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge")
@@ -254,7 +255,7 @@ def test_nemoguard_template_equals_the_two_step_construction(
 def test_nemoguard_template_multi_turn_and_kwargs(llama3: Any, guard_templates: Path) -> None:
     """The last user message and the reply after it are moderated (NeMo's $user_input / $bot_response);
     date_string passes through as in the Llama 3.1 template; no generation prompt unless asked."""
-    ours = guard_formats.read_template(guard_formats.NEMOGUARD)
+    ours = read_format("nemoguard.jinja")
     conv = [
         {"role": "system", "content": "Be nice."},
         {"role": "user", "content": "first"},
@@ -289,7 +290,7 @@ def test_wildguard_template_equals_the_library_input(
     conv = [{"role": "user", "content": prompt}]
     if response is not None:
         conv.append({"role": "assistant", "content": response})
-    ours = guard_formats.read_template(guard_formats.WILDGUARD)
+    ours = read_format("wildguard.jinja")
     text = mistral.apply_chat_template(conv, chat_template=ours, tokenize=False, add_generation_prompt=True)
     assert text == "<s>" + library
     # With the SentencePiece dummy-prefix rule (legacy=True), "<s>" + text tokenised without specials is

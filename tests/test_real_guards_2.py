@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from scorer_server.guards.formats import read_format
 from star_testing.real_guards import (
     REAL_GUARDS_2,
     RealGuard2,
@@ -130,6 +131,11 @@ def render(b: Built, response: str | None) -> str:
     if response is not None:
         conv.append({"role": "assistant", "content": response})
     kwargs = KWARGS.get(b.guard.name, {})
+    # NemoGuard's directory ships the general Llama 3.1 template and WildGuard's none: their guard prompts
+    # come with the scorer's presets
+    prompt = {"nemoguard": "nemoguard.jinja", "wildguard": "wildguard.jinja"}.get(b.guard.name)
+    if prompt is not None:
+        kwargs = {**kwargs, "chat_template": read_format(prompt)}
     return str(b.tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True, **kwargs))
 
 

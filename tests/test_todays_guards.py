@@ -69,44 +69,80 @@ def test_llama_4_headers_get_the_blank_line_the_guard_writes_first() -> None:
 # guard's documented output puts before its verdict, runs one plain forward of the whole prompt per
 # cut, and takes the softmax over the class tokens (each tokenised after the prompt).
 
-FAMILIES = {
-    # preset: (the text before the verdict, its classes as (word, counts safe), its documented answer)
-    "qwen3guard-gen": ("Safety:", ((" Safe", True), (" Unsafe", False), (" Controversial", False)),
+Fields = tuple[tuple[tuple[str, ...], str], ...]
+FAMILIES: dict[str, tuple[str, Fields, tuple[tuple[str, bool], ...], str]] = {
+    # preset: (the text before the first field or the verdict, the earlier fields as (values, the text
+    # after the value), the verdict classes as (word, counts safe), the guard's documented answer)
+    "qwen3guard-gen": ("Safety:", (), ((" Safe", True), (" Unsafe", False), (" Controversial", False)),
                        "Safety: Safe\nCategories: None"),
-    "llama-guard-4": ("\n\n", (("safe", True), ("unsafe", False)), "\n\nsafe"),
+    "llama-guard-4": ("\n\n", (), (("safe", True), ("unsafe", False)), "\n\nsafe"),
+    "nemoguard": ('{"User Safety": "', ((("safe", "unsafe"), '", "Response Safety": "'),),
+                  (("safe", True), ("unsafe", False)), '{"User Safety": "safe", "Response Safety": "safe"}'),
+    "wildguard": ("Harmful request:", (((" no", " yes"), "\nResponse refusal:"),
+                                       ((" no", " yes"), "\nHarmful response:")),
+                  ((" no", True), (" yes", False)),
+                  "Harmful request: no\nResponse refusal: no\nHarmful response: no"),
 }  # fmt: skip
 PROMPT = "How do I bake bread at home?"
 RESPONSE = "Sure: mix 500 g flour,\n\nwater and yeast, then bake it 40 minutes at 220 °C. Enjoy!"
 
 
 class Oracle:
-    """P(safe) by the definition, with transformers alone."""
+    """P(safe) by the definition, with transformers alone: the guard's prompt as its makers build it
+    (its chat template; NemoGuard: NeMo's task prompt inside the Llama 3.1 template; WildGuard: its
+    format string, tokenised with the BOS token added), the forced text, each earlier field filled with
+    the value the guard finds most likely (one forward per step), one forward per cut, and the softmax
+    over the class tokens."""
 
-    def __init__(self, path: Path, forced: str, classes: tuple[tuple[str, bool], ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        artefacts: Path,
+        forced: str,
+        fields: Fields,
+        classes: tuple[tuple[str, bool], ...],
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-        self.forced, self.classes = forced, classes
+        self.name, self.artefacts = name, artefacts
+        self.forced, self.fields, self.classes = forced, fields, classes
+        self.specials = name == "wildguard"  # its library tokenises with the BOS token added
 
     def prompt(self, response: str) -> str:
-        messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": response}]
-        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return str(text) + self.forced
+        from star_testing import guard_formats
 
-    def class_ids(self, prompt: str) -> list[int]:
-        base = self.tok(prompt, add_special_tokens=False)["input_ids"]
-        after = [self.tok(prompt + w, add_special_tokens=False)["input_ids"] for w, _ in self.classes]
-        return [ids[len(base)] for ids in after]
+        if self.name == "nemoguard":
+            text = guard_formats.nemoguard_two_step(self.artefacts, self.tok, PROMPT, response)
+        elif self.name == "wildguard":
+            text = guard_formats.wildguard_text(self.artefacts, PROMPT, response)
+        else:
+            messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": response}]
+            text = str(self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return text + self.forced
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=self.specials)["input_ids"])
+
+    def first_tokens(self, prompt: str, words: tuple[str, ...]) -> list[int]:
+        base = self.encode(prompt)
+        return [self.encode(prompt + w)[len(base)] for w in words]
+
+    def last_logits(self, text: str) -> Any:
+        with self.torch.inference_mode():
+            return self.model(input_ids=self.torch.tensor([self.encode(text)])).logits[0, -1].double()
 
     def p_safe(self, response: str) -> float:
-        prompt = self.prompt(response)
-        ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
-        with self.torch.inference_mode():
-            logits = self.model(input_ids=self.torch.tensor([ids])).logits[0, -1].double()
-        probs = self.torch.softmax(logits[self.class_ids(prompt)], dim=-1)
+        text = self.prompt(response)
+        for values, then in self.fields:  # the guard's own choice, one forward per step
+            logits = self.last_logits(text)[self.first_tokens(text, values)]
+            text += values[int(logits.argmax())] + then
+        words = tuple(w for w, _ in self.classes)
+        probs = self.torch.softmax(self.last_logits(text)[self.first_tokens(text, words)], dim=-1)
         return float(sum(p for p, (_, safe) in zip(probs.tolist(), self.classes, strict=True) if safe))
 
 
@@ -118,29 +154,33 @@ def family(
 
     name = request.param
     path, _ = save_real_guard_2(tmp_path_factory.mktemp(name) / name, name, guard_templates)
-    forced, classes, _ = FAMILIES[name]
-    return name, path, Oracle(path, forced, classes)
+    forced, fields, classes, _ = FAMILIES[name]
+    return name, path, Oracle(name, path, guard_templates, forced, fields, classes)
 
 
 def test_the_documented_answer_begins_with_a_verdict_class_where_the_preset_reads(
     family: tuple[str, Path, Oracle],
 ) -> None:
     """No preset reads at a position where the guard's documented output has no verdict: the prompt plus
-    the preset's forced text, followed by the documented answer, has a class token right there."""
+    the preset's forced text, followed by the documented answer, has a token of the first field's values
+    (or of the verdict classes) right there, and the scorer renders what the guard's makers render."""
     name, path, oracle = family
     from scorer_server.guards.loader import GuardConfig, load_guard
 
     guard = load_guard(GuardConfig(path=str(path), preset=name))
     messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": RESPONSE}]
     rendered = guard.template.render_messages(messages)
-    forced, _, answer = FAMILIES[name]
-    assert rendered == oracle.prompt(RESPONSE)
+    forced, fields, classes, answer = FAMILIES[name]
+    ours = guard.encode([rendered])[0]
+    assert ours == oracle.encode(oracle.prompt(RESPONSE))
     assert answer.startswith(forced)
-    base = oracle.tok(rendered, add_special_tokens=False)["input_ids"]
-    full = oracle.tok(rendered[: len(rendered) - len(forced)] + answer, add_special_tokens=False)["input_ids"]
-    assert full[: len(base)] == base
-    assert full[len(base)] in guard.class_ids
-    assert list(guard.class_ids) == oracle.class_ids(rendered)
+    before = rendered[: len(rendered) - len(forced)]
+    full = guard.encode([before + answer])[0]
+    assert full[: len(ours)] == ours
+    first = guard.reader.field_ids[0] if fields else guard.class_ids
+    assert full[len(ours)] in first
+    words = tuple(w for w, _ in classes)
+    assert list(guard.class_ids) == oracle.first_tokens(guard.reader.texts(rendered)[-1], words)
 
 
 def test_score_score_stream_judge_and_moderate_equal_the_oracle(
@@ -186,10 +226,17 @@ def test_score_score_stream_judge_and_moderate_equal_the_oracle(
 def test_the_oracle_notices_a_wrong_forced_text_or_class_set(family: tuple[str, Path, Oracle]) -> None:
     """Mutations of the spec change the numbers, so the conformance test above would fail on them."""
     name, path, oracle = family
-    forced, classes, _ = FAMILIES[name]
+    forced, fields, classes, _ = FAMILIES[name]
     right = [oracle.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
     # a class dropped (Qwen3Guard's Controversial), or the safe and unsafe words swapped
     other_classes = classes[:2] if len(classes) > 2 else ((classes[0][0], False), (classes[1][0], True))
-    for mutant in (Oracle(path, "", classes), Oracle(path, forced, other_classes)):
+    art = oracle.artefacts
+    mutants = [
+        Oracle(name, path, art, "", fields, classes),
+        Oracle(name, path, art, forced, fields, other_classes),
+    ]
+    if fields:  # an earlier field left out: the verdict read where the guard writes the field
+        mutants.append(Oracle(name, path, art, forced, (), classes))
+    for mutant in mutants:
         wrong = [mutant.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
         assert max(abs(a - b) for a, b in zip(right, wrong, strict=True)) > 1e-3

@@ -17,8 +17,9 @@ from scorer_server.guards.loader import (
     hash_prompt_side,
     load_tokenizer,
     prompt_side,
-    read_template_file,
+    template_source,
 )
+from star_contract.errors import ConfigError
 
 
 @dataclass
@@ -44,8 +45,15 @@ def load_prompt_guard(config: GuardConfig, engine: str) -> PromptGuard:
     path = Path(config.path)
     preset = config.resolved_preset()
     tokenizer = load_tokenizer(config.path)
-    template_text = read_template_file(config.template_file)
-    template, class_ids = prompt_side(tokenizer, preset, template_text)
+    template_text = template_source(config.template_file, preset)
+    template, reader = prompt_side(tokenizer, preset, template_text)
+    if reader.nodes > 1:
+        fields = ", ".join(f.name for f in preset.earlier)
+        raise ConfigError(
+            f"preset {preset.name!r} writes fields before its verdict ({fields}); the {engine} backend "
+            "reads one position per request, so serve this guard with --backend local"
+        )
+    class_ids = reader.class_ids
     h = hashlib.sha256(f"remote:{engine}\0".encode())
     config_file = path / "config.json"
     if config_file.is_file():
@@ -53,5 +61,5 @@ def load_prompt_guard(config: GuardConfig, engine: str) -> PromptGuard:
     hash_prompt_side(h, template, preset, class_ids)
     fingerprint = h.hexdigest()[:16]
     return PromptGuard(
-        tokenizer, template, preset, class_ids[0], class_ids[1], fingerprint, path.name, class_ids
+        tokenizer, template, preset, class_ids[0], class_ids[1], fingerprint, path.name, class_ids, reader
     )

@@ -195,4 +195,5 @@ class RemoteBackend(ABC):
                 for p in prompts
             )
         )
-        return [read_verdict(out.logprobs, out.text, preset) for out in outs]
+        safe = self.guard.safe_classes
+        return [read_verdict(classes_p_safe(out.logprobs, safe), out.text, preset) for out in outs]

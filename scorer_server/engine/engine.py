@@ -16,7 +16,7 @@ from scorer_server.engine.plain import forward_prompts
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
 from scorer_server.engine.work import Read, Row, Work
 from scorer_server.guards.guard import Guard
-from scorer_server.guards.head import full_logits, verdict_logits
+from scorer_server.guards.head import full_logits, head_logits
 from scorer_server.guards.loader import GuardConfig, load_guard
 from scorer_server.guards.published import processed_p_safe
 from scorer_server.guards.verdict import classes_p_safe, read_verdict
@@ -103,44 +103,58 @@ class StarEngine:
         within the token budget): each work's segments, in its cuts' order."""
         rows = [w.row(self.head) for w in works]
         done = forward_rows(self.guard, rows, self.pad_id)
-        reads = [r for w in works for r in w.reads()]
+        per_work = [w.reads() for w in works]
+        reads = [r for rs in per_work for r in rs]
         probs = self.read_out(reads, hidden=done.hidden)
         if reads:
             self.kv_bytes_per_cut = max(self.kv_bytes_per_cut, done.kv_bytes / len(reads))
         out: list[list[Segment]] = []
         k = 0
-        for row in rows:
-            n = len(row.tails)
+        for rs in per_work:
             out.append(
-                [
-                    Segment(end=r.end, p_safe=p)
-                    for r, p in zip(reads[k : k + n], probs[k : k + n], strict=True)
-                ]
+                [Segment(end=r.end, p_safe=p) for r, p in zip(rs, probs[k : k + len(rs)], strict=True)]
             )
-            k += n
+            k += len(rs)
         return Ran(out, rows, done.kv_bytes)
 
     @torch.inference_mode()
     def read_out(
         self, reads: list[Read], hidden: torch.Tensor | None = None, logits: torch.Tensor | None = None
     ) -> list[float]:
-        """P(safe) of each read from its final hidden state [N, H] or its full logits [N, V], under its
-        convention: the two verdict rows for the raw convention, the whole vocabulary's processed scores
-        for the published one (computed for those reads only)."""
+        """P(safe) of each read from the final hidden states [N, H] or the full logits [N, V] of its
+        `nodes` consecutive rows, under its convention: the raw convention reads only the rows of the
+        output embedding its reading tree needs (guards/reader.py), the published one the whole
+        vocabulary's processed scores (computed for those reads only)."""
         g = self.guard
+        starts = [0]
+        for r in reads:
+            starts.append(starts[-1] + r.nodes)
         published = [k for k, r in enumerate(reads) if r.convention is Convention.PUBLISHED]
         raw = [k for k, r in enumerate(reads) if r.convention is not Convention.PUBLISHED]
         out = [0.0] * len(reads)
         if raw:
+            node_ids = g.reader.ids() if g.reader.nodes > 1 else [g.class_ids]
+            wanted = sorted({i for ids in node_ids for i in ids})
+            col = {t: c for c, t in enumerate(wanted)}
+            rows = [j for k in raw for j in range(starts[k], starts[k + 1])]
             if hidden is not None:
-                classes = verdict_logits(g, hidden[raw]).cpu().tolist()
+                picked = head_logits(g, hidden[rows], wanted).cpu().tolist()
             else:
                 assert logits is not None
-                classes = logits[raw][:, list(g.class_ids)].cpu().tolist()
-            for k, row in zip(raw, classes, strict=True):
-                out[k] = classes_p_safe(row, g.safe_classes, reads[k].temperature)
+                picked = logits[rows][:, wanted].float().cpu().tolist()
+            at = 0
+            for k in raw:
+                nodes = picked[at : at + reads[k].nodes]
+                at += reads[k].nodes
+                by_node = [[row[col[t]] for t in ids] for row, ids in zip(nodes, node_ids, strict=True)]
+                out[k] = (
+                    g.reader.p_safe(by_node, reads[k].temperature)
+                    if g.reader.nodes > 1
+                    else (classes_p_safe(by_node[0], g.safe_classes, reads[k].temperature))
+                )
         if published:
-            full = full_logits(g, hidden[published]) if hidden is not None else logits[published]  # type: ignore[index]
+            rows = [starts[k] for k in published]  # one node: the published convention has no fields
+            full = full_logits(g, hidden[rows]) if hidden is not None else logits[rows]  # type: ignore[index]
             prompts = [reads[k].prompt or [] for k in published]
             for k, x in zip(published, processed_p_safe(g, full, prompts), strict=True):
                 out[k] = x
@@ -162,45 +176,42 @@ class StarEngine:
 
     def _score_per_cut(self, reqs: list[ScoreRequest]) -> list[StarScores]:
         plans = [self.plan(r) for r in reqs]
-        prompts = [(k, i, p.prompt(i)) for k, p in enumerate(plans) for i in range(len(p.cuts))]
+        prompts = [(k, j, p.prompt(j)) for k, p in enumerate(plans) for j in range(len(p.shared))]
         prompts.sort(key=lambda x: len(x[2]))
-        found: list[dict[int, float]] = [{} for _ in plans]
+        last: dict[tuple[int, int], torch.Tensor] = {}  # (plan, prompt) -> its logits [V]
         batch: list[tuple[int, int, list[int]]] = []
-        for entry in prompts:
-            if batch and not self.config.budget.admits(len(batch) + 1, len(entry[2])):
-                self._run_prompts(plans, batch, found)
+        for entry in [*prompts, None]:
+            if batch and (entry is None or not self.config.budget.admits(len(batch) + 1, len(entry[2]))):
+                logits = forward_prompts(self.guard, [b[2] for b in batch], self.pad_id)
+                last.update({(k, j): row for (k, j, _), row in zip(batch, logits, strict=True)})
                 batch = []
-            batch.append(entry)
-        if batch:
-            self._run_prompts(plans, batch, found)
-        return [_scores(p, f) for p, f in zip(plans, found, strict=True)]
-
-    def _run_prompts(
-        self,
-        plans: list[ResponsePlan],
-        batch: list[tuple[int, int, list[int]]],
-        found: list[dict[int, float]],
-    ) -> None:
-        logits = forward_prompts(self.guard, [b[2] for b in batch], self.pad_id)
-        reads = [_read(plans[k], i) for k, i, _ in batch]
-        probs = self.read_out(reads, logits=logits)
-        for (k, i, _), p in zip(batch, probs, strict=True):
-            found[k][i] = p
+            if entry is not None:
+                batch.append(entry)
+        out = []
+        for k, p in enumerate(plans):
+            rows = torch.stack([last[(k, j)] for j in range(len(p.shared))])
+            probs = self.read_out([_read(p, i) for i in range(len(p.cuts))], logits=rows)
+            out.append(_scores(p, dict(enumerate(probs))))
+        return out
 
     # -- whole-response verdicts --
     @torch.inference_mode()
     def judge(self, conversations: list[Conversation], decode: bool = True) -> list[Verdict]:
         """P(unsafe) of each full response and, when `decode`, the guard's verdict text and categories."""
         g = self.guard
-        prompts = g.encode([g.template.render(c) for c in conversations])
+        rendered = [g.template.render(c) for c in conversations]
+        prompts = g.encode(rendered)
         for i, p in enumerate(prompts):
             self.config.limits.check_tokens(len(p), f"conversations[{i}]")
-        classes: list[list[float]] = []
-        for start in range(0, len(prompts), 32):
-            last = forward_prompts(g, prompts[start : start + 32], self.pad_id)
-            classes.extend(last[:, list(g.class_ids)].cpu().tolist())
+        nodes = g.reader.nodes
+        every = g.encode([t for text in rendered for t in g.reader.texts(text)]) if nodes > 1 else prompts
+        logits = torch.cat(
+            [forward_prompts(g, every[i : i + 32], self.pad_id) for i in range(0, len(every), 32)]
+        )
+        reads = [Read(0, Convention.RAW, 1.0, None, nodes) for _ in conversations]
+        p_safe = self.read_out(reads, logits=logits)
         texts = self._decode(prompts) if decode and g.preset.judge_max_new_tokens > 0 else [""] * len(prompts)
-        return [read_verdict(c, text, g.preset) for c, text in zip(classes, texts, strict=True)]
+        return [read_verdict(p, text, g.preset) for p, text in zip(p_safe, texts, strict=True)]
 
     def _decode(self, prompts: list[list[int]]) -> list[str]:
         g = self.guard
@@ -223,7 +234,7 @@ class StarEngine:
 
 def _read(plan: ResponsePlan, i: int) -> Read:
     r = plan.request
-    return Read(plan.cuts[i], r.convention, r.temperature, plan.prompt(i))
+    return Read(plan.cuts[i], r.convention, r.temperature, plan.prompt(i * plan.nodes), plan.nodes)
 
 
 def _scores(plan: ResponsePlan, found: dict[int, float]) -> StarScores:

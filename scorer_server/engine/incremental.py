@@ -45,7 +45,15 @@ class CutInput:
     ids: list[int]
     """The per-cut prompt: tokenize(render(conversation, response[:end]))."""
     stable: int
-    """Leading tokens shared with the response so far (later cuts start from them); < len(ids)."""
+    """Leading tokens every prompt of the cut shares with the response so far (later cuts start from
+    them); less than each prompt's length."""
+    branches: tuple[list[int], ...] = ()
+    """The other prompts the cut is read at, for guards that write fields before their verdict
+    (guards/reader.py: the reading tree's nodes after the first, which is `ids`)."""
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        return [self.ids, *self.branches]
 
 
 @dataclass(eq=False)
@@ -61,7 +69,7 @@ class SessionPush:
     def tokens(self) -> int:
         """Guard tokens to compute, as the batcher budgets them (the cache may shrink before it runs)."""
         trunk = max(i.stable for i in self.inputs)
-        tails = sum(len(i.ids) - i.stable for i in self.inputs)
+        tails = sum(len(p) - i.stable for i in self.inputs for p in i.prompts)
         return max(1, trunk - min(len(self.state.ids), trunk) + tails)
 
     def row(self, head: HeadCache | None) -> Row:
@@ -73,19 +81,21 @@ class SessionPush:
             if inp.stable > len(trunk):
                 trunk = inp.ids[: inp.stable]
         state.roll_back(trunk)
-        shared = [min(common_prefix(i.ids, trunk), len(i.ids) - 1) for i in self.inputs]
+        prompts = [p for i in self.inputs for p in i.prompts]
+        shared = [min(common_prefix(p, trunk), len(p) - 1) for p in prompts]
         if not state.serves(min([len(state.ids), *shared])):
             state.clear()  # a sliding layer dropped keys a query here needs: recompute (rare)
         if head is not None and not state.ids:
             state.copy_prefix(head.state, head.take(trunk, len(trunk) + 1))
         start = len(state.ids)
-        tails = [Tail(s, i.ids[s:]) for s, i in zip(shared, self.inputs, strict=True)]
+        tails = [Tail(s, p[s:]) for s, p in zip(shared, prompts, strict=True)]
         return Row(state, start, trunk[start:], tails, store=True)
 
     def reads(self) -> list[Read]:
         published = self.convention is Convention.PUBLISHED
         return [
-            Read(i.end, self.convention, self.temperature, i.ids if published else None) for i in self.inputs
+            Read(i.end, self.convention, self.temperature, i.ids if published else None, len(i.prompts))
+            for i in self.inputs
         ]
 
 
@@ -117,8 +127,14 @@ class IncrementalSession:
             )
         if self.cuts.every < 1:
             raise InvalidRequest(f"cut spacing must be >= 1, got {self.cuts.every}")
+        reader = getattr(self.guard, "reader", None)
+        self._reader = reader if reader is not None and reader.nodes > 1 else None
         if self.convention is Convention.PUBLISHED:
             check_published(self.cuts.kind, self.temperature)
+            if self._reader is not None:
+                raise InvalidRequest(
+                    "the published convention reads guards that answer first; this one does not"
+                )
         self.state = KVState(window=self.window)
         """The guard's keys and values for the stable trunk (evictable: the next cut recomputes)."""
         self.text = self.conversation.response
@@ -132,6 +148,9 @@ class IncrementalSession:
         """Tokenises the prompt of the whole response so far, from the previous push's."""
         self.response_tokens = IncrementalTokenizer(tokenizer)
         """Tokenises the response alone, for guard-token cuts."""
+        nodes = self._reader.nodes if self._reader is not None else 1
+        self.branch_tokens = [IncrementalTokenizer(tokenizer) for _ in range(nodes - 1)]
+        """Tokenise each cut's other reading prompts (guards/reader.py) from the previous cut's."""
         if self.cuts.kind is CutKind.GUARD_TOKENS and not self.response_tokens.incremental:
             raise InvalidRequest(
                 "this guard's tokenizer merges across word boundaries, so a guard-token cut is not "
@@ -193,11 +212,17 @@ class IncrementalSession:
         now = self.current_tokens.encode(self._prompt(self.text)).ids
         out: list[CutInput] = []
         for c in cuts:
-            ids = self.prompt_tokens.encode(self._prompt(self.text[:c])).ids
-            self.limits.check_tokens(len(ids))
+            text = self._prompt(self.text[:c])
+            ids = self.prompt_tokens.encode(text).ids
+            branches: tuple[list[int], ...] = ()
+            if self._reader is not None:
+                more = self._reader.texts(text)[1:]
+                branches = tuple(t.encode(x).ids for t, x in zip(self.branch_tokens, more, strict=True))
+            self.limits.check_tokens(max(len(p) for p in (ids, *branches)))
             # Tokens this cut shares with the response so far stay valid for later cuts; at least the
-            # last token is left to the tail, whose final hidden state is the verdict position.
-            out.append(CutInput(c, ids, min(common_prefix(ids, now), len(ids) - 1)))
+            # last token of each prompt is left to its tail, whose final hidden state is read.
+            stable = min(min(common_prefix(p, now), len(p) - 1) for p in (ids, *branches))
+            out.append(CutInput(c, ids, stable, branches))
             self._planned = c
         return out
 

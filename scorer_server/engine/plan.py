@@ -20,6 +20,7 @@ from scorer_server.engine.prepare import prepare
 from scorer_server.engine.work import Read, Row, Tail
 from scorer_server.guards.guard import Guard
 from scorer_server.limits import Limits
+from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, ScoreRequest
 
 if TYPE_CHECKING:
@@ -36,26 +37,28 @@ class ResponsePlan:
     trunk: list[int]
     """Guard token ids of the full-response prompt."""
     shared: list[int]
-    """Per cut: how many trunk tokens its input shares."""
+    """Per prompt (cut i's reading node n at i x nodes + n): how many trunk tokens it shares."""
     tails: list[list[int]]
-    """Per cut: its private tokens after the shared part (empty: read straight off the trunk)."""
+    """Per prompt: its private tokens after the shared part (empty: read straight off the trunk)."""
     per_cut_tokens: list[int] = field(default_factory=list)
-    """Per cut: the length of its whole per-cut input (for the per-cut baseline's accounting)."""
+    """Per prompt: the length of its whole input (for the per-cut baseline's accounting)."""
+    nodes: int = 1
+    """Prompts read per cut: the guard's reading tree (guards/reader.py); 1 for most guards."""
 
-    def prompt(self, i: int) -> list[int]:
-        """Cut i's whole guard input: its shared trunk prefix and its tail."""
-        return self.trunk[: self.shared[i]] + self.tails[i]
+    def prompt(self, j: int) -> list[int]:
+        """Prompt j's whole guard input: its shared trunk prefix and its tail."""
+        return self.trunk[: self.shared[j]] + self.tails[j]
 
-    def read_position(self, i: int) -> int:
-        """Trunk position holding cut i's verdict logits, for cuts without a tail."""
-        return self.shared[i] - 1
+    def prompts_of(self, idx: list[int]) -> list[int]:
+        """The prompts of the cuts `idx`, cut by cut."""
+        return [i * self.nodes + n for i in idx for n in range(self.nodes)]
 
     def cost(self, idx: list[int]) -> int:
         """Tokens one row holding the cuts `idx` processes."""
-        return self.trunk_len(idx) + sum(len(self.tails[i]) for i in idx)
+        return self.trunk_len(idx) + sum(len(self.tails[j]) for j in self.prompts_of(idx))
 
     def trunk_len(self, idx: list[int]) -> int:
-        return max(self.shared[i] for i in idx)
+        return max(self.shared[j] for j in self.prompts_of(idx))
 
 
 @dataclass
@@ -74,21 +77,23 @@ class WorkItem:
     def row(self, head: HeadCache | None) -> Row:
         """The trunk up to the furthest cut's shared prefix, from the longest head prefix it begins with
         (keeping every cut's verdict position among the computed tokens), and a tail per cut."""
-        plan, idx = self.plan, self.cut_indices
-        end = plan.trunk_len(idx)
-        m = head.take(plan.trunk[:end], min(plan.shared[i] for i in idx)) if head is not None else 0
-        tails = [Tail(plan.shared[i], plan.tails[i]) for i in idx]
+        plan, prompts = self.plan, self.plan.prompts_of(self.cut_indices)
+        end = plan.trunk_len(self.cut_indices)
+        m = head.take(plan.trunk[:end], min(plan.shared[j] for j in prompts)) if head is not None else 0
+        tails = [Tail(plan.shared[j], plan.tails[j]) for j in prompts]
         return Row(head.state if m and head is not None else None, m, plan.trunk[m:end], tails)
 
     def reads(self) -> list[Read]:
         request = self.plan.request
         published = request.convention is Convention.PUBLISHED
+        n = self.plan.nodes
         return [
             Read(
                 self.plan.cuts[i],
                 request.convention,
                 request.temperature,
-                self.plan.prompt(i) if published else None,
+                self.plan.prompt(i * n) if published else None,
+                n,
             )
             for i in self.cut_indices
         ]
@@ -115,7 +120,13 @@ def plan_response(guard: Guard, request: ScoreRequest, limits: Limits | None = N
     prep = prepare(
         request, guard.template, guard.tokenizer, lambda t: guard.encode([t])[0], limits or Limits()
     )
-    ids = [*guard.encode(prep.texts[:-1]), prep.trunk] if len(prep.texts) > 1 else [prep.trunk]
+    reader = guard.reader
+    if reader.nodes > 1 and request.convention is Convention.PUBLISHED:
+        raise InvalidRequest("the published convention reads guards that answer first; this one does not")
+    if reader.nodes == 1:
+        ids = [*guard.encode(prep.texts[:-1]), prep.trunk] if len(prep.texts) > 1 else [prep.trunk]
+    else:  # every reading node's prompt, cut by cut (guards/reader.py)
+        ids = guard.encode([t for text in prep.texts for t in reader.texts(text)])
     trunk = prep.trunk
     shared: list[int] = []
     tails: list[list[int]] = []
@@ -123,7 +134,7 @@ def plan_response(guard: Guard, request: ScoreRequest, limits: Limits | None = N
         lcp = common_prefix(x, trunk)
         shared.append(lcp)
         tails.append(x[lcp:])  # empty when the input is a prefix of the trunk: read off the trunk
-    return ResponsePlan(request, prep.cuts, trunk, shared, tails, [len(x) for x in ids])
+    return ResponsePlan(request, prep.cuts, trunk, shared, tails, [len(x) for x in ids], reader.nodes)
 
 
 def split_plan(plan: ResponsePlan, max_row_tokens: int) -> list[WorkItem]:

@@ -65,6 +65,8 @@ class Read:
     temperature: float
     prompt: list[int] | None = None
     """The cut's whole guard prompt, for the published convention (its processed scores need it)."""
+    nodes: int = 1
+    """Tails (and hidden states) of this cut in its row: the guard's reading nodes (guards/reader.py)."""
 
 
 class Work(Protocol):
@@ -80,5 +82,5 @@ class Work(Protocol):
         ...
 
     def reads(self) -> list[Read]:
-        """One per tail of its row, in order."""
+        """One per cut, in order; cut k's `nodes` tails follow each other in the row."""
         ...

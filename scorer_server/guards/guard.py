@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from scorer_server.guards.presets import GuardPreset
+from scorer_server.guards.reader import VerdictReader
 from scorer_server.guards.template import GuardTemplate
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ class GuardSide:
     class_ids: tuple[int, ...] = ()
     """Token ids of the preset's verdict classes, in `preset.classes` order (safe_id and unsafe_id are
     the first two), each the first token of its word tokenised in context."""
+    reader: VerdictReader = field(default_factory=VerdictReader)
+    """Where the verdict is read and how P(safe) combines what is read there (guards/reader.py)."""
 
     @property
     def safe_classes(self) -> tuple[bool, ...]:

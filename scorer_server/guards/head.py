@@ -29,8 +29,13 @@ def _postprocess(cfg: Any, logits: torch.Tensor) -> torch.Tensor:
 def verdict_logits(guard: Guard, hidden: torch.Tensor) -> torch.Tensor:
     """The verdict classes' logits [N, K] (float32) from final hidden states [N, H], using only their
     rows of the output embedding."""
+    return head_logits(guard, hidden, list(guard.class_ids or (guard.safe_id, guard.unsafe_id)))
+
+
+def head_logits(guard: Guard, hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """The logits [N, len(rows)] (float32) of the token ids `rows` from final hidden states [N, H],
+    computing only those rows of the output embedding."""
     head = guard.model.get_output_embeddings()
-    rows = list(guard.class_ids or (guard.safe_id, guard.unsafe_id))
     w = head.weight[rows]
     logits = hidden.to(w.dtype) @ w.T
     if getattr(head, "bias", None) is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from scorer_server.errors import TemplateRenderError
 from scorer_server.guards.guard import Guard
 from scorer_server.guards.head import check_head
 from scorer_server.guards.presets import GuardPreset, get_preset
+from scorer_server.guards.reader import VerdictReader
 from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
 from star_contract.errors import ConfigError
 from star_contract.model_dir import require_model_dir
@@ -46,6 +47,8 @@ class GuardConfig:
     category_pattern: str | None = None
     safe_classes: tuple[str, ...] = ()
     """Verdict classes that also count as safe (Qwen3Guard's "Controversial" read loose)."""
+    earlier_mode: str = "argmax"
+    """How fields written before the verdict are taken: argmax or marginal (guards/reader.py)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for `from_pretrained` (e.g. trust_remote_code is never set for you)."""
 
@@ -63,6 +66,9 @@ class GuardConfig:
             verdict_prefix=self.verdict_prefix,
             category_pattern=self.category_pattern,
         )
+        if self.earlier_mode not in ("argmax", "marginal"):
+            raise ConfigError(f"--earlier-fields must be argmax or marginal, not {self.earlier_mode!r}")
+        preset = replace(preset, earlier_mode=self.earlier_mode)
         return preset.counting_safe(self.safe_classes) if self.safe_classes else preset
 
 
@@ -78,7 +84,7 @@ def load_guard(config: GuardConfig) -> Guard:
         raise ConfigError(f"--dtype must be one of {', '.join(sorted(DTYPES))}, not {config.dtype!r}")
     preset = config.resolved_preset()
     tokenizer = load_tokenizer(config.path)
-    template_text = read_template_file(config.template_file)
+    template_text = template_source(config.template_file, preset)
     side = prompt_side(tokenizer, preset, template_text)
     attn = config.attn_implementation or ("eager" if preset.eager_attention else "sdpa")
     try:
@@ -110,6 +116,18 @@ def load_tokenizer(path: str) -> Any:
         ) from None
 
 
+def template_source(path: str | None, preset: GuardPreset) -> str | None:
+    """The guard prompt's Jinja text: --template-file when given, else the preset's own (NemoGuard's,
+    WildGuard's), else None (the tokenizer's chat template)."""
+    if path:
+        return read_template_file(path)
+    if preset.template:
+        from scorer_server.guards.formats import read_format
+
+        return read_format(preset.template)
+    return None
+
+
 def read_template_file(path: str | None) -> str | None:
     """The text of --template-file, or None when no file is given."""
     if not path:
@@ -131,11 +149,12 @@ def build_guard(
     side: PromptSide | None = None,
 ) -> Guard:
     """Derive the template split, verdict prefix and verdict ids for an already-loaded model."""
-    template, class_ids = side or prompt_side(tokenizer, preset, template_text)
+    template, reader = side or prompt_side(tokenizer, preset, template_text)
     prompt = template.render(PROBE)
+    class_ids = reader.class_ids
     fingerprint = _fingerprint(model, template, preset, class_ids, config)
     side_fields = (tokenizer, template, preset, class_ids[0], class_ids[1], fingerprint, name, class_ids)
-    guard = Guard(*side_fields, model=model, config=config)
+    guard = Guard(*side_fields, model=model, config=config, reader=reader)
     gap = check_head(guard, guard.encode([prompt])[0])
     tol = 1e-3 if guard.dtype == torch.float32 else 0.25
     if not gap <= tol:
@@ -146,12 +165,13 @@ def build_guard(
     return guard
 
 
-PromptSide = tuple[GuardTemplate, tuple[int, ...]]
+PromptSide = tuple[GuardTemplate, VerdictReader]
 
 
 def prompt_side(tokenizer: Any, preset: GuardPreset, template_text: str | None) -> PromptSide:
-    """The guard's prompt side: its template (content form and verdict prefix decided) and the token
-    ids of its verdict classes. Raises ConfigError naming the setting to change.
+    """The guard's prompt side: its template (content form and verdict prefix decided) and its verdict
+    reader (the token ids of its earlier fields' values and verdict classes, each tokenised in context).
+    Raises ConfigError naming the setting to change.
 
     Shared by the local engine and the tokenizer-only remote backends, so both build identical prompts.
     """
@@ -168,16 +188,32 @@ def prompt_side(tokenizer: Any, preset: GuardPreset, template_text: str | None) 
     prompt = rendered + prefix
     check_reasoning(rendered + prefix, preset)
     check_verdict_words(rendered, preset)
-    words = [c.word for c in preset.classes]
+    field_ids = []
+    for earlier in preset.earlier:  # along the first values: where each field's value is written
+        field_ids.append(_distinct_first_tokens(tokenizer, prompt, earlier.values, f"field {earlier.name!r}"))
+        prompt += earlier.values[0] + earlier.then
+    words = tuple(c.word for c in preset.classes)
+    reader = VerdictReader(
+        field_values=tuple(f.values for f in preset.earlier),
+        field_then=tuple(f.then for f in preset.earlier),
+        field_ids=tuple(field_ids),
+        class_ids=_distinct_first_tokens(tokenizer, prompt, words, "verdict words"),
+        safe=tuple(c.safe for c in preset.classes),
+        mode=preset.earlier_mode,
+    )
+    return template, reader
+
+
+def _distinct_first_tokens(tokenizer: Any, prompt: str, words: tuple[str, ...], what: str) -> tuple[int, ...]:
     ids = tuple(first_token_after(tokenizer, prompt, w) for w in words)
     for i, a in enumerate(ids):
         for j in range(i):
             if ids[j] == a:
                 raise ConfigError(
-                    f"verdict words {words[j]!r} and {words[i]!r} start with the same token; choose "
-                    "verdict words whose first tokens differ (--safe-word / --unsafe-word)"
+                    f"{what} {words[j]!r} and {words[i]!r} start with the same token; choose words whose "
+                    "first tokens differ (--safe-word / --unsafe-word)"
                 )
-    return template, ids
+    return ids
 
 
 REASONING_OPENERS = ("<think>", "<|channel|>analysis")
@@ -215,7 +251,7 @@ def check_verdict_words(rendered: str, preset: GuardPreset) -> None:
     words the prompt never mentions is the wrong preset, and its scores would be noise. `custom`
     guards are not checked.
     """
-    if preset.name == "custom":
+    if preset.name == "custom" or not preset.verdict_words_in_prompt:
         return
     missing = [c.word for c in preset.classes if not _mentions(rendered, c.word.strip())]
     if not missing:

@@ -19,6 +19,17 @@ class VerdictClass:
 
 
 @dataclass(frozen=True)
+class EarlierField:
+    """A field the guard writes before the verdict the scorer reads (guards/reader.py)."""
+
+    name: str
+    values: tuple[str, ...]
+    """The words the guard may write there, as it writes them."""
+    then: str
+    """The text after the value, up to the next field or the verdict."""
+
+
+@dataclass(frozen=True)
 class GuardPreset:
     """How to read a verdict out of one family of generative guards.
 
@@ -35,6 +46,16 @@ class GuardPreset:
     """The verdict for an unsafe response ("unsafe", or "Yes")."""
     more_classes: tuple[VerdictClass, ...] = ()
     """Answers beyond the two (Qwen3Guard's " Controversial", unsafe unless counted safe)."""
+    earlier: tuple[EarlierField, ...] = ()
+    """Fields the guard writes between the forced text and the verdict (NemoGuard's user verdict)."""
+    earlier_mode: str = "argmax"
+    """How an earlier field's value is taken: `argmax` (what the guard's greedy decoding writes) or
+    `marginal` (every value, weighted by its probability)."""
+    template: str | None = None
+    """The guard prompt the preset brings (a file of scorer_server/guards/formats) where the guard's
+    directory has only a general chat template or none; --template-file replaces it."""
+    verdict_words_in_prompt: bool = True
+    """Whether the guard's prompt names its verdict words (checked at load; WildGuard's does not)."""
     reasons_first: str | None = None
     """Set for guards that write a reasoning trace before any verdict: the reason they are refused
     (a verdict read per cut in one forward would be read where the guard writes none)."""
@@ -107,6 +128,33 @@ PRESETS: dict[str, GuardPreset] = {
         verdict_prefix="Safety:",
         category_pattern=r"(?:(?<=Categories: )|(?<=, ))[^\n,]+",
         judge_max_new_tokens=24,
+    ),
+    "nemoguard": GuardPreset(
+        # JSON: {"User Safety": "safe|unsafe", "Response Safety": "safe|unsafe", ...}; the user's verdict
+        # comes first, so it is an earlier field and the response's is read after it.
+        name="nemoguard",
+        safe_word="safe",
+        unsafe_word="unsafe",
+        verdict_prefix='{"User Safety": "',
+        earlier=(EarlierField("User Safety", ("safe", "unsafe"), '", "Response Safety": "'),),
+        template="nemoguard.jinja",
+        category_pattern=r"(?:(?<=\"Safety Categories\": \")|(?<=, ))[^\",]+",
+        judge_max_new_tokens=40,
+    ),
+    "wildguard": GuardPreset(
+        # Three lines: "Harmful request: yes|no", "Response refusal: yes|no", "Harmful response: yes|no";
+        # the first two are earlier fields, the third is read.
+        name="wildguard",
+        safe_word=" no",
+        unsafe_word=" yes",
+        verdict_prefix="Harmful request:",
+        earlier=(
+            EarlierField("Harmful request", (" no", " yes"), "\nResponse refusal:"),
+            EarlierField("Response refusal", (" no", " yes"), "\nHarmful response:"),
+        ),
+        template="wildguard.jinja",
+        verdict_words_in_prompt=False,
+        judge_max_new_tokens=16,
     ),
     "gpt-oss-safeguard": GuardPreset(
         name="gpt-oss-safeguard",

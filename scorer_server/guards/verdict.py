@@ -51,10 +51,10 @@ def parse_categories(text: str, pattern: re.Pattern[str] | None) -> tuple[str, .
     return tuple(dict.fromkeys(pattern.findall(rest[1]))) if len(rest) == 2 else ()
 
 
-def read_verdict(logits: Sequence[float], text: str, preset: GuardPreset) -> Verdict:
-    """The Verdict for the verdict classes' logits `logits` (in `preset.classes` order) and the guard's
-    decoded answer `text` (categories only for an unsafe verdict, read as `parse_categories` says)."""
-    p_unsafe = 1.0 - classes_p_safe(logits, [c.safe for c in preset.classes])
+def read_verdict(p_safe: float, text: str, preset: GuardPreset) -> Verdict:
+    """The Verdict for P(safe) = `p_safe` of the whole response and the guard's decoded answer `text`
+    (categories only for an unsafe verdict, read as `parse_categories` says)."""
+    p_unsafe = 1.0 - p_safe
     pattern = _compiled(preset.category_pattern) if preset.category_pattern else None
     cats = parse_categories(text, pattern) if p_unsafe >= 0.5 else ()
     return Verdict(p_unsafe=p_unsafe, categories=cats, text=text.strip())

@@ -1,5 +1,5 @@
-"""Chat templates we write for guards whose published input is not a chat template, and the published
-constructions they must reproduce.
+"""Reconstructed chat templates of guards whose real template is not available here, and the published
+prompt constructions of guards that ship none.
 
 The templates are package data (`*.jinja` here), read with `read_template(name)`:
 
@@ -16,14 +16,9 @@ The templates are package data (`*.jinja` here), read with `read_template(name)`
   typed parts. Assumed, not witnessed: the categories S2..S13 (the render elides them; these are the 14
   MLCommons categories of Llama Guard 3 8B's template, which Llama Guard 4 shares per its model card), and
   the separators of a multi-turn conversation (each turn ends with the literal pair, as the one turn does).
-- `nemoguard.jinja` -- our template for Llama-3.1-Nemotron-Safety-Guard-8B-v3 / NemoGuard-8B-ContentSafety.
-  The published construction (`nemoguard_two_step`) is two steps: NeMo Guardrails renders its task prompt
-  (`content_safety_check_input` / `_output`, with {{ user_input }} and {{ bot_response }}) and sends it as
-  the user message of a chat, to which the NIM applies the Llama 3.1 Instruct chat template. This template
-  renders that final text directly from a plain [user] or [user, assistant] conversation.
-- `wildguard.jinja` -- our template for allenai/wildguard: `bos_token` followed by the library's
-  WILDGUARD_INPUT_FORMAT filled with (prompt, response), as `wildguard_text` builds it. The leading `<s>`
-  is what WildGuard's model card writes in front before tokenising with add_special_tokens=False.
+- NemoGuard's and WildGuard's guard prompts ship with the scorer (scorer_server/guards/formats: the
+  presets bring them); `nemoguard_two_step` and `wildguard_text` below are the published constructions
+  they are tested against.
 - `granite_guardian_3_3.jinja` -- a RECONSTRUCTION of Granite Guardian 3.3's template from the two renders
   of IBM's cookbook (SOURCES-2.md), which it reproduces byte for byte for that conversation. Only the
   groundedness criteria text is witnessed (other criteria_id values raise; custom_criteria works); user
@@ -37,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 LLAMA_GUARD_4 = "llama_guard_4.jinja"
-NEMOGUARD = "nemoguard.jinja"
-WILDGUARD = "wildguard.jinja"
 GRANITE_GUARDIAN_3_3 = "granite_guardian_3_3.jinja"
 
 NEMOGUARD_INPUT_PROMPT = "nemotron-safety-guard-8b-v3.prompt_input.jinja"
@@ -48,7 +41,7 @@ WILDGUARD_FORMAT = "wildguard.input_format.txt"
 
 
 def read_template(name: str) -> str:
-    """One of our templates (LLAMA_GUARD_4, NEMOGUARD, WILDGUARD, GRANITE_GUARDIAN_3_3), as text."""
+    """One of our reconstructions (LLAMA_GUARD_4, GRANITE_GUARDIAN_3_3), as text."""
     return files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
