@@ -240,3 +240,30 @@ def test_the_oracle_notices_a_wrong_forced_text_or_class_set(family: tuple[str, 
     for mutant in mutants:
         wrong = [mutant.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
         assert max(abs(a - b) for a, b in zip(right, wrong, strict=True)) > 1e-3
+
+
+def test_remote_backends_read_every_class_and_refuse_earlier_fields(guard_dir: Path, tmp_path: Path) -> None:
+    """vLLM is asked for every class token's log-prob and P(safe) sums the safe classes' softmax; a guard
+    with fields before its verdict needs one position per request more than vLLM or TGI read, so it is
+    refused with the reason (the local backend serves it)."""
+    import math
+
+    from scorer_server.backends.prompts import load_prompt_guard
+    from scorer_server.backends.remote import RemoteConfig
+    from scorer_server.backends.vllm import VllmBackend
+    from scorer_server.guards.verdict import classes_p_safe
+
+    tpl = tmp_path / "qwen.jinja"
+    tpl.write_text("{{ messages[-1]['content'] }} One of: Safe, Unsafe, Controversial.\n")
+    config = GuardConfig(path=str(guard_dir), preset="qwen3guard-gen", template_file=str(tpl))
+    guard = load_prompt_guard(config, "vllm")
+    assert len(guard.class_ids) == 3 and guard.safe_classes == (True, False, False)
+    backend = VllmBackend(guard, RemoteConfig(urls=("http://127.0.0.1:1",)))
+    assert backend.request_body("x", 1)["logprob_token_ids"] == list(guard.class_ids)
+    first = {f"token_id:{i}": lp for i, lp in zip(guard.class_ids, (-1.0, -2.0, -0.5), strict=True)}
+    out = backend.parse({"choices": [{"text": "", "logprobs": {"top_logprobs": [first]}}]})
+    assert out.logprobs == (-1.0, -2.0, -0.5)
+    z = math.exp(-1.0) + math.exp(-2.0) + math.exp(-0.5)
+    assert classes_p_safe(out.logprobs, guard.safe_classes) == pytest.approx(math.exp(-1.0) / z)
+    with pytest.raises(ConfigError, match="writes fields before its verdict"):
+        load_prompt_guard(GuardConfig(path=str(guard_dir), preset="nemoguard"), "vllm")
