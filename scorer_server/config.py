@@ -42,9 +42,8 @@ class GuardSettings:
     )
     preset: str = _opt(
         "llama-guard-3",
-        "guard family preset: llama-guard-3, llama-guard-4, qwen3guard-gen, nemoguard, wildguard, "
-        "granite-guardian-3, shieldgemma, or custom (then give --safe-word and --unsafe-word); "
-        "docs/guards.md",
+        "guard family preset: llama-guard-3, llama-guard-4, qwen3guard-gen, nemoguard, wildguard, granite-"
+        "guardian-3, shieldgemma, or custom (then give --safe-word and --unsafe-word); docs/guards.md",
     )
     earlier_fields: str = _opt(
         "argmax",

@@ -99,8 +99,14 @@ def toy_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     return int(code_file.read_text()), out
 
 
-XDIST_GROUPS = {"test_toy_demo.py": "toy-demo", "test_landscape_toy.py": "toy-demo"}
-"""Modules that share a worker under --dist loadgroup beyond their own (they share `toy_demo`)."""
+XDIST_GROUPS = {
+    "test_toy_demo.py": "toy-demo",
+    "test_landscape_toy.py": "toy-demo",
+    "test_real_guards_2.py": "real-guards-2",
+    "test_todays_guards.py": "real-guards-2",
+}
+"""Modules that share a worker under --dist loadgroup beyond their own (they share `toy_demo`, or
+`real_guard_2_dir`'s directories)."""
 SLOW_FIRST = (
     "test_toy_demo.py",
     "test_landscape_toy.py",
@@ -136,3 +142,20 @@ def guard_templates() -> Path:
     """The real guard templates folder (../shared/guard-templates or STAR_GUARD_TEMPLATES): a test that
     needs it is skipped without it, and fails without it in CI (CI=true)."""
     return require_guard_templates(__file__)
+
+
+@pytest.fixture(scope="session")
+def real_guard_2_dir(guard_templates: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`real_guard_2_dir(name)`: the directory of star_testing.real_guards' REAL_GUARDS_2 guard `name`
+    (real tokenizer, tiny random weights; 20-130 MB, seconds to build), built once per worker."""
+    from star_testing.real_guards import save_real_guard_2
+
+    root = tmp_path_factory.mktemp("real-guards-2")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = save_real_guard_2(root / name, name, guard_templates)[0]
+        return built[name]
+
+    return get

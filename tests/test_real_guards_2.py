@@ -26,7 +26,6 @@ from star_testing.real_guards import (
     RealGuard2,
     guard_template,
     real_tokenizer,
-    save_real_guard_2,
 )
 
 pytestmark = pytest.mark.usefixtures("guard_templates")
@@ -110,15 +109,16 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, guard_templates: Path) -> Iterator[dict[str, Built]]:
-    """Every directory, built once for the module (tokenizer conversions included in `seconds`)."""
+def built(real_guard_2_dir: Any) -> Iterator[dict[str, Built]]:
+    """Every directory (shared with tests/test_todays_guards.py: `seconds` is the build time when this
+    module built it, tokenizer conversions included, else about 0)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out: dict[str, Built] = {}
-    root = tmp_path_factory.mktemp("real-guards-2")
     for guard in REAL_GUARDS_2:
         start = time.perf_counter()
-        path, info = save_real_guard_2(root / guard.name, guard.name, guard_templates)
+        path = real_guard_2_dir(guard.name)
+        info = guard
         seconds = time.perf_counter() - start
         tok = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path)).eval()

@@ -148,12 +148,10 @@ class Oracle:
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(
-    request: pytest.FixtureRequest, guard_templates: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, guard_templates: Path, real_guard_2_dir: Any
 ) -> tuple[str, Path, Oracle]:
-    from star_testing.real_guards import save_real_guard_2
-
     name = request.param
-    path, _ = save_real_guard_2(tmp_path_factory.mktemp(name) / name, name, guard_templates)
+    path = real_guard_2_dir(name)
     forced, fields, classes, _ = FAMILIES[name]
     return name, path, Oracle(name, path, guard_templates, forced, fields, classes)
 
