@@ -1,4 +1,5 @@
-"""`star-scorer serve`: serve a guard's STAR scores over gRPC.
+"""`star-scorer serve`: serve a guard's STAR scores over gRPC. `star-scorer check-guard`: check that a
+preset fits a guard checkpoint before serving it.
 
 Scoring a file against a running server is `star-client score`, and guarding text arriving on stdin is
 `star-client moderate` (the client package, no torch needed).
@@ -12,7 +13,7 @@ import os
 import sys
 from typing import NoReturn
 
-from star_contract.cli_errors import USER_ERRORS, fail
+from star_contract.cli_errors import RUN_ERRORS, USER_ERRORS, fail
 
 MODERATE_MOVED = (
     "star-scorer moderate has moved to `star-client moderate` (same flags); this alias will be removed in "
@@ -32,9 +33,82 @@ def build_parser() -> argparse.ArgumentParser:
         "reflection and Prometheus metrics. Every flag can also be set as STAR_<FLAG_IN_UPPER_SNAKE>.",
     )
     add_server_arguments(serve)
+    add_check_guard_arguments(
+        sub.add_parser(
+            "check-guard",
+            help="check that a preset fits a guard checkpoint",
+            description="Check that a preset fits a guard checkpoint: on a few fixed probe conversations, "
+            "does the guard, decoding greedily, write the preset's forced text and then a verdict word, "
+            "and do the verdict classes hold most of the probability mass where the scorer reads? Exit "
+            "code 0 when every probe fits, 3 when one does not, 2 on a bad flag or a guard the loader "
+            "refuses (docs/guards.md).",
+        )
+    )
     # Listed for --help only: main() hands `moderate` to the client before parsing.
     sub.add_parser("moderate", help="moved to `star-client moderate` (alias until the next release)")
     return ap
+
+
+def add_check_guard_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("dir", metavar="DIR", help="the guard model directory")
+    ap.add_argument("--preset", required=True, help="the preset to check (docs/guards.md), or custom")
+    ap.add_argument("--template-file", default="", help="Jinja chat template that replaces the tokenizer's")
+    ap.add_argument("--template-kwargs", default="", help="JSON object of chat-template keyword arguments")
+    ap.add_argument("--safe-word", default="", help="verdict word of a safe response; overrides the preset's")
+    ap.add_argument("--unsafe-word", default="", help="verdict word of an unsafe response; overrides it too")
+    ap.add_argument(
+        "--verdict-prefix", default="auto", help="forced text before the verdict; auto: the preset's"
+    )
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    ap.add_argument("--dtype", default="float32", help="weights dtype: float32, bfloat16, float16")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="tokens to decode greedily per probe")
+    ap.add_argument(
+        "--min-class-mass",
+        type=float,
+        default=0.5,
+        help="the verdict classes must hold more than this share of the probability mass (default 0.5)",
+    )
+    ap.add_argument("--json", action="store_true", help="print one JSON object per probe instead")
+
+
+def check_guard_main(args: argparse.Namespace) -> int:
+    """`star-scorer check-guard`: 0 when every probe fits, 3 when one does not, 2 on a user error."""
+    prog = "star-scorer check-guard"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        from scorer_server.check_guard import PROBES, check_guard, render_report, report_json
+        from scorer_server.config import GuardSettings
+        from scorer_server.guards.loader import load_guard
+        from star_contract.model_dir import require_model_dir
+
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, not {args.max_new_tokens}")
+        if not 0.0 <= args.min_class_mass <= 1.0:
+            raise ValueError(f"--min-class-mass must be between 0 and 1, not {args.min_class_mass}")
+        require_model_dir(args.dir, "the guard directory")
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar around the report
+        settings = GuardSettings(
+            path=args.dir,
+            preset=args.preset,
+            template_file=args.template_file,
+            template_kwargs=args.template_kwargs,
+            safe_word=args.safe_word,
+            unsafe_word=args.unsafe_word,
+            verdict_prefix=args.verdict_prefix,
+            dtype=args.dtype,
+            device=args.device,
+        )
+        guard = load_guard(settings.guard_config())
+        reports = check_guard(guard, PROBES, args.max_new_tokens, args.min_class_mass)
+    except RUN_ERRORS as exc:
+        return fail(prog, exc)
+    if args.json:
+        for report in reports:
+            print(report_json(report))
+    else:
+        print(render_report(guard, reports, args.max_new_tokens))
+    return 0 if all(r.fits for r in reports) else 3
 
 
 def _exit_past_stuck_threads(code: int) -> int:
@@ -58,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["moderate"]:
         _moderate_moved(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "check-guard":
+        return check_guard_main(args)
     try:
         from scorer_server.config import config_from
 
