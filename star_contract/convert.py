@@ -101,6 +101,7 @@ def score_request_to_pb(req: ScoreRequest, priority: int = 0) -> pb.ScoreRequest
         out.temperature = req.temperature
     if req.convention is not Convention.RAW:
         out.convention = _CONVENTION_TO_PB[req.convention]
+    out.safe_classes.extend(req.safe_classes)
     return out
 
 
@@ -118,6 +119,7 @@ def score_request_from_pb(msg: pb.ScoreRequest) -> tuple[ScoreRequest, int]:
         cuts_from_pb(msg.cuts),
         temperature,
         _CONVENTION_FROM_PB[msg.convention],
+        tuple(msg.safe_classes),
     )
     return req, msg.priority
 
@@ -215,6 +217,7 @@ def moderate_open_from_pb(msg: pb.ModerateOpen) -> tuple[Conversation, ModerateO
         temperature=msg.temperature if msg.HasField("temperature") else d.temperature,
         kind=_KIND_FROM_PB.get(msg.cut_kind, CutKind.OFFSETS),
         convention=_CONVENTION_FROM_PB.get(msg.convention, Convention.RAW),
+        safe_classes=tuple(msg.safe_classes),
     )
     if msg.convention not in _CONVENTION_FROM_PB:
         raise InvalidRequest(
@@ -240,6 +243,7 @@ def moderate_open_to_pb(conversation: Conversation, options: ModerateOptions) ->
         consecutive=options.consecutive,
         cut_kind=_KIND_TO_PB[options.kind],
         convention=_CONVENTION_TO_PB[options.convention],
+        safe_classes=list(options.safe_classes),
     )
     if options.temperature != 1.0:
         out.temperature = options.temperature

@@ -148,6 +148,9 @@ class ScoreRequest:
     cuts: CutSpec = field(default_factory=CutSpec)
     temperature: float = 1.0
     convention: Convention = Convention.RAW
+    safe_classes: tuple[str, ...] = ()
+    """Verdict classes that also count as safe for this request (Qwen3Guard's "Controversial" read
+    loose); empty: the server's reading."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,8 @@ class ModerateOptions:
     """WORDS or GUARD_TOKENS (explicit offsets need the whole response)."""
     convention: Convention = Convention.RAW
     """How P(safe) is read (PUBLISHED: words cuts and the default temperature only)."""
+    safe_classes: tuple[str, ...] = ()
+    """As ScoreRequest.safe_classes."""
 
     def cuts(self) -> CutSpec:
         """The session's cut spacing."""

@@ -71,18 +71,20 @@ class Segment(_message.Message):
     def __init__(self, end: _Optional[int] = ..., p_safe: _Optional[float] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("conversation", "cuts", "temperature", "priority", "convention")
+    __slots__ = ("conversation", "cuts", "temperature", "priority", "convention", "safe_classes")
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     CUTS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CONVENTION_FIELD_NUMBER: _ClassVar[int]
+    SAFE_CLASSES_FIELD_NUMBER: _ClassVar[int]
     conversation: Conversation
     cuts: CutSpec
     temperature: float
     priority: int
     convention: StarConvention
-    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., cuts: _Optional[_Union[CutSpec, _Mapping]] = ..., temperature: _Optional[float] = ..., priority: _Optional[int] = ..., convention: _Optional[_Union[StarConvention, str]] = ...) -> None: ...
+    safe_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., cuts: _Optional[_Union[CutSpec, _Mapping]] = ..., temperature: _Optional[float] = ..., priority: _Optional[int] = ..., convention: _Optional[_Union[StarConvention, str]] = ..., safe_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("segments", "part", "parts", "complete", "guard_tokens")
@@ -193,7 +195,7 @@ class ModerateRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[ModerateOpen, _Mapping]] = ..., delta: _Optional[str] = ..., close: _Optional[_Union[ModerateClose, _Mapping]] = ...) -> None: ...
 
 class ModerateOpen(_message.Message):
-    __slots__ = ("conversation", "every", "unsafe_below", "consecutive", "temperature", "cut_kind", "convention")
+    __slots__ = ("conversation", "every", "unsafe_below", "consecutive", "temperature", "cut_kind", "convention", "safe_classes")
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     EVERY_FIELD_NUMBER: _ClassVar[int]
     UNSAFE_BELOW_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +203,7 @@ class ModerateOpen(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     CUT_KIND_FIELD_NUMBER: _ClassVar[int]
     CONVENTION_FIELD_NUMBER: _ClassVar[int]
+    SAFE_CLASSES_FIELD_NUMBER: _ClassVar[int]
     conversation: Conversation
     every: int
     unsafe_below: float
@@ -208,7 +211,8 @@ class ModerateOpen(_message.Message):
     temperature: float
     cut_kind: CutKind
     convention: StarConvention
-    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., every: _Optional[int] = ..., unsafe_below: _Optional[float] = ..., consecutive: _Optional[int] = ..., temperature: _Optional[float] = ..., cut_kind: _Optional[_Union[CutKind, str]] = ..., convention: _Optional[_Union[StarConvention, str]] = ...) -> None: ...
+    safe_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., every: _Optional[int] = ..., unsafe_below: _Optional[float] = ..., consecutive: _Optional[int] = ..., temperature: _Optional[float] = ..., cut_kind: _Optional[_Union[CutKind, str]] = ..., convention: _Optional[_Union[StarConvention, str]] = ..., safe_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModerateClose(_message.Message):
     __slots__ = ()

@@ -265,3 +265,45 @@ def test_remote_backends_read_every_class_and_refuse_earlier_fields(guard_dir: P
     assert classes_p_safe(out.logprobs, guard.safe_classes) == pytest.approx(math.exp(-1.0) / z)
     with pytest.raises(ConfigError, match="writes fields before its verdict"):
         load_prompt_guard(GuardConfig(path=str(guard_dir), preset="nemoguard"), "vllm")
+
+
+def test_a_request_can_read_qwen3guards_controversial_as_safe(
+    real_guard_2_dir: Any, guard_templates: Path, start_server: Any
+) -> None:
+    """Strict by default (Controversial is unsafe); a request with safe_classes=("Controversial",) reads
+    it loose, on Score and on Moderate; a class the guard does not have is INVALID_ARGUMENT."""
+    import asyncio
+
+    from star_client import AsyncScorerClient
+    from star_contract.errors import InvalidRequest as ClientInvalid
+    from star_contract.types import Conversation, CutKind, CutSpec, ModerateOptions, ScoreRequest
+
+    path = real_guard_2_dir("qwen3guard-gen")
+    forced, fields, classes, _ = FAMILIES["qwen3guard-gen"]
+    loose = tuple((w, safe or w.strip() == "Controversial") for w, safe in classes)
+    strict_oracle = Oracle("qwen3guard-gen", path, guard_templates, forced, fields, classes)
+    loose_oracle = Oracle("qwen3guard-gen", path, guard_templates, forced, fields, loose)
+    server = start_server("--guard", str(path), "--preset", "qwen3guard-gen", "--no-warmup")
+    conv = Conversation.from_pair(PROMPT, RESPONSE)
+    spec = CutSpec(CutKind.WORDS, 4)
+
+    async def calls() -> tuple[Any, Any, Any]:
+        async with AsyncScorerClient(server.address) as client:
+            strict = (await client.score_many([ScoreRequest(conv, spec)]))[0].segments
+            relaxed = (await client.score_many([ScoreRequest(conv, spec, safe_classes=("Controversial",))]))[
+                0
+            ]
+            options = ModerateOptions(every=4, unsafe_below=0, safe_classes=("Controversial",))
+            async with client.moderate(conv.with_response(""), options) as s:
+                await s.push(RESPONSE)
+                await s.close()
+            with pytest.raises(ClientInvalid, match="not a verdict class"):
+                await client.score_many([ScoreRequest(conv, spec, safe_classes=("Maybe",))])
+            return strict, relaxed.segments, s.segments
+
+    strict, relaxed, live = asyncio.run(calls())
+    for got, oracle in ((strict, strict_oracle), (relaxed, loose_oracle), (live, loose_oracle)):
+        want = [oracle.p_safe(RESPONSE[: s.end]) for s in got]
+        assert max(abs(s.p_safe - w) for s, w in zip(got, want, strict=True)) <= 1e-5
+    assert max(b.p_safe - a.p_safe for a, b in zip(strict, relaxed, strict=True)) > 1e-3
+    server.stop()

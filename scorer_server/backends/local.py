@@ -146,6 +146,7 @@ class LocalBackend:
             options.convention,
             self.config.limits,
             attention_layout(guard.model).window,
+            options.safe_classes,
         )
         return LiveSession(
             session,

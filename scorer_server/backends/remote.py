@@ -21,7 +21,7 @@ from scorer_server.backends.http import Dispatcher, RetryPolicy
 from scorer_server.backends.prompts import PromptGuard
 from scorer_server.engine.prepare import prepare
 from scorer_server.guards.loader import describe_guard
-from scorer_server.guards.verdict import classes_p_safe, read_verdict
+from scorer_server.guards.verdict import classes_p_safe, read_verdict, safe_mask
 from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest, NotReady
 from star_contract.types import (
@@ -149,6 +149,8 @@ class RemoteBackend(ABC):
             raise NotReady("the remote backend is not started")
         cuts, texts = self.prompts(request)
         t = request.temperature
+        safe = safe_mask(self.guard.preset, request.safe_classes) if request.safe_classes else ()
+        safe = safe or self.guard.safe_classes
         salt = self._salt()  # the cuts of one response share the engine's cache, other requests do not
         tasks = {
             asyncio.ensure_future(
@@ -162,7 +164,6 @@ class RemoteBackend(ABC):
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 ready = sorted((tasks[d], d.result().logprobs) for d in done)
-                safe = self.guard.safe_classes
                 segments = tuple(Segment(end=end, p_safe=classes_p_safe(lp, safe, t)) for end, lp in ready)
                 count += 1
                 last = not pending

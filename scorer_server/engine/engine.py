@@ -147,11 +147,11 @@ class StarEngine:
                 nodes = picked[at : at + reads[k].nodes]
                 at += reads[k].nodes
                 by_node = [[row[col[t]] for t in ids] for row, ids in zip(nodes, node_ids, strict=True)]
-                out[k] = (
-                    g.reader.p_safe(by_node, reads[k].temperature)
-                    if g.reader.nodes > 1
-                    else (classes_p_safe(by_node[0], g.safe_classes, reads[k].temperature))
-                )
+                r = reads[k]
+                if g.reader.nodes > 1:
+                    out[k] = g.reader.p_safe(by_node, r.temperature, r.safe)
+                else:
+                    out[k] = classes_p_safe(by_node[0], r.safe or g.safe_classes, r.temperature)
         if published:
             rows = [starts[k] for k in published]  # one node: the published convention has no fields
             full = full_logits(g, hidden[rows]) if hidden is not None else logits[rows]  # type: ignore[index]
@@ -234,7 +234,8 @@ class StarEngine:
 
 def _read(plan: ResponsePlan, i: int) -> Read:
     r = plan.request
-    return Read(plan.cuts[i], r.convention, r.temperature, plan.prompt(i * plan.nodes), plan.nodes)
+    prompt = plan.prompt(i * plan.nodes)
+    return Read(plan.cuts[i], r.convention, r.temperature, prompt, plan.nodes, plan.safe)
 
 
 def _scores(plan: ResponsePlan, found: dict[int, float]) -> StarScores:

@@ -31,6 +31,7 @@ from scorer_server.engine.plan import common_prefix
 from scorer_server.engine.prepare import check_published, published_text
 from scorer_server.engine.work import Read, Row, Tail
 from scorer_server.guards.guard import GuardSide
+from scorer_server.guards.verdict import safe_mask
 from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, Conversation, CutKind, CutSpec
@@ -64,6 +65,7 @@ class SessionPush:
     inputs: list[CutInput]
     convention: Convention
     temperature: float
+    safe: tuple[bool, ...] = ()
 
     @property
     def tokens(self) -> int:
@@ -94,7 +96,14 @@ class SessionPush:
     def reads(self) -> list[Read]:
         published = self.convention is Convention.PUBLISHED
         return [
-            Read(i.end, self.convention, self.temperature, i.ids if published else None, len(i.prompts))
+            Read(
+                i.end,
+                self.convention,
+                self.temperature,
+                i.ids if published else None,
+                len(i.prompts),
+                self.safe,
+            )
             for i in self.inputs
         ]
 
@@ -117,6 +126,8 @@ class IncrementalSession:
     limits: Limits = field(default_factory=Limits)
     window: int | None = None
     """The guard's sliding attention window, if it has sliding layers (their old keys are dropped)."""
+    safe_classes: tuple[str, ...] = ()
+    """Verdict classes that also count as safe for this session (ModerateOptions.safe_classes)."""
 
     def __post_init__(self) -> None:
         self.conversation.require_response()
@@ -127,6 +138,7 @@ class IncrementalSession:
             )
         if self.cuts.every < 1:
             raise InvalidRequest(f"cut spacing must be >= 1, got {self.cuts.every}")
+        self._safe = safe_mask(self.guard.preset, self.safe_classes) if self.safe_classes else ()
         reader = getattr(self.guard, "reader", None)
         self._reader = reader if reader is not None and reader.nodes > 1 else None
         if self.convention is Convention.PUBLISHED:
@@ -185,11 +197,13 @@ class IncrementalSession:
         out: list[SessionPush] = []
         for inp in inputs:
             if out:
-                grown = SessionPush(self.state, [*out[-1].inputs, inp], self.convention, self.temperature)
+                grown = SessionPush(
+                    self.state, [*out[-1].inputs, inp], self.convention, self.temperature, self._safe
+                )
                 if grown.tokens <= max_row_tokens:
                     out[-1] = grown
                     continue
-            out.append(SessionPush(self.state, [inp], self.convention, self.temperature))
+            out.append(SessionPush(self.state, [inp], self.convention, self.temperature, self._safe))
         return out
 
     def _ready_cuts(self) -> list[int]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from scorer_server.engine.prepare import prepare
 from scorer_server.engine.work import Read, Row, Tail
 from scorer_server.guards.guard import Guard
+from scorer_server.guards.verdict import safe_mask
 from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, ScoreRequest
@@ -44,6 +45,8 @@ class ResponsePlan:
     """Per prompt: the length of its whole input (for the per-cut baseline's accounting)."""
     nodes: int = 1
     """Prompts read per cut: the guard's reading tree (guards/reader.py); 1 for most guards."""
+    safe: tuple[bool, ...] = ()
+    """Per verdict class, whether it counts as safe for this request (empty: the guard's reading)."""
 
     def prompt(self, j: int) -> list[int]:
         """Prompt j's whole guard input: its shared trunk prefix and its tail."""
@@ -94,6 +97,7 @@ class WorkItem:
                 request.temperature,
                 self.plan.prompt(i * n) if published else None,
                 n,
+                self.plan.safe,
             )
             for i in self.cut_indices
         ]
@@ -121,6 +125,7 @@ def plan_response(guard: Guard, request: ScoreRequest, limits: Limits | None = N
         request, guard.template, guard.tokenizer, lambda t: guard.encode([t])[0], limits or Limits()
     )
     reader = guard.reader
+    safe = safe_mask(guard.preset, request.safe_classes) if request.safe_classes else ()
     if reader.nodes > 1 and request.convention is Convention.PUBLISHED:
         raise InvalidRequest("the published convention reads guards that answer first; this one does not")
     if reader.nodes == 1:
@@ -134,7 +139,7 @@ def plan_response(guard: Guard, request: ScoreRequest, limits: Limits | None = N
         lcp = common_prefix(x, trunk)
         shared.append(lcp)
         tails.append(x[lcp:])  # empty when the input is a prefix of the trunk: read off the trunk
-    return ResponsePlan(request, prep.cuts, trunk, shared, tails, [len(x) for x in ids], reader.nodes)
+    return ResponsePlan(request, prep.cuts, trunk, shared, tails, [len(x) for x in ids], reader.nodes, safe)
 
 
 def split_plan(plan: ResponsePlan, max_row_tokens: int) -> list[WorkItem]:

@@ -67,6 +67,8 @@ class Read:
     """The cut's whole guard prompt, for the published convention (its processed scores need it)."""
     nodes: int = 1
     """Tails (and hidden states) of this cut in its row: the guard's reading nodes (guards/reader.py)."""
+    safe: tuple[bool, ...] = ()
+    """Per verdict class, whether it counts as safe for this request; empty: the guard's reading."""
 
 
 class Work(Protocol):

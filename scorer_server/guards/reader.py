@@ -70,17 +70,20 @@ class VerdictReader:
             self.field_ids[len(p)] if len(p) < len(self.field_ids) else self.class_ids for p in self.paths()
         ]
 
-    def p_safe(self, logits: Sequence[Sequence[float]], temperature: float = 1.0) -> float:
+    def p_safe(
+        self, logits: Sequence[Sequence[float]], temperature: float = 1.0, safe: tuple[bool, ...] = ()
+    ) -> float:
         """P(safe) from each node's logits over its `ids()` (node order). Earlier fields are read at
         temperature 1 (the guard's own choice); the verdict at `temperature`."""
         index = {p: k for k, p in enumerate(self.paths())}
+        safe = safe or self.safe
         if self.mode == "marginal":
-            return self._marginal((), index, logits, temperature)
+            return self._marginal((), index, logits, temperature, safe)
         path: tuple[int, ...] = ()
         while len(path) < len(self.field_values):
             row = logits[index[path]]
             path += (max(range(len(row)), key=row.__getitem__),)
-        return classes_p_safe(logits[index[path]], self.safe, temperature)
+        return classes_p_safe(logits[index[path]], safe, temperature)
 
     def _marginal(
         self,
@@ -88,13 +91,15 @@ class VerdictReader:
         index: dict[tuple[int, ...], int],
         logits: Sequence[Sequence[float]],
         temperature: float,
+        safe: tuple[bool, ...],
     ) -> float:
         row = logits[index[path]]
         if len(path) == len(self.field_values):
-            return classes_p_safe(row, self.safe, temperature)
+            return classes_p_safe(row, safe, temperature)
         top = max(row)
         weights = [math.exp(x - top) for x in row]
         total = sum(weights)
         return sum(
-            w / total * self._marginal((*path, v), index, logits, temperature) for v, w in enumerate(weights)
+            w / total * self._marginal((*path, v), index, logits, temperature, safe)
+            for v, w in enumerate(weights)
         )

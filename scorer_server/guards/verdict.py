@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 
 from scorer_server.guards.presets import GuardPreset
+from star_contract.errors import InvalidRequest
 from star_contract.types import Verdict
 
 
@@ -49,6 +50,21 @@ def parse_categories(text: str, pattern: re.Pattern[str] | None) -> tuple[str, .
         return ()
     rest = text.strip().split("\n", 1)
     return tuple(dict.fromkeys(pattern.findall(rest[1]))) if len(rest) == 2 else ()
+
+
+def safe_mask(preset: GuardPreset, also_safe: Sequence[str]) -> tuple[bool, ...]:
+    """Per verdict class of `preset`, whether it counts as safe with the classes named in `also_safe`
+    (a request's safe_classes, words compared stripped) counted safe too; InvalidRequest names the
+    guard's classes when a name is not one of them."""
+    classes = preset.classes
+    wanted = {w.strip() for w in also_safe}
+    known = {c.word.strip() for c in classes}
+    if not wanted <= known:
+        raise InvalidRequest(
+            f"safe_classes names {', '.join(sorted(wanted - known))}, not a verdict class of this guard "
+            f"({', '.join(sorted(known))})"
+        )
+    return tuple(c.safe or c.word.strip() in wanted for c in classes)
 
 
 def read_verdict(p_safe: float, text: str, preset: GuardPreset) -> Verdict:
