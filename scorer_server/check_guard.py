@@ -11,6 +11,10 @@ on a few fixed probe conversations:
 2. at the position the scorer reads (prompt + forced text): each class token's probability over the full
    vocabulary and renormalised over the classes, the top tokens, and the classes' share of the mass.
 
+For a guard that writes fields before its verdict (NemoGuard, WildGuard), the "forced text" checked is
+the forced text followed by the value the guard finds most likely in each field (what the scorer's
+reader takes, guards/reader.py) and the text after it: the verdict is read at its end.
+
 `check_guard` is pure (a loaded guard in, reports out); `render_report` and `report_json` format them.
 """
 
@@ -109,7 +113,8 @@ class ProbeReport:
 
     probe: str
     forced_text: str
-    """The text the preset makes the guard write before its verdict (may be empty)."""
+    """The text the preset makes the guard write before its verdict (may be empty; for a guard with
+    fields before its verdict, with the field values it finds most likely)."""
     generated: str
     """Greedy decoding from the prompt without the forced text (special tokens kept; stops at EOS)."""
     generated_tokens: int
@@ -151,9 +156,11 @@ def check_guard(
 
 @torch.inference_mode()
 def _check_probe(guard: Guard, probe: Probe, max_new_tokens: int, min_class_mass: float) -> ProbeReport:
-    forced = guard.template.verdict_prefix
+    prefix = guard.template.verdict_prefix
     scored = guard.template.render(probe.conversation)
-    bare = scored[: len(scored) - len(forced)] if forced else scored
+    bare = scored[: len(scored) - len(prefix)] if prefix else scored
+    scored = _follow_fields(guard, scored)  # a guard that writes fields first: where its verdict is
+    forced = scored[len(bare) :]
     generated, n = _greedy(guard, bare, max_new_tokens)
     writes_forced = generated.startswith(forced)
     verdict, as_written = _verdict_after(generated[len(forced) :], guard) if writes_forced else (None, False)
@@ -209,6 +216,17 @@ def _check_probe(guard: Guard, probe: Probe, max_new_tokens: int, min_class_mass
         fits=not reasons,
         reason="; ".join(reasons),
     )
+
+
+def _follow_fields(guard: Guard, prompt: str) -> str:
+    """`prompt` followed by the values the guard finds most likely for the fields it writes before its
+    verdict (NemoGuard's user verdict, WildGuard's first lines), as the scorer's reader takes them
+    (guards/reader.py, argmax): the text up to where the verdict is read."""
+    reader = guard.reader
+    for values, then, ids in zip(reader.field_values, reader.field_then, reader.field_ids, strict=True):
+        logits = _last_logits(guard, guard.encode([prompt])[0])[list(ids)]
+        prompt += values[int(logits.argmax())] + then
+    return prompt
 
 
 def _greedy(guard: Guard, prompt: str, max_new_tokens: int) -> tuple[str, int]:

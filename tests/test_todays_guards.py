@@ -307,3 +307,18 @@ def test_a_request_can_read_qwen3guards_controversial_as_safe(
         assert max(abs(s.p_safe - w) for s, w in zip(got, want, strict=True)) <= 1e-5
     assert max(b.p_safe - a.p_safe for a, b in zip(strict, relaxed, strict=True)) > 1e-3
     server.stop()
+
+
+def test_check_guard_follows_the_fields_written_before_the_verdict(real_guard_2_dir: Any) -> None:
+    """check-guard on a guard with earlier fields checks the text up to where the verdict is read: the
+    forced text, the value the guard finds most likely for each field (as the reader takes it), and the
+    text after it."""
+    from scorer_server.check_guard import check_guard
+    from scorer_server.guards.loader import GuardConfig, load_guard
+
+    guard = load_guard(GuardConfig(path=str(real_guard_2_dir("wildguard")), preset="wildguard"))
+    report = check_guard(guard, max_new_tokens=2)[0]
+    forced = report.forced_text
+    assert forced.startswith("Harmful request:") and forced.endswith("\nHarmful response:")
+    assert "\nResponse refusal:" in forced
+    assert report.classes[0].word == " no" and sum(c.p_classes for c in report.classes) == pytest.approx(1.0)
