@@ -221,6 +221,9 @@ REAL_GUARDS_2: tuple[RealGuard2, ...] = (
     # the score follows an empty think block in no-think mode (assumed: its whitespace is not witnessed)
     RealGuard2("granite-guardian-3.3", "granite", guard_formats.GRANITE_GUARDIAN_3_3, "reconstructed",
                "granite", "<think>\n</think>\n<score>", " no", " yes", "<think>\n</think>\n<score>"),
+    # its directory ships Granite 4.1's general template; the preset adds the criterion turn
+    RealGuard2("granite-guardian-4.1", "granite", guard_formats.GRANITE_4_1, "reconstructed",
+               "granite", "<think>\n</think>\n<score>", " no", " yes", "<think>\n</think>\n<score>"),
 )  # fmt: skip
 
 

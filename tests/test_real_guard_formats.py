@@ -365,7 +365,11 @@ def test_granite_guardian_3_3_limits(granite: Any) -> None:
         in text
     )
     assert text.endswith("<|end_of_text|>\n<|start_of_role|>judge{no_think}<|end_of_role|>")
-    with pytest.raises(Exception, match="not reconstructed"):
-        granite.apply_chat_template(conv, guardian_config={"criteria_id": "harm"}, tokenize=False)
+    harm = granite.apply_chat_template(
+        conv, guardian_config={"criteria_id": "harm"}, tokenize=False, add_generation_prompt=True
+    )
+    assert "### Criteria: Texts deemed universally harmful are those that pose harm across all" in harm
+    with pytest.raises(Exception, match="not in this reconstruction"):
+        granite.apply_chat_template(conv, guardian_config={"criteria_id": "fluency"}, tokenize=False)
     with pytest.raises(Exception, match="guardian_config"):
         granite.apply_chat_template(conv, tokenize=False)

@@ -70,6 +70,9 @@ def test_llama_4_headers_get_the_blank_line_the_guard_writes_first() -> None:
 # cut, and takes the softmax over the class tokens (each tokenised after the prompt).
 
 Fields = tuple[tuple[tuple[str, ...], str], ...]
+GRANITE = "<think>\n</think>\n<score>"
+"""Granite Guardian's no-think answer up to its score: the empty think block is witnessed (IBM's
+cookbooks), the newline after it is assumed (presets.GRANITE_SCORE_PREFIX)."""
 FAMILIES: dict[str, tuple[str, Fields, tuple[tuple[str, bool], ...], str]] = {
     # preset: (the text before the first field or the verdict, the earlier fields as (values, the text
     # after the value), the verdict classes as (word, counts safe), the guard's documented answer)
@@ -82,6 +85,8 @@ FAMILIES: dict[str, tuple[str, Fields, tuple[tuple[str, bool], ...], str]] = {
                                        ((" no", " yes"), "\nHarmful response:")),
                   ((" no", True), (" yes", False)),
                   "Harmful request: no\nResponse refusal: no\nHarmful response: no"),
+    "granite-guardian-3.3": (GRANITE, (), ((" no", True), (" yes", False)), GRANITE + " no </score>"),
+    "granite-guardian-4.1": (GRANITE, (), ((" no", True), (" yes", False)), GRANITE + " no </score>"),
 }  # fmt: skip
 PROMPT = "How do I bake bread at home?"
 RESPONSE = "Sure: mix 500 g flour,\n\nwater and yeast, then bake it 40 minutes at 220 °C. Enjoy!"
@@ -120,6 +125,27 @@ class Oracle:
             text = guard_formats.nemoguard_two_step(self.artefacts, self.tok, PROMPT, response)
         elif self.name == "wildguard":
             text = guard_formats.wildguard_text(self.artefacts, PROMPT, response)
+        elif self.name == "granite-guardian-3.3":  # as IBM's 3.3 cookbook calls it
+            messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": response}]
+            text = str(
+                self.tok.apply_chat_template(
+                    messages,
+                    guardian_config={"criteria_id": "harm"},
+                    think=False,
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+            )
+        elif self.name == "granite-guardian-4.1":  # IBM's 4.1 cookbook: the criterion as a last user turn
+            block = guard_formats.granite_guardian_4_1_block(
+                guard_formats.GRANITE_GUARDIAN_4_1_HARM, guard_formats.GRANITE_GUARDIAN_4_1_RESPONSE_SCHEMA
+            )
+            messages = [
+                {"role": "user", "content": PROMPT},
+                {"role": "assistant", "content": response},
+                {"role": "user", "content": block},
+            ]
+            text = str(self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         else:
             messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": response}]
             text = str(self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
@@ -322,3 +348,46 @@ def test_check_guard_follows_the_fields_written_before_the_verdict(real_guard_2_
     assert forced.startswith("Harmful request:") and forced.endswith("\nHarmful response:")
     assert "\nResponse refusal:" in forced
     assert report.classes[0].word == " no" and sum(c.p_classes for c in report.classes) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["granite-guardian-3.3", "granite-guardian-4.1"])
+def test_granite_guardian_in_think_mode_is_refused_naming_no_think(real_guard_2_dir: Any, name: str) -> None:
+    """With think on, Granite Guardian writes a reasoning trace before its score: refused at load, with
+    the no-think mode named (forcing an empty trace there would read a score the guard would not give)."""
+    from scorer_server.guards.loader import GuardConfig, load_guard
+
+    kwargs = {"think": True, "guardian_config": {"criteria_id": "harm"}}
+    config = GuardConfig(path=str(real_guard_2_dir(name)), preset=name, template_kwargs=kwargs)
+    with pytest.raises(ConfigError, match=r'reasons before its score.*"think": false'):
+        load_guard(config)
+
+
+def test_granite_guardian_4_1_criterion_turn_follows_the_conversation(real_guard_2_dir: Any) -> None:
+    """The criterion turn comes after the response, with the schema of the last message's role (IBM's
+    prompt-only schema when a user message is judged), and a criterion of one's own through
+    guardian_config; the conversation's text never enters it, so it is part of every cut's suffix."""
+    from scorer_server.guards.loader import GuardConfig, load_guard
+    from star_testing import guard_formats as gf
+
+    path = str(real_guard_2_dir("granite-guardian-4.1"))
+    guard = load_guard(GuardConfig(path=path, preset="granite-guardian-4.1"))
+    asked = guard.template.render_messages([{"role": "user", "content": PROMPT}])
+    block = gf.granite_guardian_4_1_block(gf.GRANITE_GUARDIAN_4_1_HARM, gf.GRANITE_GUARDIAN_4_1_PROMPT_SCHEMA)
+    turn = f"<|start_of_role|>user<|end_of_role|>{block}<|end_of_text|>\n"
+    assert asked.endswith(turn + ASSISTANT + GRANITE)
+    split = guard.template.split(_conversation())
+    assert split.suffix.startswith("<|end_of_text|>\n<|start_of_role|>user<|end_of_role|><guardian>")
+    mine = {"think": False, "guardian_config": {"criteria": "The text mentions bread."}}
+    custom = load_guard(GuardConfig(path=path, preset="granite-guardian-4.1", template_kwargs=mine))
+    rendered = custom.template.render_messages(_conversation().to_dicts())
+    assert "### Criteria: The text mentions bread.\n\n### Scoring Schema: If the last assistant's" in rendered
+    assert custom.fingerprint != guard.fingerprint
+
+
+ASSISTANT = "<|start_of_role|>assistant<|end_of_role|>"
+
+
+def _conversation() -> Any:
+    from star_contract.types import Conversation
+
+    return Conversation.from_pair(PROMPT, RESPONSE)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from scorer_server.errors import TemplateRenderError
+from scorer_server.guards.formats import read_format
 from scorer_server.guards.guard import Guard
 from scorer_server.guards.head import check_head
 from scorer_server.guards.presets import GuardPreset, get_preset
@@ -122,8 +123,6 @@ def template_source(path: str | None, preset: GuardPreset) -> str | None:
     if path:
         return read_template_file(path)
     if preset.template:
-        from scorer_server.guards.formats import read_format
-
         return read_format(preset.template)
     return None
 
@@ -177,13 +176,22 @@ def prompt_side(tokenizer: Any, preset: GuardPreset, template_text: str | None) 
     """
     if preset.reasons_first:
         raise ConfigError(f"preset {preset.name!r} cannot be scored: {preset.reasons_first}")
+    check_thinking_switch(preset)
     if template_text is None and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("the guard tokenizer has no chat template; pass one with --template-file")
-    probe = GuardTemplate(tokenizer, template_text, preset.template_kwargs, verdict_prefix="")
+    closing = read_format(preset.closing_turn) if preset.closing_turn else None
+    probe = GuardTemplate(
+        tokenizer, template_text, preset.template_kwargs, verdict_prefix="", closing_turn=closing
+    )
     rendered = _render_probe(probe)
     prefix = preset.verdict_prefix if preset.verdict_prefix is not None else auto_verdict_prefix(rendered)
     template = GuardTemplate(
-        tokenizer, template_text, preset.template_kwargs, prefix, content_form=probe.content_form
+        tokenizer,
+        template_text,
+        preset.template_kwargs,
+        prefix,
+        content_form=probe.content_form,
+        closing_turn=closing,
     )
     prompt = rendered + prefix
     check_reasoning(rendered + prefix, preset)
@@ -235,6 +243,18 @@ def check_reasoning(prompt: str, preset: GuardPreset) -> None:
                 "template in its non-reasoning mode (e.g. --template-kwargs "
                 "'{\"enable_thinking\": false}' or '{\"think\": false}'), or use a guard that answers first"
             )
+
+
+def check_thinking_switch(preset: GuardPreset) -> None:
+    """Refuse a family rendered in its reasoning mode (Granite Guardian with think on): it writes a trace
+    before its score, so the preset's forced text would put an empty trace where a real one belongs."""
+    switch = preset.thinking_switch
+    if switch and preset.template_kwargs.get(switch):
+        raise ConfigError(
+            f"preset {preset.name!r} with {switch!r} on reasons before its score, so no score can be read "
+            f'per cut; use its no-think mode (--template-kwargs with "{switch}": false, the preset\'s '
+            "default)"
+        )
 
 
 def _render_probe(template: GuardTemplate) -> str:

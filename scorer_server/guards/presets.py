@@ -59,6 +59,13 @@ class GuardPreset:
     reasons_first: str | None = None
     """Set for guards that write a reasoning trace before any verdict: the reason they are refused
     (a verdict read per cut in one forward would be read where the guard writes none)."""
+    thinking_switch: str | None = None
+    """The template keyword that turns on the family's reasoning mode (Granite Guardian's `think`): a
+    guard rendered with it true reasons before its score and is refused at load."""
+    closing_turn: str | None = None
+    """A final user turn the preset adds after the conversation (a file of scorer_server/guards/formats,
+    rendered with the messages and the template keywords): Granite Guardian 4.1 reads its criterion
+    there, in the general chat template of its directory."""
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the chat template (Granite's guardian_config, a policy text, ...)."""
     verdict_prefix: str | None = None
@@ -101,6 +108,13 @@ SHIELDGEMMA_GUIDELINE = (
 """ShieldGemma's template has no policy of its own; this is the dangerous-content policy of its model
 card. Replace it with --template-kwargs '{"guideline": "..."}' (an empty guideline makes the template
 take the policy from each conversation's system message)."""
+
+GRANITE_SCORE_PREFIX = "<think>\n</think>\n<score>"
+"""What Granite Guardian 3.3 and 4.1 write before their score in no-think mode. Witnessed: an empty
+think block holding one newline (IBM's 3.3 no-think cookbook prints the parsed trace as "\\n"; 4.1's
+instruction asks for "empty <think>\\n</think> tags"), then `<score>`, then " yes " or " no ". Assumed:
+the single newline between `</think>` and `<score>`. `star-scorer check-guard` shows whether a checkpoint
+writes exactly this; --verdict-prefix replaces it."""
 
 PRESETS: dict[str, GuardPreset] = {
     "llama-guard-3": GuardPreset(
@@ -166,6 +180,31 @@ PRESETS: dict[str, GuardPreset] = {
             "it generates, so it cannot be scored per cut in one forward (score with a guard that "
             "answers first, e.g. --preset llama-guard-4 or qwen3guard-gen)"
         ),
+    ),
+    "granite-guardian-3.3": GuardPreset(
+        # The template ends at `<|start_of_role|>judge{no_think}<|end_of_role|>`; the guard writes an
+        # empty think block, then `<score> yes </score>` or `no` (yes: the criterion is met, a risk).
+        # The newline between `</think>` and `<score>` is assumed (see GRANITE_SCORE_PREFIX).
+        name="granite-guardian-3.3",
+        safe_word=" no",
+        unsafe_word=" yes",
+        verdict_prefix=GRANITE_SCORE_PREFIX,
+        template_kwargs={"guardian_config": {"criteria_id": "harm"}, "think": False},
+        thinking_switch="think",
+        judge_max_new_tokens=4,
+    ),
+    "granite-guardian-4.1": GuardPreset(
+        # The criterion is a final user turn `<guardian><no-think>...### Criteria: ...### Scoring Schema:
+        # ...` after the response (formats/granite_guardian_4_1.jinja), in Granite 4.1's own template;
+        # the answer is the same as 3.3's.
+        name="granite-guardian-4.1",
+        safe_word=" no",
+        unsafe_word=" yes",
+        verdict_prefix=GRANITE_SCORE_PREFIX,
+        closing_turn="granite_guardian_4_1.jinja",
+        template_kwargs={"think": False},
+        thinking_switch="think",
+        judge_max_new_tokens=4,
     ),
     "granite-guardian-3": GuardPreset(
         name="granite-guardian-3",

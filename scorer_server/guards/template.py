@@ -43,14 +43,18 @@ class GuardTemplate:
         kwargs: dict[str, Any],
         verdict_prefix: str,
         content_form: ContentForm | None = None,
+        closing_turn: str | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._template = template
         self._kwargs = dict(kwargs)
         self.verdict_prefix = verdict_prefix
+        self._closing = _compile(closing_turn) if closing_turn else None
         self.content_form = content_form or detect_content_form(self._apply, _probe_messages())
 
     def _apply(self, messages: list[dict[str, Any]]) -> str:
+        if self._closing is not None:
+            messages = [*messages, self._closing_message(messages)]
         text = self._tokenizer.apply_chat_template(
             messages,
             chat_template=self._template,
@@ -61,6 +65,16 @@ class GuardTemplate:
         if not isinstance(text, str):
             raise TypeError("chat template did not render to text")
         return text
+
+    def _closing_message(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The preset's final user turn, in the form the conversation's content has."""
+        assert self._closing is not None
+        roles = [{"role": m["role"]} for m in messages]
+        text = self._closing.render(messages=roles, **self._kwargs)
+        content = messages[-1]["content"] if messages else ""
+        if isinstance(content, list):
+            return {"role": "user", "content": [{"type": "text", "text": text}]}
+        return {"role": "user", "content": text}
 
     def render_messages(self, messages: list[dict[str, str]]) -> str:
         """The guard prompt for plain {role, content} messages; a template that refuses them raises
@@ -91,6 +105,12 @@ class GuardTemplate:
             )
         head, suffix = text.split(SENTINEL)
         return TemplateSplit(head=head, suffix=suffix)
+
+
+def _compile(source: str) -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment().from_string(source)
 
 
 def _probe_messages() -> list[dict[str, str]]:
