@@ -7,13 +7,15 @@ import json
 import sys
 
 from star_contract.cli_errors import USER_ERRORS, fail
-from trainer_client.train.config import add_recipe_arguments, load_config
+from trainer_client.train.config import add_recipe_arguments, load_config, read_recipe
 
 EPILOG = """examples:
   star-train --config examples/published.yaml --set model=/models/llama-3.2-1b-instruct \\
       --set data=train.jsonl --set scorer=scorer-0:50051 --set output_dir=runs/dss
   star-train --config examples/lora-dss.yaml --set method=sft          # the SFT baseline
   star-train --config examples/lora-dss.yaml --resume                  # continue after a stop
+  star-train --config examples/published.yaml --set model=llama-3.1-8b --plan --gpus 8
+                                       # bytes per GPU (weights, grads, AdamW, activations), no weights read
 
 Every TrainConfig field (see examples/*.yaml, where each key is documented) can be set with --set.
 Several GPUs: accelerate launch -m trainer_client.train.cli --config ... (each process scores its shard).
@@ -32,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_arguments(ap, config_required=False)
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    plan = ap.add_argument_group("memory plan (nothing is trained; only the model's config.json is read)")
+    plan.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the bytes per GPU the recipe needs as one process, DDP, FSDP and LoRA, and whether "
+        "each fits; `model` may be a directory or llama-3.2-1b, llama-3.1-8b, mistral-small-24b",
+    )
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs to plan for (DDP and FSDP; default 1)")
+    plan.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
     return ap
 
 
@@ -42,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("resume=true")
     if args.no_progress:
         overrides.append("progress=false")
+    if args.plan:
+        return print_plan(args, overrides)
     try:
         cfg = load_config(args.config, overrides)
     except USER_ERRORS as e:
@@ -65,6 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     )
+    return 0
+
+
+def print_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    from trainer_client.train.memory_plan import plan_text
+
+    try:
+        print(plan_text(read_recipe(args.config, overrides), args.gpus, args.gpu_gib))
+    except USER_ERRORS as e:
+        return fail("star-train", e)
     return 0
 
 

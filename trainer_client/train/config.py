@@ -294,6 +294,11 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML recipe and apply `key=value` overrides (values parsed as YAML scalars)."""
+    return build_config(read_recipe(path, overrides))
+
+
+def read_recipe(path: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The recipe's keys as written (YAML, then `key=value` overrides), not yet checked."""
     values: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -308,7 +313,7 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
         if not sep or not key.strip():
             raise ValueError(f"--set expects key=value, got {item!r}")
         values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    return build_config(values)
+    return values
 
 
 def add_recipe_arguments(ap: Any, config_required: bool) -> None:
