@@ -1,8 +1,9 @@
 """Dynamic batcher: merges work from all callers into forwards by token budget and a maximum wait.
 
 Work arrives as tickets (one per request, each from one tenant), each holding one or more items (rows
-of a forward). Items are taken highest priority first, then oldest first, packed until the
-padded-token budget is full. A forward starts when the budget can be filled or the
+of a forward). Live-moderation items go first; otherwise tenants take turns leading a forward, and
+within a tenant items are taken highest priority first, then oldest first (scorer_server/fairness.py),
+packed until the padded-token budget is full. A forward starts when the budget can be filled or the
 oldest item has waited `max_wait_s`; while one forward runs on the worker thread the next batch
 accumulates. Outstanding work is bounded in tickets and in tokens, server-wide and per tenant: beyond a
 bound `submit` raises LimitReached (Overloaded) with a retry hint. Cancelled tickets' items are dropped
@@ -24,6 +25,7 @@ from typing import Generic, Protocol, TypeVar
 
 from scorer_server.budget import TokenBudget
 from scorer_server.errors import LimitReached
+from scorer_server.fairness import fill_order
 from scorer_server.tenants import ANONYMOUS
 from star_contract.errors import NotReady
 
@@ -130,6 +132,8 @@ class Batcher(Generic[I, R]):
         self.pending_tokens = 0
         """Tokens of the outstanding tickets' items."""
         self._tenants: dict[str, tuple[int, int]] = {}  # tenant -> (outstanding tickets, their tokens)
+        self._turns: dict[str, int] = {}
+        self._forwards = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -302,16 +306,16 @@ class Batcher(Generic[I, R]):
                 return
 
     def _take(self) -> list[_Entry[I, R]]:
-        """The oldest item of the highest priority always goes; the rest of the budget is filled with
-        items of that priority closest in length to it (less padding), then lower priorities. Padded
-        tokens stay within the budget and within `max_padding` times the real ones (a lone oversize
-        row still runs on its own). While interactive work arrives, a batch led by other work gets the
-        smaller `bulk_batch_tokens_interactive`."""
+        """The next forward's items in `fill_order` (fairness.py): the leading item always goes, the
+        rest as the budget admits them. Padded tokens stay within the budget and within `max_padding`
+        times the real ones (a lone oversize row still runs on its own). While interactive work
+        arrives, a batch led by other work gets the smaller `bulk_batch_tokens_interactive`."""
         self._drop_cancelled()
         if not self._queue:
             return []
-        head = min(self._queue, key=lambda e: (-e.priority, e.seq))
-        self._queue.sort(key=lambda e: (-e.priority, e is not head, abs(e.tokens - head.tokens), e.seq))
+        self._queue = fill_order(self._queue, self._turns, INTERACTIVE)
+        head = self._queue[0]
+        self._turns[head.tenant] = next(self._forwards)
         batch: list[_Entry[I, R]] = []
         rest: list[_Entry[I, R]] = []
         longest = total = 0

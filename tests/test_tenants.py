@@ -1,5 +1,5 @@
-"""Tenants without a server: the tokens file's names and the per-tenant books of the batcher and the
-session pool."""
+"""Tenants without a server: the tokens file's names, the per-tenant books of the batcher and the
+session pool, and the order in which the batcher serves tenants (driven step by step, no clock)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from scorer_server.backends.sessions import SessionPool
-from scorer_server.batcher import Batcher, BatcherConfig
+from scorer_server.batcher import INTERACTIVE, Batcher, BatcherConfig
 from scorer_server.budget import TokenBudget
 from scorer_server.engine.caches import KVState
 from scorer_server.errors import LimitReached
-from scorer_server.tenants import derived_name, read_tenant_tokens
+from scorer_server.tenants import ANONYMOUS, derived_name, read_tenant_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +131,54 @@ def test_a_tenant_over_its_pending_tokens_is_refused_while_others_are_admitted()
         await asyncio.sleep(0)  # the futures' done-callbacks settle the ticket
         assert b.tenant_tokens("a") == 0
         b.submit([4], 0, "a")  # a's room is back
+
+    asyncio.run(main())
+
+
+def test_one_tenant_s_backlog_does_not_hold_back_another_tenant() -> None:
+    """Forwards of 2 rows; tenant a queues 6 rows before b and c queue 1 each. Served by age alone, b and
+    c would wait for a's 3 forwards; taking turns, each is in one of the first two."""
+
+    async def main() -> None:
+        b = _batcher(rows=2)
+        for i in range(6):
+            b.submit([i], 0, "a")
+        b.submit([100], 0, "b")
+        b.submit([200], 0, "c")
+        assert _forwards(b) == [[0, 100], [200, 1], [2, 3], [4, 5]]
+
+    asyncio.run(main())
+
+
+def test_priority_orders_a_tenant_s_own_work_but_does_not_jump_other_tenants() -> None:
+    async def main() -> None:
+        b = _batcher(rows=1)
+        for i, prio in enumerate([0, 9, 9, 9]):
+            b.submit([i], prio, "a")
+        b.submit([100], 0, "b")
+        assert _forwards(b) == [[1], [100], [2], [3], [0]]
+
+    asyncio.run(main())
+
+
+def test_live_moderation_cuts_still_go_first_whoever_sends_them() -> None:
+    async def main() -> None:
+        b = _batcher(rows=1)
+        for i in range(3):
+            b.submit([i], 5, "a")
+        b.submit([100], INTERACTIVE, "b")
+        b.submit([200], INTERACTIVE, "a")
+        assert _forwards(b) == [[100], [200], [0], [1], [2]]
+
+    asyncio.run(main())
+
+
+def test_a_single_tenant_is_served_by_priority_then_age() -> None:
+    async def main() -> None:
+        b = _batcher(rows=2)
+        for i, prio in enumerate([0, 0, 3, 0, 3]):
+            b.submit([i], prio, ANONYMOUS)
+        assert _forwards(b) == [[2, 4], [0, 1], [3]]
 
     asyncio.run(main())
 
