@@ -1,11 +1,13 @@
 """Dynamic batcher: merges work from all callers into forwards by token budget and a maximum wait.
 
-Work arrives as tickets (one per request), each holding one or more items (rows of a forward). Items
-are taken highest priority first, then oldest first, packed until the padded-token budget is full.
-A forward starts when the budget can be filled or the oldest item has waited `max_wait_s`; while one
-forward runs on the worker thread the next batch accumulates. A bounded number of tickets may be
-outstanding: beyond it `submit` raises Overloaded with a retry hint. Cancelled tickets' items are
-dropped before they reach the model. A batch that runs out of memory is split in halves and retried.
+Work arrives as tickets (one per request, each from one tenant), each holding one or more items (rows
+of a forward). Live-moderation items go first; otherwise tenants take turns leading a forward, and
+within a tenant items are taken highest priority first, then oldest first (scorer_server/fairness.py),
+packed until the padded-token budget is full. A forward starts when the budget can be filled or the
+oldest item has waited `max_wait_s`; while one forward runs on the worker thread the next batch
+accumulates. Outstanding work is bounded in tickets and in tokens, server-wide and per tenant: beyond a
+bound `submit` raises LimitReached (Overloaded) with a retry hint. Cancelled tickets' items are dropped
+before they reach the model. A batch that runs out of memory is split in halves and retried.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from scorer_server.budget import TokenBudget
-from star_contract.errors import NotReady, Overloaded
+from scorer_server.errors import LimitReached
+from scorer_server.fairness import fill_order
+from scorer_server.tenants import ANONYMOUS
+from star_contract.errors import NotReady
 
 INTERACTIVE = 2**31 - 1
 """The priority of live-moderation work (the largest int32: above any ScoreRequest.priority)."""
@@ -49,19 +54,27 @@ class BatcherConfig:
     bulk_batch_tokens_interactive: int = 2048
     """Padded tokens of a batch of non-interactive work while interactive work is arriving: a forward
     cannot be interrupted, so this bounds how long a moderation cut waits behind bulk work."""
+    tenant_max_pending_tokens: int = 0
+    """Guard tokens of one tenant's outstanding requests; a request of a tenant that would go beyond it
+    gets Overloaded, unless the tenant has nothing else outstanding. 0: no per-tenant bound."""
 
 
 class BatchObserver(Protocol):
     def on_batch(self, rows: int, tokens: int, seconds: float) -> None: ...
     def on_queue(self, depth: int) -> None: ...
+    def on_tenant_pending(self, tenant: str, tokens: int) -> None: ...
 
 
 class Ticket(Generic[R]):
     """One request's items in the batcher; `futures[i]` resolves to item i's result."""
 
-    def __init__(self, futures: list[asyncio.Future[R]], priority: int) -> None:
+    def __init__(
+        self, futures: list[asyncio.Future[R]], priority: int, tenant: str = ANONYMOUS, tokens: int = 0
+    ) -> None:
         self.futures = futures
         self.priority = priority
+        self.tenant = tenant
+        self.tokens = tokens
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -84,6 +97,10 @@ class _Entry(Generic[I, R]):
     ticket: Ticket[R]
     future: asyncio.Future[R]
     enqueued: float
+
+    @property
+    def tenant(self) -> str:
+        return self.ticket.tenant
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -112,9 +129,11 @@ class Batcher(Generic[I, R]):
         self._queue: list[_Entry[I, R]] = []
         self._seq = itertools.count()
         self._outstanding: set[Ticket[R]] = set()
-        self._ticket_tokens: dict[int, int] = {}
         self.pending_tokens = 0
         """Tokens of the outstanding tickets' items."""
+        self._tenants: dict[str, tuple[int, int]] = {}  # tenant -> (outstanding tickets, their tokens)
+        self._turns: dict[str, int] = {}
+        self._forwards = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -123,25 +142,15 @@ class Batcher(Generic[I, R]):
         self._interactive_at = -INTERACTIVE_HOLD_S
 
     # -- submitting --
-    def submit(self, items: list[I], priority: int = 0) -> Ticket[R]:
-        """Queue one request's items; raises Overloaded when `max_queue` tickets are outstanding."""
+    def submit(self, items: list[I], priority: int = 0, tenant: str = ANONYMOUS) -> Ticket[R]:
+        """Queue one request's items for `tenant`; raises LimitReached (Overloaded) past a limit."""
         if self._closed:
             raise NotReady("the scorer is shutting down; retry on another replica")
-        if len(self._outstanding) >= self.config.max_queue:
-            raise Overloaded(
-                f"the scorer queue is full ({self.config.max_queue} requests); retry shortly",
-                retry_after_s=self.retry_hint(),
-            )
         costs = [self._cost(item) for item in items]
         total = sum(costs)
-        if self._outstanding and self.pending_tokens + total > self.config.max_pending_tokens:
-            raise Overloaded(
-                f"the scorer holds {self.pending_tokens} guard tokens of pending work; this request's "
-                f"{total} would pass the limit of {self.config.max_pending_tokens}; retry shortly",
-                retry_after_s=self.retry_hint(),
-            )
+        self._admit(tenant, total)
         loop = asyncio.get_running_loop()
-        ticket: Ticket[R] = Ticket([loop.create_future() for _ in items], priority)
+        ticket: Ticket[R] = Ticket([loop.create_future() for _ in items], priority, tenant, total)
         now = time.monotonic()
         if priority >= INTERACTIVE:
             self._interactive_at = now
@@ -150,8 +159,8 @@ class Batcher(Generic[I, R]):
         if not self._outstanding:
             self._progress_at = time.monotonic()  # idle until now: the stall clock starts here
         self._outstanding.add(ticket)
-        self._ticket_tokens[id(ticket)] = total
         self.pending_tokens += total
+        self._book(tenant, 1, total)
         settle = functools.partial(self._settle, ticket)
         for fut in ticket.futures:
             fut.add_done_callback(settle)
@@ -159,10 +168,50 @@ class Batcher(Generic[I, R]):
         self._wake.set()
         return ticket
 
+    def _admit(self, tenant: str, tokens: int) -> None:
+        """Raise LimitReached when a request of `tokens` from `tenant` would pass a limit: the tenant's
+        own first (what it holds is its own doing), then the server's."""
+        tickets, own = self._tenants.get(tenant, (0, 0))
+        cap = self.config.tenant_max_pending_tokens
+        if cap and tickets and own + tokens > cap:
+            raise LimitReached(
+                f"tenant {tenant} holds {own} guard tokens of pending work; this request's {tokens} would "
+                f"pass its limit of {cap} (--tenant-max-pending-tokens); retry shortly",
+                self.retry_hint(),
+                "tenant_max_pending_tokens",
+            )
+        if len(self._outstanding) >= self.config.max_queue:
+            raise LimitReached(
+                f"the scorer queue is full ({self.config.max_queue} requests, --max-queue); retry shortly",
+                self.retry_hint(),
+                "max_queue",
+            )
+        if self._outstanding and self.pending_tokens + tokens > self.config.max_pending_tokens:
+            raise LimitReached(
+                f"the scorer holds {self.pending_tokens} guard tokens of pending work; this request's "
+                f"{tokens} would pass the limit of {self.config.max_pending_tokens} (--max-pending-tokens); "
+                "retry shortly",
+                self.retry_hint(),
+                "max_pending_tokens",
+            )
+
+    def _book(self, tenant: str, tickets: int, tokens: int) -> None:
+        """Add to (negative: take off) a tenant's outstanding tickets and tokens, and report them."""
+        n, t = self._tenants.pop(tenant, (0, 0))
+        if n + tickets:
+            self._tenants[tenant] = (n + tickets, t + tokens)
+        if self._observer is not None:
+            self._observer.on_tenant_pending(tenant, self.tenant_tokens(tenant))
+
+    def tenant_tokens(self, tenant: str) -> int:
+        """Guard tokens of the tenant's outstanding requests."""
+        return self._tenants.get(tenant, (0, 0))[1]
+
     def _settle(self, ticket: Ticket[R], _future: object = None) -> None:
         if ticket in self._outstanding and ticket.done:
             self._outstanding.discard(ticket)
-            self.pending_tokens -= self._ticket_tokens.pop(id(ticket), 0)
+            self.pending_tokens -= ticket.tokens
+            self._book(ticket.tenant, -1, -ticket.tokens)
             self._report_queue()
 
     def _report_queue(self) -> None:
@@ -257,16 +306,16 @@ class Batcher(Generic[I, R]):
                 return
 
     def _take(self) -> list[_Entry[I, R]]:
-        """The oldest item of the highest priority always goes; the rest of the budget is filled with
-        items of that priority closest in length to it (less padding), then lower priorities. Padded
-        tokens stay within the budget and within `max_padding` times the real ones (a lone oversize
-        row still runs on its own). While interactive
-        work arrives, a batch led by other work gets the smaller `bulk_batch_tokens_interactive`."""
+        """The next forward's items in `fill_order` (fairness.py): the leading item always goes, the
+        rest as the budget admits them. Padded tokens stay within the budget and within `max_padding`
+        times the real ones (a lone oversize row still runs on its own). While interactive work
+        arrives, a batch led by other work gets the smaller `bulk_batch_tokens_interactive`."""
         self._drop_cancelled()
         if not self._queue:
             return []
-        head = min(self._queue, key=lambda e: (-e.priority, e.seq))
-        self._queue.sort(key=lambda e: (-e.priority, e is not head, abs(e.tokens - head.tokens), e.seq))
+        self._queue = fill_order(self._queue, self._turns, INTERACTIVE)
+        head = self._queue[0]
+        self._turns[head.tenant] = next(self._forwards)
         batch: list[_Entry[I, R]] = []
         rest: list[_Entry[I, R]] = []
         longest = total = 0

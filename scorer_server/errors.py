@@ -1,6 +1,6 @@
 """Errors only the scorer raises; the ones callers share live in `star_contract.errors`."""
 
-from star_contract.errors import InvalidRequest, StarError
+from star_contract.errors import InvalidRequest, Overloaded, StarError
 
 
 class TemplateRenderError(InvalidRequest):
@@ -13,3 +13,12 @@ class EngineUnavailable(StarError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class LimitReached(Overloaded):
+    """A server or tenant limit refused new work (RESOURCE_EXHAUSTED); `limit` names its flag without
+    the dashes (`max_queue`, `tenant_max_sessions`, ...), the `limit` label of star_limit_rejections."""
+
+    def __init__(self, message: str, retry_after_s: float, limit: str) -> None:
+        super().__init__(message, retry_after_s)
+        self.limit = limit

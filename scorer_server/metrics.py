@@ -1,8 +1,14 @@
-"""Prometheus metrics of the scorer, on their own registry, served over HTTP on --metrics-port."""
+"""Prometheus metrics of the scorer, on their own registry, served over HTTP on --metrics-port.
+
+The `tenant` label's values are tenant names from the tokens file (or `anonymous`, `unauthenticated`):
+bounded by the operator's configuration, never a string a caller sends.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from scorer_server.errors import LimitReached
 
 _TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -17,7 +23,28 @@ class ServerMetrics:
         r = self.registry
         self.queue_depth = Gauge("star_queue_depth", "Requests queued or running in the batcher", registry=r)
         self.requests = Counter(
-            "star_requests", "RPCs and ScoreStream requests by final status", ["method", "code"], registry=r
+            "star_requests",
+            "RPCs and ScoreStream requests by final status and tenant",
+            ["method", "code", "tenant"],
+            registry=r,
+        )
+        self.limit_rejections = Counter(
+            "star_limit_rejections",
+            "Requests and sessions refused RESOURCE_EXHAUSTED, by tenant and the limit (flag) that refused",
+            ["tenant", "limit"],
+            registry=r,
+        )
+        self.tenant_pending_tokens = Gauge(
+            "star_tenant_pending_tokens",
+            "Guard tokens of a tenant's queued or running work",
+            ["tenant"],
+            registry=r,
+        )
+        self.tenant_sessions = Gauge(
+            "star_tenant_moderation_sessions",
+            "Live-moderation sessions a tenant has open",
+            ["tenant"],
+            registry=r,
         )
         self.batch_size = Histogram("star_batch_size", "Rows per forward", buckets=_SIZE_BUCKETS, registry=r)
         self.batch_tokens = Histogram(
@@ -70,6 +97,18 @@ class ServerMetrics:
             registry=r,
         )
         self._evictions_seen = 0
+
+    def count(self, method: str, code: str, tenant: str, exc: BaseException | None = None) -> None:
+        """One RPC or stream request's outcome; a refusal by a limit also counts under that limit."""
+        self.requests.labels(method, code, tenant).inc()
+        if isinstance(exc, LimitReached):
+            self.limit_rejections.labels(tenant, exc.limit).inc()
+
+    def on_tenant_pending(self, tenant: str, tokens: int) -> None:
+        self.tenant_pending_tokens.labels(tenant).set(tokens)
+
+    def on_tenant_sessions(self, tenant: str, open_sessions: int) -> None:
+        self.tenant_sessions.labels(tenant).set(open_sessions)
 
     def on_sessions(self, open_sessions: int, cache_bytes: int, evictions: int) -> None:
         self.sessions_open.set(open_sessions)

@@ -79,7 +79,8 @@ def build_backend(config: ServerConfig, metrics: ServerMetrics) -> ScoringBacken
     if config.remote.backend == "local":
         from scorer_server.backends.local import LocalBackend, LocalBackendConfig
 
-        return LocalBackend(LocalBackendConfig(guard, config.batching, config.limits), observer=metrics)
+        local = LocalBackendConfig(guard, config.batching, config.limits, config.tenants)
+        return LocalBackend(local, observer=metrics)
     from scorer_server.backends import build_remote_backend
     from scorer_server.backends.remote import RemoteConfig
 
@@ -184,6 +185,7 @@ class ScorerServer:
                     "port": self.port,
                     "tls": self.config.network.tls,
                     "auth": bool(self.config.network.auth_tokens),
+                    "tenants": [t.tenant for t in self.config.network.auth_tokens],  # names only
                 },
             )
             warning = self.config.network.auth_warning()

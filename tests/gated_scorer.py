@@ -5,6 +5,10 @@ test to act while the server is loading. This wrapper runs the real `scorer_serv
 that `LocalBackend.start` first waits until the file named by STAR_TEST_LOAD_GATE exists. Meanwhile the
 server is what a loading scorer is: listening, health NOT_SERVING, calls answered UNAVAILABLE ("the guard
 is still loading"). Run as `ScorerProcess(..., script="tests/gated_scorer.py", env={GATE_ENV: path})`.
+
+With HOLD_ENV instead (or as well), every forward waits on the forward thread while the file it names
+exists: a test creates the file to hold the server's work queued (admitted, counted, unscored), and
+removes it to let the work run, acting on events (metrics, answers) instead of timing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 from pathlib import Path
 
 GATE_ENV = "STAR_TEST_LOAD_GATE"
+HOLD_ENV = "STAR_TEST_FORWARD_HOLD"
 POLL_S = 0.02
 
 
@@ -32,12 +37,31 @@ def install_gate(gate: Path) -> None:
     LocalBackend.start = gated_start  # type: ignore[method-assign]
 
 
+def install_hold(hold: Path) -> None:
+    """Make every forward of every LocalBackend wait while `hold` exists."""
+    import time
+
+    from scorer_server.backends.local import LocalBackend
+
+    real_run = LocalBackend._run
+
+    def held_run(self: LocalBackend, works: list[object]) -> object:
+        while hold.exists():
+            time.sleep(POLL_S)
+        return real_run(self, works)
+
+    LocalBackend._run = held_run  # type: ignore[method-assign,assignment]
+
+
 def main() -> int:
-    gate = os.environ.get(GATE_ENV)
-    if not gate:
-        print(f"gated_scorer: set {GATE_ENV} to the gate file's path", file=sys.stderr)
+    gate, hold = os.environ.get(GATE_ENV), os.environ.get(HOLD_ENV)
+    if not gate and not hold:
+        print(f"gated_scorer: set {GATE_ENV} or {HOLD_ENV} to a file's path", file=sys.stderr)
         return 2
-    install_gate(Path(gate))
+    if gate:
+        install_gate(Path(gate))
+    if hold:
+        install_hold(Path(hold))
     from scorer_server.cli import main as scorer_main
 
     return scorer_main(sys.argv[1:])

@@ -18,6 +18,7 @@ from scorer_server.config import (
 )
 from scorer_server.flags import flags_of
 from scorer_server.limits import Limits
+from scorer_server.tenants import TenantSettings
 
 
 def _config(argv: list[str], env: dict[str, str] | None = None) -> ServerConfig:
@@ -32,7 +33,8 @@ def test_every_flag_lands_in_its_own_section() -> None:
             "--max-batch-tokens", "999", "--max-wait-ms", "2.5", "--no-warmup", "--threads", "3",
             "--max-cuts", "9", "--backend", "vllm", "--remote-url", "http://a:1,http://b:2",
             "--remote-url", "http://c:3", "--remote-max-concurrency", "7", "--port", "6000",
-            "--grace-s", "4", "--log-level", "debug", "--no-head-cache",
+            "--grace-s", "4", "--log-level", "debug", "--no-head-cache", "--tenant-max-sessions", "2",
+            "--tenant-max-pending-tokens", "5000",
         ]
     )  # fmt: skip
     assert cfg.batching == BatchingSettings(
@@ -43,14 +45,18 @@ def test_every_flag_lands_in_its_own_section() -> None:
     assert cfg.remote == RemoteSettings("vllm", ("http://a:1", "http://b:2", "http://c:3"), 7)
     assert cfg.network.port == 6000 and cfg.process.grace_s == 4.0 and cfg.process.log_level == "debug"
     assert cfg.guard.path == "/g"
+    assert cfg.tenants == TenantSettings(max_sessions=2, max_pending_tokens=5000)
+    assert cfg.batching.batcher_config(5000).tenant_max_pending_tokens == 5000
 
 
 def test_variables_fill_what_flags_leave_and_flags_win() -> None:
     env = {"STAR_MAX_QUEUE": "12", "STAR_PORT": "7000", "STAR_WARMUP": "false", "STAR_AUTH_TOKENS": "a,b"}
+    env |= {"STAR_TENANT_MAX_SESSIONS": "3"}
     cfg = _config(["--port", "7001"], env)
     assert cfg.batching.max_queue == 12 and cfg.batching.warmup is False
     assert cfg.network.port == 7001
-    assert cfg.network.auth_tokens == ("a", "b")
+    assert [t.token for t in cfg.network.auth_tokens] == ["a", "b"]
+    assert cfg.tenants.max_sessions == 3 and cfg.tenants.max_pending_tokens == 0
 
 
 def test_flag_names_are_unique_and_every_field_has_help() -> None:
@@ -72,6 +78,8 @@ def test_flag_names_are_unique_and_every_field_has_help() -> None:
         (["--backend", "tgi"], "--backend tgi needs --remote-url"),
         (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
         (["--omp-wait-policy", "spin"], "passive or active"),
+        (["--tenant-max-sessions", "-1"], "--tenant-max-sessions must be >= 0"),
+        (["--tenant-max-pending-tokens", "-5"], "--tenant-max-pending-tokens must be >= 0"),
     ],
 )
 def test_bad_values_name_their_flag(argv: list[str], message: str) -> None:
@@ -127,7 +135,7 @@ def test_optional_tokens_file_in_an_empty_directory_means_no_auth(tmp_path: Path
     assert "auth is off" in (cfg.network.auth_warning() or "")
     tokens.write_text("secret\n")
     cfg = _config([], {"STAR_AUTH_TOKENS_FILE": str(tokens), "STAR_AUTH_TOKENS_OPTIONAL": "1"})
-    assert cfg.network.auth_tokens == ("secret",) and cfg.network.auth_warning() is None
+    assert [t.token for t in cfg.network.auth_tokens] == ["secret"] and cfg.network.auth_warning() is None
 
 
 @pytest.mark.parametrize(

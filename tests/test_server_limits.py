@@ -62,12 +62,13 @@ def test_full_queue_answers_resource_exhausted_and_the_client_retries(server: An
     assert errors and all(e.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] for e in errors)
     assert all(e.retry_after_seconds > 0 for e in errors)
     assert len(done) + len(errors) == 10 and len(done) >= 3
-    before = metric(server, "star_requests_total", 'code="RESOURCE_EXHAUSTED",method="ScoreStreamRequest"')
+    exhausted = {"code": "RESOURCE_EXHAUSTED", "method": "ScoreStreamRequest", "tenant": "anonymous"}
+    before = server.metric("star_requests_total", **exhausted)
     cfg = ClientConfig(retries=50, backoff_s=0.05, backoff_max_s=0.3, deadline_s=60)
     with ScorerClient(server.address, cfg) as client:
         scores = client.score_many([REQ] * 12)
     assert len(scores) == 12 and all(len(s.segments) == 2 for s in scores)
-    after = metric(server, "star_requests_total", 'code="RESOURCE_EXHAUSTED",method="ScoreStreamRequest"')
+    after = server.metric("star_requests_total", **exhausted)
     assert after > before, "the client should have met RESOURCE_EXHAUSTED and retried through it"
 
 

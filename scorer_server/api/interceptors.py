@@ -1,13 +1,15 @@
-"""Server interceptors: bearer-token auth, and exceptions to status codes (with request metrics).
+"""Server interceptors: bearer-token auth and tenants, and exceptions to status codes (with metrics).
 
 Handlers raise plain exceptions (InvalidRequest, Overloaded, ...); `ErrorInterceptor` turns each into
-its status via `status_for` and counts the outcome. `AuthInterceptor` runs inside it and raises
-Unauthenticated, so rejected calls are counted too.
+its status via `status_for` and counts the outcome by method, code and tenant. `AuthInterceptor` runs
+inside it: it resolves the bearer token to its tenant (scorer_server/api/tenant.py) or raises
+Unauthenticated, so rejected calls are counted too (as tenant `unauthenticated`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,7 +19,9 @@ import grpc
 
 from scorer_server.api.decoding import check_request, tolerant
 from scorer_server.api.status import Unauthenticated, status_for
+from scorer_server.api.tenant import current_tenant, set_tenant
 from scorer_server.metrics import ServerMetrics
+from scorer_server.tenants import UNAUTHENTICATED, TenantToken
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 Wrapper = Callable[[Behavior, str], Behavior]
@@ -126,7 +130,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 self._count(name, _code_name(context))
                 raise exc
             status = status_for(exc)
-            self._count(name, status.code.name)
+            self._count(name, status.code.name, exc)
             if status.code is grpc.StatusCode.CANCELLED:
                 raise exc
             context.set_trailing_metadata(status.trailing_metadata())
@@ -134,9 +138,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return _around(inner, before, after)
 
-    def _count(self, method: str, code: str) -> None:
+    def _count(self, method: str, code: str, exc: BaseException | None = None) -> None:
         if self._metrics is not None:
-            self._metrics.requests.labels(method, code).inc()
+            self._metrics.count(method, code, current_tenant(), exc)
 
 
 def _code_name(context: grpc.aio.ServicerContext) -> str:
@@ -148,10 +152,15 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` with one of the accepted tokens (health is open)."""
+    """Requires `authorization: Bearer <token>` with one of the accepted tokens (health is open), and
+    makes the token's tenant the RPC's `current_tenant()`.
 
-    def __init__(self, tokens: Sequence[str]) -> None:
-        self._tokens = [t.encode() for t in tokens]
+    Tokens are compared as SHA-256 digests with `hmac.compare_digest`, against every accepted token
+    each time: the time taken does not depend on how much of a token was guessed, on its length, or on
+    which token matched."""
+
+    def __init__(self, tokens: Sequence[TenantToken]) -> None:
+        self._tokens = [(_digest(t.token.encode()), t.tenant) for t in tokens]
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -159,20 +168,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         return _wrap_handler(handler, details.method, self._wrap)
 
-    def _accepted(self, context: grpc.aio.ServicerContext) -> bool:
+    def _tenant(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The tenant of the call's bearer token; None without an accepted one."""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 raw = value.decode() if isinstance(value, bytes) else str(value)
                 scheme, _, token = raw.partition(" ")
                 if scheme.lower() != "bearer":
-                    return False
-                given = token.strip().encode()
-                return any(hmac.compare_digest(given, t) for t in self._tokens)
-        return False
+                    return None
+                given = _digest(token.strip().encode())
+                found = None
+                for digest, tenant in self._tokens:  # no early exit: every token is compared
+                    if hmac.compare_digest(given, digest):
+                        found = tenant
+                return found
+        return None
 
     def _wrap(self, fn: Behavior, method: str) -> Behavior:
         async def before(context: grpc.aio.ServicerContext) -> None:
-            if not self._accepted(context):
+            tenant = self._tenant(context)
+            set_tenant(tenant or UNAUTHENTICATED)
+            if tenant is None:
                 raise Unauthenticated("missing or unknown bearer token; send `authorization: Bearer <token>`")
 
         async def after(context: grpc.aio.ServicerContext, exc: BaseException | None) -> None:
@@ -180,3 +196,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 raise exc
 
         return _around(fn, before, after)
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()

@@ -1,4 +1,11 @@
-"""The ScorerService servicer: decode and validate at the edge, call the backend, encode results."""
+"""The ScorerService servicer: decode and validate at the edge, call the backend, encode results.
+
+Every RPC works for the caller's tenant (`current_tenant()`, set by the AuthInterceptor), handed to the
+backend explicitly. Nothing a caller names is looked up beyond its own call: ScoreStream's request ids
+live in a table of that one stream (a `cancel` can only reach a request sent on the same stream), and a
+Moderate session is the call itself, so no tenant can address, cancel or even detect another's request
+or session.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import grpc
 
 from scorer_server.api.status import status_for
 from scorer_server.api.stop_rule import StopRule
+from scorer_server.api.tenant import current_tenant
 from scorer_server.api.validation import validate_conversation, validate_judge, validate_score_request
 from scorer_server.backends.base import ScoringBackend
 from scorer_server.limits import Limits
@@ -96,7 +104,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         req, priority = self._decode(request)
         self._enter()
         try:
-            async for part in self._parts(req, priority):
+            async for part in self._parts(req, priority, current_tenant()):
                 yield part
         finally:
             self._leave()
@@ -105,24 +113,25 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         self, request_iterator: AsyncIterator[pb.ScoreStreamRequest], context: Any
     ) -> AsyncIterator[pb.ScoreStreamResponse]:
         self._check_ready()
+        tenant = current_tenant()
         out: asyncio.Queue[pb.ScoreStreamResponse | None] = asyncio.Queue()
-        tasks: dict[str, asyncio.Task[None]] = {}
+        tasks: dict[str, asyncio.Task[None]] = {}  # this stream's own requests, by the caller's ids
 
         async def one(rid: str, msg: pb.ScoreRequest) -> None:
             self._enter()
             try:
                 self._check_ready()
                 req, priority = self._decode(msg)
-                async for part in self._parts(req, priority):
+                async for part in self._parts(req, priority, tenant):
                     out.put_nowait(pb.ScoreStreamResponse(request_id=rid, result=part))
-                self._count("OK")
+                self._count("OK", tenant)
             except asyncio.CancelledError:
                 self.metrics.cancelled.inc()
-                self._count("CANCELLED")
+                self._count("CANCELLED", tenant)
                 raise
             except Exception as exc:
                 status = status_for(exc)
-                self._count(status.code.name)
+                self._count(status.code.name, tenant, exc)
                 err = pb.Error(code=status.code.value[0], message=status.message)
                 err.retry_after_seconds = status.retry_after_s
                 out.put_nowait(pb.ScoreStreamResponse(request_id=rid, error=err))
@@ -144,7 +153,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
                             message=f"request_id {msg.request_id!r} is already outstanding on this stream; "
                             "this duplicate was not scheduled, the first request's responses follow",
                         )
-                        self._count("ALREADY_EXISTS")
+                        self._count("ALREADY_EXISTS", tenant)
                         out.put_nowait(pb.ScoreStreamResponse(request_id=msg.request_id, error=err))
                         continue
                     tasks[msg.request_id] = asyncio.create_task(one(msg.request_id, msg.request))
@@ -177,7 +186,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
             raise InvalidRequest("the first Moderate message must be `open` (the conversation so far)")
         conversation, options = convert.moderate_open_from_pb(first.open)
         validate_conversation(conversation, self.limits, "open.conversation")
-        session = self.backend.open_session(conversation, options)
+        session = self.backend.open_session(conversation, options, current_tenant())
         # The session is open: say so before any score, so a client can tell a refused open (its status
         # arrives instead) from one that was accepted before it streams deltas into it.
         await context.send_initial_metadata(((convert.SESSION_OPEN_KEY, "1"),))
@@ -233,11 +242,11 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         validate_score_request(req, self.limits)
         return req, priority
 
-    async def _parts(self, req: ScoreRequest, priority: int) -> AsyncIterator[pb.ScoreResponse]:
+    async def _parts(self, req: ScoreRequest, priority: int, tenant: str) -> AsyncIterator[pb.ScoreResponse]:
         """The backend's parts as ScoreResponses; the last one carries complete = true."""
-        async for p in self.backend.score(req, priority):
+        async for p in self.backend.score(req, priority, tenant):
             self.metrics.cuts_scored.inc(len(p.segments))
             yield convert.score_part_to_pb(p.segments, p.part, p.parts, p.last, p.guard_tokens)
 
-    def _count(self, code: str) -> None:
-        self.metrics.requests.labels(STREAM_REQUEST, code).inc()
+    def _count(self, code: str, tenant: str, exc: BaseException | None = None) -> None:
+        self.metrics.count(STREAM_REQUEST, code, tenant, exc)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from scorer_server.tenants import ANONYMOUS
 from star_contract.types import Conversation, GuardInfo, ModerateOptions, ScoreRequest, Segment, Verdict
 
 
@@ -41,17 +42,22 @@ class ScoringBackend(Protocol):
         """Finish in-flight work within `grace_s`, then release resources."""
         ...
 
-    def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[ScorePart]:
+    def score(
+        self, request: ScoreRequest, priority: int = 0, tenant: str = ANONYMOUS
+    ) -> AsyncIterator[ScorePart]:
         """Yield the response's segments in parts as they finish (all parts together cover every cut
-        exactly once; the last one says so). Cancelling the iterator drops queued work."""
+        exactly once; the last one says so). Cancelling the iterator drops queued work. `tenant` is the
+        caller's (scorer_server/tenants.py): its work counts against that tenant's limits."""
         ...
 
     async def judge(self, conversations: list[Conversation]) -> list[Verdict]:
         """Whole-response verdicts."""
         ...
 
-    def open_session(self, conversation: Conversation, options: ModerateOptions) -> Session:
-        """A live-moderation session (InvalidRequest where the backend cannot hold one)."""
+    def open_session(
+        self, conversation: Conversation, options: ModerateOptions, tenant: str = ANONYMOUS
+    ) -> Session:
+        """A live-moderation session of `tenant` (InvalidRequest where the backend cannot hold one)."""
         ...
 
 

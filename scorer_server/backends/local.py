@@ -21,6 +21,7 @@ from scorer_server.batcher import Batcher, BatchObserver
 from scorer_server.config import BatchingSettings
 from scorer_server.guards.loader import GuardConfig, describe_guard
 from scorer_server.limits import Limits
+from scorer_server.tenants import ANONYMOUS, TenantSettings
 from star_contract.errors import NotReady
 from star_contract.types import Conversation, GuardInfo, ModerateOptions, ScoreRequest, Segment, Verdict
 
@@ -30,11 +31,12 @@ WARMUP = Conversation.from_pair("How do I bake bread?", "Mix flour, water and ye
 
 @dataclass(frozen=True)
 class LocalBackendConfig:
-    """The local engine's part of `ServerConfig`: its guard, batching and request limits."""
+    """The local engine's part of `ServerConfig`: its guard, batching, request and tenant limits."""
 
     guard: GuardConfig
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     limits: Limits = field(default_factory=Limits)
+    tenants: TenantSettings = field(default_factory=TenantSettings)
 
 
 class EngineObserver(BatchObserver, SessionObserver, Protocol):
@@ -58,7 +60,9 @@ class LocalBackend:
         self._batcher: Batcher[Any, list[Segment]] | None = None
         self._info: GuardInfo | None = None
         budget = int(config.batching.session_cache_mib * 2**20)
-        self._sessions = SessionPool(config.batching.max_sessions, budget, observer)
+        self._sessions = SessionPool(
+            config.batching.max_sessions, budget, observer, tenant_limit=config.tenants.max_sessions
+        )
 
     def info(self) -> GuardInfo:
         if self._info is None:
@@ -69,7 +73,7 @@ class LocalBackend:
         loop = asyncio.get_running_loop()
         self._engine = await loop.run_in_executor(self._forward_pool, self._load)
         self._batcher = Batcher(
-            self.config.batching.batcher_config(),
+            self.config.batching.batcher_config(self.config.tenants.max_pending_tokens),
             run=self._run,
             cost=lambda item: int(item.tokens),
             executor=self._forward_pool,
@@ -130,7 +134,9 @@ class LocalBackend:
         )
         return engine
 
-    def open_session(self, conversation: Conversation, options: ModerateOptions) -> LiveSession:
+    def open_session(
+        self, conversation: Conversation, options: ModerateOptions, tenant: str = ANONYMOUS
+    ) -> LiveSession:
         """A live-moderation session on this backend's guard (its work goes through the batcher)."""
         from scorer_server.engine.caches import attention_layout
         from scorer_server.engine.incremental import IncrementalSession
@@ -155,6 +161,7 @@ class LocalBackend:
             self._batcher,
             self._sessions,
             self._observer,
+            tenant,
         )
 
     async def stop(self, grace_s: float) -> None:
@@ -178,11 +185,13 @@ class LocalBackend:
             self._planning_since = None
         return list(self._engine.work_items(plan))
 
-    async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[ScorePart]:
+    async def score(
+        self, request: ScoreRequest, priority: int = 0, tenant: str = ANONYMOUS
+    ) -> AsyncIterator[ScorePart]:
         if self._batcher is None:
             raise NotReady("the guard is still loading")
         items = await asyncio.get_running_loop().run_in_executor(self._plan_pool, self._plan, request)
-        ticket = self._batcher.submit(items, priority)
+        ticket = self._batcher.submit(items, priority, tenant)
         index = {id(f): k for k, f in enumerate(ticket.futures)}
         pending: set[asyncio.Future[list[Segment]]] = set(ticket.futures)
         left = len(items)

@@ -23,6 +23,7 @@ from scorer_server.engine.prepare import prepare
 from scorer_server.guards.loader import describe_guard
 from scorer_server.guards.verdict import classes_p_safe, read_verdict, safe_mask
 from scorer_server.limits import Limits
+from scorer_server.tenants import ANONYMOUS
 from star_contract.errors import InvalidRequest, NotReady
 from star_contract.types import (
     Convention,
@@ -143,8 +144,11 @@ class RemoteBackend(ABC):
         prep = prepare(request, g.template, g.tokenizer, g.encode, self.config.limits)
         return prep.cuts, prep.texts
 
-    async def score(self, request: ScoreRequest, priority: int = 0) -> AsyncIterator[ScorePart]:
-        """Yield segments as their requests finish (each part sorted by offset)."""
+    async def score(
+        self, request: ScoreRequest, priority: int = 0, tenant: str = ANONYMOUS
+    ) -> AsyncIterator[ScorePart]:
+        """Yield segments as their requests finish (each part sorted by offset). `priority` and `tenant`
+        are not used: the engine fleet's own scheduler orders the requests."""
         if not self._started:
             raise NotReady("the remote backend is not started")
         cuts, texts = self.prompts(request)
@@ -174,7 +178,9 @@ class RemoteBackend(ABC):
             # Retrieve every outcome, so a failure beside the one raised is not reported as unhandled.
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def open_session(self, conversation: Conversation, options: ModerateOptions) -> Session:
+    def open_session(
+        self, conversation: Conversation, options: ModerateOptions, tenant: str = ANONYMOUS
+    ) -> Session:
         raise InvalidRequest(
             "live moderation keeps the guard's keys and values between deltas, which remote engines do "
             "not expose; serve it with --backend local"

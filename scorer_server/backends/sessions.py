@@ -22,7 +22,9 @@ from scorer_server.batcher import INTERACTIVE
 from scorer_server.engine.caches import KVState
 from scorer_server.engine.incremental import CutInput, IncrementalSession
 from scorer_server.engine.work import Row
-from star_contract.errors import NotReady, Overloaded
+from scorer_server.errors import LimitReached
+from scorer_server.tenants import ANONYMOUS
+from star_contract.errors import NotReady
 from star_contract.types import Segment
 
 SESSION_PRIORITY = INTERACTIVE
@@ -34,6 +36,7 @@ class SessionObserver(Protocol):
     def on_sessions(self, open_sessions: int, cache_bytes: int, evictions: int) -> None: ...
     def on_session_cut(self, seconds: float) -> None: ...
     def on_session_tokens(self, trunk: int, tail: int) -> None: ...
+    def on_tenant_sessions(self, tenant: str, open_sessions: int) -> None: ...
 
 
 @dataclass
@@ -45,7 +48,8 @@ class _Use:
 
 
 class SessionPool:
-    """The open sessions' keys and values: at most `limit` sessions and `budget_bytes` of cache.
+    """The open sessions' keys and values: at most `limit` sessions (`tenant_limit` of one tenant, when
+    not 0) and `budget_bytes` of cache.
 
     Over the budget, the cache evicted first is the one whose next use looks furthest away: a session
     that has been quiet for longer than its usual gap between pushes is expected to stay quiet as long
@@ -61,33 +65,51 @@ class SessionPool:
         budget_bytes: int,
         observer: SessionObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tenant_limit: int = 0,
     ) -> None:
         self.limit = limit
+        self.tenant_limit = tenant_limit
         self.budget_bytes = budget_bytes
         self.evictions = 0
         self._observer = observer
         self._clock = clock
         self._states: dict[int, KVState] = {}
         self._uses: dict[int, _Use] = {}
+        self._tenant_of: dict[int, str] = {}
         self._lock = threading.Lock()  # opened and closed on the event loop, evicted on the forward thread
 
-    def take(self, state: KVState) -> None:
+    def take(self, state: KVState, tenant: str = ANONYMOUS) -> None:
+        """Hold a slot for `tenant`'s new session (LimitReached past the tenant's or the server's limit)."""
         with self._lock:
+            held = self.held(tenant)
+            if self.tenant_limit and held >= self.tenant_limit:
+                raise LimitReached(
+                    f"tenant {tenant} has {held} moderation sessions open, its limit "
+                    "(--tenant-max-sessions); close one or retry shortly",
+                    1.0,
+                    "tenant_max_sessions",
+                )
             if len(self._states) >= self.limit:
-                raise Overloaded(
+                raise LimitReached(
                     f"{len(self._states)} moderation sessions are open, the limit (--max-sessions); "
                     "retry shortly",
                     1.0,
+                    "max_sessions",
                 )
             self._states[id(state)] = state
             self._uses[id(state)] = _Use(self._clock())
-            self._report()
+            self._tenant_of[id(state)] = tenant
+            self._report(tenant=tenant)
 
     def give(self, state: KVState) -> None:
         with self._lock:
             self._states.pop(id(state), None)
             self._uses.pop(id(state), None)
-            self._report()
+            self._report(tenant=self._tenant_of.pop(id(state), None))
+
+    def held(self, tenant: str) -> int:
+        """Sessions `tenant` has open."""
+        return sum(1 for t in self._tenant_of.values() if t == tenant)
 
     def after_forward(self, rows: list[Row]) -> None:
         """The books after a forward (on the forward thread): the tokens computed over session caches
@@ -134,11 +156,13 @@ class SessionPool:
             return use.gap - quiet
         return quiet
 
-    def _report(self, total: int | None = None) -> None:
+    def _report(self, total: int | None = None, tenant: str | None = None) -> None:
         """Tell the observer (under the lock, so counts arrive in order)."""
         if self._observer is not None:
             nbytes = total if total is not None else sum(s.nbytes for s in self._states.values())
             self._observer.on_sessions(len(self._states), nbytes, self.evictions)
+            if tenant is not None:
+                self._observer.on_tenant_sessions(tenant, self.held(tenant))
 
 
 class LiveSession:
@@ -153,6 +177,7 @@ class LiveSession:
         batcher: Any,
         pool: SessionPool,
         observer: SessionObserver | None = None,
+        tenant: str = ANONYMOUS,
     ) -> None:
         self._session = session
         self._max_row_tokens = max_row_tokens
@@ -162,7 +187,8 @@ class LiveSession:
         self._observer = observer
         self._lock = asyncio.Lock()
         self._done = False
-        pool.take(self._session.state)
+        self._tenant = tenant
+        pool.take(self._session.state, tenant)
 
     async def push(self, delta: str) -> list[Segment]:
         return await self._run(self._session.plan_push, delta)
@@ -184,7 +210,7 @@ class LiveSession:
             segments: list[Segment] = []
             # one push after the other: each starts from the trunk the one before stored
             for push in self._session.pushes(inputs, self._max_row_tokens):
-                ticket = self._batcher.submit([push], SESSION_PRIORITY)
+                ticket = self._batcher.submit([push], SESSION_PRIORITY, self._tenant)
                 future = ticket.futures[0]
                 try:
                     await asyncio.wait([future])
