@@ -137,7 +137,7 @@ def test_lora_peft_config_disabled_adapter_equals_star_train(workdir: Path, tiny
         star=StarDSSConfig(**star),
         peft_config=peft,
     )
-    assert tr._ref is None  # no copy: the reference is the model with its adapter disabled
+    assert tr._reference.frozen is None  # no copy: the reference is the model with its adapter disabled
     tr.train()
     mine = get_peft_model_state_dict(tr.model)
     theirs = load_file(str(final / "adapter_model.safetensors"))
@@ -157,7 +157,7 @@ def test_sft_and_rs_equal_star_train(workdir: Path, tiny_guard_dir: Path, method
         star=StarDSSConfig(**star),
     )
     tr.train()
-    assert tr._ref is None  # sft and rs have no KL term
+    assert tr._reference.frozen is None  # sft and rs have no KL term
     wa = load_file(str(final / "model.safetensors"))
     _assert_same(losses, [r["loss"] for r in tr.star_rows], wa, tr.model.state_dict())
 
@@ -176,7 +176,7 @@ def test_bf16_precomputed_reference_equals_star_train(workdir: Path, tiny_guard_
         train_dataset=_dataset(workdir),
         star=StarDSSConfig(**star),
     )
-    assert tr._ref is None and tr._star.ref_lp is not None  # no reference model, cached log-probs
+    assert tr._reference.frozen is None and tr._star.ref_lp is not None  # no reference model, cached log-probs
     tr.train()
     assert tr.star_rows[0]["kl"] < 1e-9  # precomputed under the same bf16 autocast as the step
     wa = load_file(str(final / "model.safetensors"))

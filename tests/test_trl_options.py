@@ -18,8 +18,8 @@ from star_testing.tiny_chat import save_tiny_run
 from trainer_client.data import build_examples
 from trainer_client.integrations.trl import STAR_INDEX, StarDSSConfig, StarDSSTrainer
 from trainer_client.integrations.trl.dataset import conversations
-from trainer_client.integrations.trl.scores import StarBatches
 from trainer_client.scoring.select import scorer_from
+from trainer_client.train.star_batches import StarBatches
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,13 @@ def test_out_of_order_batches_are_fetched_when_they_come(workdir: Path, tiny_gua
         sb.close()
     with pytest.raises(RuntimeError, match="closed"):
         sb.scores([0])
+    strict = StarBatches(exs, 0, "dss", make, None, depth=2, in_order=True)  # star-train's
+    try:
+        strict.start([[0, 1], [2, 3]])
+        with pytest.raises(RuntimeError, match=r"batch \[0, 1\] came when batch \[2, 3\] was asked for"):
+            strict.scores([2, 3])
+    finally:
+        strict.close()
 
 
 @pytest.mark.slow

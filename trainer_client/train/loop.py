@@ -6,25 +6,22 @@ every epoch's permutation and scores that shard itself through its own prefetche
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from star_contract.model_dir import require_model_dir
 from trainer_client.data import Batch, build_examples, load_conversations
 from trainer_client.loss import LossOutput
 from trainer_client.scoring.cache import ScoreCache
-from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores, Prefetcher
+from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores
 from trainer_client.scoring.select import scorer_from
-from trainer_client.train.batching import batch_loss, scored_batch
+from trainer_client.train.batching import batch_loss
 from trainer_client.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer_client.train.config import TrainConfig
 from trainer_client.train.metrics import guard_disagreement, run_summary, step_row
@@ -34,8 +31,9 @@ from trainer_client.train.model_setup import (
     optimizer_and_schedule,
     with_lora,
 )
-from trainer_client.train.reference import precompute_reference
+from trainer_client.train.reference import Reference
 from trainer_client.train.sampler import EpochSampler, MicroBatch
+from trainer_client.train.star_batches import StarBatches
 
 
 @dataclass(frozen=True)
@@ -94,27 +92,27 @@ class Trainer:
         self.plan = self.sampler.plan(cfg.epochs, self.start_step)
         self.cache = ScoreCache(cfg.resolved_cache_path) if cfg.resolved_cache_path else None
         # Scoring starts now, so the first batches' scores arrive while the models load.
-        self.prefetcher: Prefetcher | None = None
+        make = None
         if cfg.method in ("dss", "rs"):
-            self.prefetcher = Prefetcher(
-                scorer_factory
-                or scorer_from(
-                    cfg.scores_file,
-                    cfg.scorer,
-                    cfg.guard_preset,
-                    cfg.scorers,
-                    cfg.combine,
-                    deadline_s=cfg.scorer_deadline_s,
-                ),
-                self.examples,
-                self.cache,
-                star=cfg.method == "dss",
-                verdicts=cfg.method == "rs",
-                depth=cfg.prefetch_batches,
-                delay_s=cfg.scorer_delay_s,
+            make = scorer_factory or scorer_from(
+                cfg.scores_file,
+                cfg.scorer,
+                cfg.guard_preset,
+                cfg.scorers,
+                cfg.combine,
+                deadline_s=cfg.scorer_deadline_s,
             )
-        if self.prefetcher is not None:
-            self.prefetcher.start(iter([mb.indices for mb in self.plan]))
+        self.star = StarBatches(
+            self.examples,
+            self.pad_id,
+            cfg.method,
+            make,
+            self.cache,
+            cfg.prefetch_batches,
+            delay_s=cfg.scorer_delay_s,
+            in_order=True,
+        )
+        self.star.start([mb.indices for mb in self.plan])
         try:
             self._setup_model()
         except BaseException:
@@ -125,24 +123,21 @@ class Trainer:
         cfg = self.cfg
         model = load_trainee(cfg, self.acc.device)
         self.lora = cfg.finetune == "lora"
-        self.needs_ref = cfg.method == "dss" and cfg.lambda_kl > 0
-        self.ref_lp: dict[int, np.ndarray] | None = None
-        self.ref_model: Any = None
-        if self.needs_ref and cfg.reference == "precomputed":
-            cache = self.cache or ScoreCache(":memory:")
-            self.ref_lp = precompute_reference(
+        needs_ref = cfg.method == "dss" and cfg.lambda_kl > 0
+        self.reference = Reference.for_run(model, needs_ref, cfg.reference, peft=self.lora)
+        if needs_ref and cfg.reference == "precomputed":
+            self.reference.precompute(
                 cfg.model,
                 model,
                 self.examples,
                 self.pad_id,
-                cache,
+                self.cache,
                 self.acc.device,
                 cfg.batch_size,
                 autocast=self.acc.autocast,  # the context `_loss` runs its forwards in
                 precision=cfg.mixed_precision,
             )
-        elif self.needs_ref and not self.lora:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.star.ref_lp = self.reference.logprobs
         if self.lora:
             model = with_lora(cfg, model)
         model.train()
@@ -156,28 +151,16 @@ class Trainer:
             assert int(state["step"]) == self.start_step
 
     # -- one micro-batch --
-    def _batch(self, mb: MicroBatch, scores: list[ExampleScores] | None) -> Batch:
-        exs = [self.examples[i] for i in mb.indices]
-        return scored_batch(exs, self.pad_id, self.cfg.method, scores, self.ref_lp)
-
     def _loss(self, b: Batch) -> LossOutput:
         dev = self.acc.device
         ids, attn = b.input_ids.to(dev), b.attention_mask.to(dev)
         with self.acc.autocast():
             logits = self.model(input_ids=ids, attention_mask=attn).logits
         ref_logits = None
-        if self.needs_ref and b.ref_logprobs is None:
-            ref_logits = self._ref_logits(ids, attn)
+        if self.reference.needed and b.ref_logprobs is None:
+            trainee = self.acc.unwrap_model(self.model)
+            ref_logits = self.reference.logits(trainee, ids, attn, self.acc.autocast)
         return batch_loss(self.cfg, logits, ids, b, ref_logits)
-
-    @torch.no_grad()
-    def _ref_logits(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        with self.acc.autocast():
-            if self.ref_model is not None:
-                return self.ref_model(input_ids=ids, attention_mask=attn).logits
-            peft_model = self.acc.unwrap_model(self.model)
-            with peft_model.disable_adapter():
-                return peft_model(input_ids=ids, attention_mask=attn).logits
 
     # -- the run --
     def fit(self) -> TrainResult:
@@ -234,7 +217,7 @@ class Trainer:
             if main:
                 self.acc.unwrap_model(self.model).save_pretrained(str(final_dir))
                 self.tokenizer.save_pretrained(str(final_dir))
-        sent = self.prefetcher.fetcher.scored_requests if self.prefetcher else 0
+        sent = self.star.guard_requests
         summary = run_summary(rows, wall, sent)
         if main:
             (self.out / "summary.json").write_text(
@@ -254,14 +237,10 @@ class Trainer:
         got: list[ExampleScores] = []
         tokens = 0
         for k, mb in enumerate(group):
-            scores = None
-            if self.prefetcher is not None:
-                idx, scores, waited = self.prefetcher.next()
-                assert idx == mb.indices, "prefetch order diverged from the sampler"
-                wait += waited
-                ready += self.prefetcher.last_ready
-                got.extend(scores)
-            b = self._batch(mb, scores)
+            b, scores, waited = self.star.batch(mb.indices)
+            wait += waited
+            ready += self.star.last_ready
+            got.extend(scores)
             tokens += int(b.attention_mask.sum())
             sync = nullcontext() if k == len(group) - 1 else self.acc.no_sync(self.model)
             with sync:
@@ -278,7 +257,7 @@ class Trainer:
         t1 = time.perf_counter()
         lr = float(self.scheduler.get_last_lr()[0])
         row = step_row(step, group[-1].epoch, lr, stats, tokens, wait, t0, t1)
-        if self.prefetcher is not None:
+        if self.star.prefetcher is not None:
             row["scores_ready"] = ready / len(group)
         return {**row, **guard_disagreement(got, verdicts=cfg.method == "rs")}
 
@@ -301,12 +280,13 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def close(self) -> None:
-        if self.prefetcher is not None:
-            self.prefetcher.close()
-            self.prefetcher = None
-        if self.cache is not None:
+        """Stop the prefetcher and close the score cache (idempotent)."""
+        star = getattr(self, "star", None)
+        if star is not None:
+            star.close()
+        elif self.cache is not None:
             self.cache.close()
-            self.cache = None
+        self.cache = None
 
 
 def run_training(cfg: TrainConfig, scorer_factory: Callable[[], AsyncScorer] | None = None) -> TrainResult:

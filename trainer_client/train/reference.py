@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -87,3 +88,78 @@ def precompute_reference(
         for i, a in zip(missing, fresh, strict=True):
             found[i] = a
     return {examples[i].index: a for i, a in enumerate(found) if a is not None}
+
+
+class Reference:
+    """The aligned model a dss loss pulls unsafe stretches towards, for star-train and StarDSSTrainer.
+
+    One of: a frozen copy of the starting weights (full finetuning, `reference: auto`), the trainee with
+    its LoRA adapter off (free), or the label tokens' log-probs precomputed once (`reference:
+    precomputed`; no second model in memory). `logits` is called only for batches without
+    precomputed log-probs."""
+
+    def __init__(self, needed: bool, frozen: Any = None) -> None:
+        self.needed = needed
+        self.frozen = frozen
+        self.logprobs: dict[int, np.ndarray] | None = None
+
+    @classmethod
+    def for_run(cls, model: Any, needed: bool, mode: str, peft: bool, given: Any = None) -> Reference:
+        """Before any adapter is added: `given` (a reference model passed in), else a frozen copy of
+        `model` when full finetuning needs a reference forward each step, else nothing."""
+        frozen = given
+        if needed and frozen is None and mode == "auto" and not peft:
+            frozen = copy.deepcopy(model)
+        if frozen is not None:
+            frozen = frozen.eval().requires_grad_(False)
+        return cls(needed, frozen)
+
+    def to(self, device: Any) -> Reference:
+        if self.frozen is not None:
+            self.frozen = self.frozen.to(device)
+        return self
+
+    def precompute(
+        self,
+        model_path: str,
+        model: Any,
+        examples: Sequence[Example],
+        pad_id: int,
+        cache: ScoreCache | None,
+        device: torch.device,
+        batch_size: int,
+        autocast: Autocast,
+        precision: str,
+    ) -> None:
+        """Compute (or read from `cache`) every example's reference log-probs with `model`, its LoRA
+        adapter off if it has one, under the training step's `autocast`."""
+        off = model.disable_adapter() if is_peft(model) else nullcontext()
+        with off:
+            self.logprobs = precompute_reference(
+                model_path,
+                model,
+                examples,
+                pad_id,
+                cache or ScoreCache(":memory:"),
+                device,
+                batch_size,
+                autocast=autocast,
+                precision=precision,
+            )
+
+    @torch.no_grad()
+    def logits(self, trainee: Any, ids: torch.Tensor, attn: torch.Tensor | None, autocast: Autocast) -> Any:
+        """The reference's logits for a batch: the frozen copy's, or `trainee`'s (unwrapped from any
+        distributed wrapper) with its adapter off."""
+        with autocast():
+            if self.frozen is not None:
+                return self.frozen(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            with trainee.disable_adapter():
+                return trainee(input_ids=ids, attention_mask=attn, use_cache=False).logits
+
+
+def is_peft(model: Any) -> bool:
+    """Whether `model` is a peft model (has adapters that can be switched off)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from contextlib import nullcontext
 from typing import Any, cast
 
 import torch
@@ -34,13 +33,13 @@ from trainer_client.integrations.trl.dataset import (
     tokenised_rows,
 )
 from trainer_client.integrations.trl.sampler import StarEpochSampler, batch_order
-from trainer_client.integrations.trl.scores import StarBatches
 from trainer_client.loss import LossOutput, compute_loss, shift_for_causal_lm
 from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.select import scorer_from
 from trainer_client.train.batching import batch_loss
 from trainer_client.train.metrics import step_row
-from trainer_client.train.reference import precompute_reference
+from trainer_client.train.reference import Reference, is_peft
+from trainer_client.train.star_batches import StarBatches
 
 
 class StarDSSTrainer(SFTTrainer):
@@ -100,11 +99,10 @@ class StarDSSTrainer(SFTTrainer):
         try:
             # Scoring starts now, in the order the sampler will use, while the rest is set up.
             self._star.start(_order(len(self.star_examples), args))
-            peft = kwargs.get("peft_config") is not None or _is_peft(model)
-            self._needs_ref = star.method == "dss" and star.lambda_kl > 0
-            self._ref = ref_model
-            if self._needs_ref and ref_model is None and star.reference == "auto" and not peft:
-                self._ref = copy.deepcopy(model)  # before TRL patches the model's forward
+            peft = kwargs.get("peft_config") is not None or is_peft(model)
+            needs_ref = star.method == "dss" and star.lambda_kl > 0
+            # before TRL patches the model's forward
+            self._reference = Reference.for_run(model, needs_ref, star.reference, peft, given=ref_model)
             targs = copy.copy(args)  # TRL must not re-derive labels: they are star-train's
             targs.assistant_only_loss, targs.completion_only_loss, targs.shuffle_dataset = False, None, False
             from datasets import Dataset
@@ -124,24 +122,21 @@ class StarDSSTrainer(SFTTrainer):
             raise
 
     def _setup_reference(self) -> None:
-        if self._ref is not None:
-            self._ref = self._ref.to(self.args.device).eval().requires_grad_(False)
-        if not (self._needs_ref and self.star.reference == "precomputed"):
+        self._reference.to(self.args.device)
+        if not (self._reference.needed and self.star.reference == "precomputed"):
             return
-        model: Any = self.model
-        off = model.disable_adapter() if _is_peft(model) else None
-        with off if off is not None else nullcontext():
-            self._star.ref_lp = precompute_reference(
-                self.star_cfg.model,
-                model,
-                self.star_examples,
-                self._star.pad_id,
-                self._star.cache or ScoreCache(":memory:"),
-                self.args.device,
-                self.args.per_device_train_batch_size,
-                autocast=self.accelerator.autocast,  # the training forwards' context
-                precision=str(self.accelerator.mixed_precision),
-            )
+        self._reference.precompute(
+            self.star_cfg.model,
+            self.model,
+            self.star_examples,
+            self._star.pad_id,
+            self._star.cache,
+            self.args.device,
+            self.args.per_device_train_batch_size,
+            autocast=self.accelerator.autocast,  # the training forwards' context
+            precision=str(self.accelerator.mixed_precision),
+        )
+        self._star.ref_lp = self._reference.logprobs
 
     # -- what TRL asks of us --
     def _set_signature_columns_if_needed(self) -> None:
@@ -173,20 +168,12 @@ class StarDSSTrainer(SFTTrainer):
         b, _, waited = self._star.batch(index.tolist())
         _same_tokens(b.input_ids, b.label_mask, ids, labels)
         ref_logits = None
-        if self._needs_ref and b.ref_logprobs is None:
-            ref_logits = self._ref_logits(model, ids, attn)
+        if self._reference.needed and b.ref_logprobs is None:
+            trainee = self.accelerator.unwrap_model(model)
+            ref_logits = self._reference.logits(trainee, ids, attn, self.accelerator.autocast)
         out = batch_loss(self.star_cfg, outputs.logits, ids, b, ref_logits)
         self._record(out, int(b.attention_mask.sum()), waited)
         return (out.loss, outputs) if return_outputs else out.loss
-
-    @torch.no_grad()
-    def _ref_logits(self, model: Any, ids: torch.Tensor, attn: torch.Tensor | None) -> torch.Tensor:
-        with self.accelerator.autocast():
-            if self._ref is not None:
-                return self._ref(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            peft_model = self.accelerator.unwrap_model(model)
-            with peft_model.disable_adapter():
-                return peft_model(input_ids=ids, attention_mask=attn, use_cache=False).logits
 
     def _record(self, out: LossOutput, tokens: int, waited: float) -> None:
         step = int(self.state.global_step)
@@ -216,12 +203,6 @@ class StarDSSTrainer(SFTTrainer):
             self._close_step()
             self.star_guard_requests = self._star.guard_requests
             self._star.close()
-
-
-def _is_peft(model: Any) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
 
 
 def _model_and_tokenizer(model: Any, args: SFTConfig, processing_class: Any) -> tuple[Any, Any]:

@@ -1,5 +1,6 @@
-"""Each TRL batch's STAR side: its examples' scores (from the prefetcher, in the known order, or fetched
-at once when a batch comes out of order) and the tensors the loss needs."""
+"""The STAR side of a batch, for star-train and StarDSSTrainer alike: its examples' scores (from the
+prefetcher, in the known order, or fetched at once when a batch comes out of order) and the tensors the
+loss needs."""
 
 from __future__ import annotations
 
@@ -27,8 +28,13 @@ class StarBatches:
         make_scorer: Callable[[], AsyncScorer] | None,
         cache: ScoreCache | None,
         depth: int,
+        delay_s: float = 0.0,
+        in_order: bool = False,
     ) -> None:
         self.examples, self.pad_id, self.method, self.cache = examples, pad_id, method, cache
+        self.in_order = in_order
+        """Batches always come in the order given to `start` (star-train's sampler): a batch out of it
+        is a bug, raised, not fetched."""
         self.ref_lp: dict[int, np.ndarray] | None = None
         self.out_of_order = 0
         """Batches that did not come in the predicted order (fetched when they came)."""
@@ -41,6 +47,7 @@ class StarBatches:
                 star=method == "dss",
                 verdicts=method == "rs",
                 depth=depth,
+                delay_s=delay_s,
             )
 
     def start(self, order: Sequence[list[int]]) -> None:
@@ -52,7 +59,7 @@ class StarBatches:
         pf = self.prefetcher
         if pf is None:
             if self.method in ("dss", "rs"):
-                raise RuntimeError("StarDSSTrainer: the scorer is closed (train() has finished)")
+                raise RuntimeError("the scorer is closed (training has finished)")
             return None, 0.0
         try:
             idx, got, waited = pf.next()
@@ -60,6 +67,8 @@ class StarBatches:
             idx, got, waited = [], [], 0.0
         if idx == indices:
             return got, waited
+        if self.in_order:
+            raise RuntimeError(f"the scores of batch {idx} came when batch {indices} was asked for")
         if self.out_of_order == 0:
             log.warning("a batch came out of the predicted order; its scores are fetched now (no prefetch)")
         self.out_of_order += 1
@@ -71,6 +80,11 @@ class StarBatches:
         got, waited = self.scores(indices)
         exs = [self.examples[i] for i in indices]
         return scored_batch(exs, self.pad_id, self.method, got, self.ref_lp), got or [], waited
+
+    @property
+    def last_ready(self) -> bool:
+        """Whether the last batch's scores had all arrived when it was asked for."""
+        return bool(self.prefetcher and self.prefetcher.last_ready)
 
     @property
     def guard_requests(self) -> int:
