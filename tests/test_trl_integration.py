@@ -176,7 +176,9 @@ def test_bf16_precomputed_reference_equals_star_train(workdir: Path, tiny_guard_
         train_dataset=_dataset(workdir),
         star=StarDSSConfig(**star),
     )
-    assert tr._reference.frozen is None and tr._star.ref_lp is not None  # no reference model, cached log-probs
+    assert (
+        tr._reference.frozen is None and tr._star.ref_lp is not None
+    )  # no reference model, cached log-probs
     tr.train()
     assert tr.star_rows[0]["kl"] < 1e-9  # precomputed under the same bf16 autocast as the step
     wa = load_file(str(final / "model.safetensors"))
