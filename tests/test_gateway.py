@@ -73,7 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     dead = f"127.0.0.1:{free_port()}"
     scorer = start_scorer(logs)
     upstream = upstream_process(Path("unset"), logs, token_delay_ms=5)
-    gateway = gateway_process(upstream.url, scorer.address, logs).launch()
+    gateway = gateway_process(upstream.url, scorer.address, logs, "--guardrail-idle-s", "2").launch()
     broken = gateway_process(f"http://{dead}", dead, logs).launch()
     open_gateway = gateway_process(upstream.url, dead, logs, "--fail-open").launch()
     started = [gateway, broken, open_gateway]
@@ -276,3 +276,88 @@ def test_metrics_count_requests_and_stops(stack: Stack) -> None:
     assert metric(page, "star_gateway_stopped_responses_total", reason="content_filter") >= 1
     assert metric(page, "star_gateway_requests_total", outcome="passed") >= 1
     assert metric(page, "star_gateway_chunk_added_seconds_count") > 10
+
+
+def _deltas(stack: Stack, prompt: str) -> list[str]:
+    """The upstream's streamed text deltas for `prompt` (what LiteLLM accumulates chunk by chunk)."""
+    client = openai.OpenAI(base_url=stack.upstream.url + "/v1", api_key=API_KEY, max_retries=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], stream=True
+    )
+    return [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+
+
+def _guardrail(stack: Stack, call_id: str, input_type: str, text: str) -> dict[str, Any]:
+    """One call as LiteLLM's generic guardrail makes it (its documented request fields)."""
+    body = {"input_type": input_type, "texts": [text], "litellm_call_id": call_id, "litellm_trace_id": None,
+            "model": MODEL, "structured_messages": None, "images": None, "tools": None,
+            "request_data": {"user_api_key_hash": None},
+            "additional_provider_specific_params": {}}  # fmt: skip
+    r = httpx.post(stack.gateway.url + "/beta/litellm_basic_guardrail_api", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_litellm_guardrail_blocks_at_the_unsafe_cut(stack: Stack) -> None:
+    """LiteLLM's post_call checks with `streaming_sampling_rate: 1`: the whole answer so far at every
+    chunk, one call id. NONE until the text completes the cut that fires the rule (the next word has
+    begun), BLOCKED from that very call on, naming the offset; a text that does not extend the last one
+    starts the session over."""
+    full = stack.direct(HARMFUL)
+    want = stack.stop_of(HARMFUL, full)
+    call_id = f"call-{free_port()}"
+    assert _guardrail(stack, call_id, "request", HARMFUL)["action"] == "NONE"
+    text, blocked_at = "", None
+    for delta in _deltas(stack, HARMFUL):
+        text += delta
+        reply = _guardrail(stack, call_id, "response", text)
+        if reply["action"] == "BLOCKED":
+            blocked_at = text
+            assert f"offset {want.offset}" in reply["blocked_reason"]
+            break
+        assert text[want.cut :].strip() == "", "the cut that fires was final and not blocked"
+    assert blocked_at is not None and blocked_at[want.cut :].strip() != ""
+    assert _guardrail(stack, call_id, "response", "something else entirely .")["action"] == "NONE"
+    assert _guardrail(stack, call_id, "response", full)["action"] == "BLOCKED"
+
+
+def test_litellm_guardrail_computes_each_token_about_once(stack: Stack) -> None:
+    """A benign answer checked at every one of its chunks, then once more whole (LiteLLM's last call,
+    which closes the session so the last cut is scored): the scorer computes the session's trunk (the
+    conversation's guard tokens) about once, as much as one call with the whole answer costs (ratio
+    <= 1.5; re-scanning the whole text at every call would cost about half the number of calls times
+    as much). Idle sessions close."""
+    deltas = _deltas(stack, BENIGN)
+    full = "".join(deltas)
+    scorer_metrics = f"http://127.0.0.1:{stack.scorer.metrics_port}/metrics"
+
+    def trunk_tokens() -> float:
+        return metric(scorer_metrics, "star_session_trunk_tokens_total")
+
+    start = trunk_tokens()
+    once = f"call-{free_port()}"
+    _guardrail(stack, once, "request", BENIGN)
+    assert _guardrail(stack, once, "response", full)["action"] == "NONE"
+    assert _guardrail(stack, once, "response", full)["action"] == "NONE"  # the last call: closes
+    whole = trunk_tokens() - start
+    call_id = f"call-{free_port()}"
+    _guardrail(stack, call_id, "request", BENIGN)
+    text = ""
+    for delta in deltas:
+        text += delta
+        assert _guardrail(stack, call_id, "response", text)["action"] == "NONE"
+    assert _guardrail(stack, call_id, "response", full)["action"] == "NONE"
+    chunked = trunk_tokens() - start - whole
+    print(f"{len(deltas)} checks: trunk tokens computed {chunked:.0f}, whole answer at once {whole:.0f}")
+    assert len(deltas) >= 30 and whole > 0 and chunked / whole <= 1.5
+    page = stack.gateway.url + "/metrics"
+    wait_until(lambda: metric(page, "star_gateway_sessions", kind="guardrail") == 0, 15,
+               what="idle guardrail sessions closed")  # fmt: skip
+
+
+def test_litellm_guardrail_refuses_a_malformed_call(stack: Stack) -> None:
+    url = stack.gateway.url + "/beta/litellm_basic_guardrail_api"
+    r = httpx.post(url, json={"texts": ["x"]}, timeout=10)
+    assert r.status_code == 400 and "input_type" in r.json()["error"]["message"]
+    r = httpx.post(url, content=b"[", timeout=10)
+    assert r.status_code == 400
