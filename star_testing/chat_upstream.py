@@ -1,6 +1,6 @@
 """A small real OpenAI-compatible server that generates with a local transformers chat model (greedy),
 for tests and benchmarks of the gateway where starting vLLM would take too long (about a minute on 2
-cores; the real vLLM runs in tests/test_gateway_vllm.py where its venv exists).
+cores, over the gateway tests' whole time budget).
 
 It stands for vLLM's OpenAI server in what the gateway relies on: `POST /v1/chat/completions` and
 `/v1/completions`, streamed as server-sent events (a role chunk, one chunk per generated token with
