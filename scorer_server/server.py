@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -23,28 +22,11 @@ from scorer_server.metrics import ServerMetrics
 from scorer_server.startup import as_start_error, check_port_free, read_tls
 from scorer_server.watchdog import EngineWatch, Watchdog
 from star_contract.errors import ConfigError
+from star_contract.logs import JsonFormatter
 from star_proto import scorer_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScorerService"].full_name
 log = logging.getLogger("star.server")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (time, level, logger, message and any `extra` fields)."""
-
-    _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
 
 
 def setup_logging(level: str) -> None:

@@ -13,13 +13,21 @@ VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "pyth
 
 
 def start_vllm(
-    model: Path, port: int, log: Path, threads: int = 1, kv_cache_gib: int = 1, timeout_s: float = 400.0
+    model: Path,
+    port: int,
+    log: Path,
+    threads: int = 1,
+    kv_cache_gib: int = 1,
+    timeout_s: float = 400.0,
+    max_model_len: int = 4096,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """Serve `model` (float32, eager, 4096-token context) on 127.0.0.1:`port`; returns once /health
-    answers. Raises RuntimeError with the log's tail if vLLM exits or does not answer in time."""
+    """Serve `model` (float32, eager, `max_model_len`-token context; `extra` flags after) on
+    127.0.0.1:`port`; returns once /health answers. Raises RuntimeError with the log's tail if vLLM
+    exits or does not answer in time."""
     cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--max-model-len", "4096"]  # fmt: skip
+           "--max-model-len", str(max_model_len), *extra]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
     end = time.monotonic() + timeout_s

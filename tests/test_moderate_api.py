@@ -214,7 +214,7 @@ def test_stop_rule_names_the_end_of_the_last_safe_cut() -> None:
     """StopRule fires at the `consecutive`-th unsafe cut in a row (P(safe) below `unsafe_below`; at it is
     safe); a safe cut in between resets the run; the stop's offset is the end of the last safe cut, or 0
     when none came before."""
-    from scorer_server.api.stop_rule import StopRule
+    from star_contract.stop_rule import StopRule
     from star_contract.types import ModerateOptions, ModerationStop, Segment
 
     rule = StopRule(ModerateOptions(unsafe_below=0.5, consecutive=2))

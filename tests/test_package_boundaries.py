@@ -1,11 +1,12 @@
 """The packages' import rules, read from the source (runtime imports only; TYPE_CHECKING blocks skipped).
 
 - star_contract imports none of our other packages; star_client imports only star_contract and star_proto;
+- star_gateway imports only star_client and star_contract (no protobuf: the client's types);
 - scorer_server imports only star_contract and star_proto of the others: never star_client, not even
   inside a function (the `star-scorer moderate` alias re-executes `star-client moderate` instead);
 - trainer_client reaches scorer_server through one module, trainer_client/in_process.py;
 - no package's runtime imports form a cycle;
-- the client and the contract load without torch (a fresh interpreter checks).
+- the client, the contract and the gateway load without torch (a fresh interpreter checks).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("scorer_server", "trainer_client", "star_contract", "star_client", "star_testing")
+OURS = ("scorer_server", "trainer_client", "star_contract", "star_client", "star_gateway", "star_testing")
 IN_PROCESS = "trainer_client.in_process"
 MAX_LINES = 350
 
@@ -105,6 +106,7 @@ def test_trainer_reaches_the_scorer_only_through_in_process() -> None:
     [
         ("star_contract", {"star_contract"}),
         ("star_client", {"star_client", "star_contract"}),
+        ("star_gateway", {"star_gateway", "star_client", "star_contract"}),
         ("star_testing", {"star_testing", "star_contract"}),
         ("scorer_server", {"scorer_server", "star_contract"}),
     ],
@@ -172,7 +174,9 @@ def test_the_walker_reads_imports_and_finds_cycles(tmp_path: Path) -> None:
     assert find_cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.parametrize("module", ["star_client", "star_contract.convert", "star_client.cli"])
+@pytest.mark.parametrize(
+    "module", ["star_client", "star_contract.convert", "star_client.cli", "star_gateway.app"]
+)
 def test_client_side_loads_without_torch(module: str) -> None:
     code = (
         f"import sys, {module}\n"

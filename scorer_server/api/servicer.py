@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 
 from scorer_server.api.status import status_for
-from scorer_server.api.stop_rule import StopRule
 from scorer_server.api.tenant import current_tenant
 from scorer_server.api.validation import validate_conversation, validate_judge, validate_score_request
 from scorer_server.backends.base import ScoringBackend
@@ -25,6 +24,7 @@ from scorer_server.limits import Limits
 from scorer_server.metrics import ServerMetrics
 from star_contract import convert
 from star_contract.errors import InvalidRequest, NotReady
+from star_contract.stop_rule import StopRule
 from star_contract.types import ScoreRequest, Segment
 from star_proto import scorer_pb2 as pb
 from star_proto import scorer_pb2_grpc as pb_grpc
