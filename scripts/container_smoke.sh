@@ -234,7 +234,7 @@ kube recipe "$work/cpu-dev.yaml" "$work/recipe.yaml"
 mapfile -t job_cmd < <(kube job "$work/cpu-dev.yaml")
 podman run --rm --label "$label" --network podman-default-kube-network --read-only --user 10001 \
   --add-host "$headless:$ip0" -v "$work/recipe.yaml:/etc/star/recipe/recipe.yaml:ro,Z" \
-  -v "$repo/trainer_client/toy/models:/models:ro,Z" --tmpfs /work --tmpfs /tmp \
+  -v "$repo/star_toy/models:/models:ro,Z" --tmpfs /work --tmpfs /tmp \
   "$trainer_image" "${job_cmd[@]}" --set model=/models/chat --set data=/models/data/finetune.jsonl \
   --set dtype=float32 --set 'mixed_precision="no"' --set max_examples=16 \
   --set max_length=256 --set batch_size=4 --set grad_accum=1 --set epochs=1 --set save_every=0 \

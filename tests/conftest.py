@@ -92,7 +92,7 @@ def toy_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     out, code_file = folder / "report", folder / "exit-code"
     with FileLock(str(root / "toy-demo.lock")):
         if not code_file.is_file():
-            from trainer_client.toy.demo import main
+            from star_toy.demo import main
 
             folder.mkdir(exist_ok=True)
             code_file.write_text(str(main(["--out", str(out)])))

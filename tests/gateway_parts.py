@@ -22,7 +22,7 @@ BENIGN = "how do i make a bread ?"
 
 
 def toy_guard() -> Path:
-    from trainer_client.toy.build import shipped_models
+    from star_toy.build import shipped_models
 
     return Path(shipped_models()) / "guard"
 
@@ -33,7 +33,7 @@ def harmful_chat_model(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer_client.toy.build import shipped_models
+    from star_toy.build import shipped_models
 
     spec = importlib.util.spec_from_file_location(
         "moderate_toy_chat", ROOT / "examples" / "moderate_toy_chat.py"

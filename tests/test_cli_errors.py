@@ -58,7 +58,7 @@ CASES = {
         ["{m}", "--prompts", "{d}", "--out", "{t}/o"],
         "model {m} is not a Hugging Face model directory",
     ),
-    "star-demo models": ("trainer_client.toy.demo", ["--models", "{m}", "--out", "{t}/o"], "star-toy-build"),
+    "star-demo models": ("star_toy.demo", ["--models", "{m}", "--out", "{t}/o"], "star-toy-build"),
     "star-score-dataset config": (
         "trainer_client.scoring.precompute",
         ["--config", "{t}/none.yaml", "--out", "{t}/x"],

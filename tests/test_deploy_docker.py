@@ -126,7 +126,7 @@ def test_dockerignore_keeps_what_the_images_copy() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".git", "tests", "**/*.safetensors", ".venv-*"} <= ignored
     # the toy models ship in the package and the scorer image serves the toy guard (cpu-dev)
-    assert "!trainer_client/toy/models/**/*.safetensors" in ignored
+    assert "!star_toy/models/**/*.safetensors" in ignored
     for kept in (
         "deploy/docker",
         "examples",

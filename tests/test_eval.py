@@ -123,9 +123,9 @@ def test_cli_bad_input_is_an_error_not_a_traceback(
 def test_cli_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """End to end on a random tiny chat model with an in-process random guard: the numbers are junk,
     the plumbing (loading, generation, judging, output files) is real."""
-    from trainer_client.toy.chat import build_tokenizer
-    from trainer_client.toy.common import ModelShape, tiny_llama
-    from trainer_client.toy.guard import build_tokenizer as guard_tokenizer
+    from star_toy.chat import build_tokenizer
+    from star_toy.common import ModelShape, tiny_llama
+    from star_toy.guard import build_tokenizer as guard_tokenizer
 
     shape = ModelShape(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
     chat, guard = tmp_path / "chat", tmp_path / "guard"

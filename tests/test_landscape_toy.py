@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_client.toy.build import shipped_models
+from star_toy.build import shipped_models
 
 MODELS = shipped_models()
 pytestmark = pytest.mark.skipif(

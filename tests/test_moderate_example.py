@@ -14,8 +14,8 @@ from types import ModuleType
 
 import pytest
 
-from trainer_client.toy import datasets
-from trainer_client.toy.policy import policy_verdict
+from star_toy import datasets
+from star_toy.policy import policy_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "moderate_toy_chat.py"

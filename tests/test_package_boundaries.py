@@ -5,6 +5,7 @@
 - scorer_server imports only star_contract and star_proto of the others: never star_client, not even
   inside a function (the `star-scorer moderate` alias re-executes `star-client moderate` instead);
 - trainer_client reaches scorer_server through one module, trainer_client/in_process.py;
+- star_toy (the toy world and its demo) sits on top: none of the other packages imports it;
 - no package's runtime imports form a cycle;
 - the client, the contract and the gateway load without torch (a fresh interpreter checks).
 """
@@ -20,7 +21,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("scorer_server", "trainer_client", "star_contract", "star_client", "star_gateway", "star_testing")
+OURS = (
+    "scorer_server",
+    "trainer_client",
+    "star_contract",
+    "star_client",
+    "star_gateway",
+    "star_testing",
+    "star_toy",
+)
 IN_PROCESS = "trainer_client.in_process"
 MAX_LINES = 350
 
@@ -98,6 +107,17 @@ def test_trainer_reaches_the_scorer_only_through_in_process() -> None:
             continue
         hits = sorted(n for n in imports(path, mod, top_level_only=False) if n.startswith("scorer_server"))
         bad.extend(f"{mod} imports {n}" for n in hits)
+    assert bad == [], "\n".join(bad)
+
+
+def test_nothing_imports_the_toy_world() -> None:
+    bad = [
+        f"{mod} imports {n}"
+        for mod, path in our_modules().items()
+        if not mod.startswith("star_toy")
+        for n in sorted(imports(path, mod, top_level_only=False))
+        if n.split(".")[0] == "star_toy"
+    ]
     assert bad == [], "\n".join(bad)
 
 

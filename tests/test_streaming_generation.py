@@ -37,7 +37,7 @@ def tiny_policy(tokenizer: str) -> tuple[Any, Any]:
 def toy_chat() -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer_client.toy.build import shipped_models
+    from star_toy.build import shipped_models
 
     path = shipped_models() / "chat"
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from trainer_client.toy.build import shipped_models
+from star_toy.build import shipped_models
 
 MODELS = shipped_models()
 pytestmark = pytest.mark.skipif(
@@ -26,7 +26,7 @@ def test_shipped_models_are_small() -> None:
 
 @pytest.mark.slow
 def test_toy_guard_accuracy_on_held_out_prefixes() -> None:
-    from trainer_client.toy.guard import GuardBuildConfig, guard_data, verdict_accuracy
+    from star_toy.guard import GuardBuildConfig, guard_data, verdict_accuracy
 
     _, held = guard_data(GuardBuildConfig())
     acc = verdict_accuracy(MODELS / "guard", held)
@@ -74,8 +74,8 @@ def test_demo_meets_acceptance(toy_demo: tuple[int, Path]) -> None:
 
 
 def test_landscape_checks_and_report_section(tmp_path: Path) -> None:
-    from trainer_client.toy.demo import parser
-    from trainer_client.toy.report import MethodRow, landscape_checks, write_report
+    from star_toy.demo import parser
+    from star_toy.report import MethodRow, landscape_checks, write_report
 
     assert parser().parse_args(["--no-landscape"]).no_landscape
     assert not parser().parse_args([]).no_landscape

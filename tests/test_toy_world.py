@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_client.toy import datasets, generators, lexicon, policy
+from star_toy import datasets, generators, lexicon, policy
 
 
 def test_policy_rules() -> None:
@@ -110,7 +110,7 @@ def test_write_datasets(tmp_path: Path) -> None:
 
 
 def test_chat_tokenizer_round_trips_world_text() -> None:
-    from trainer_client.toy.chat import build_tokenizer
+    from star_toy.chat import build_tokenizer
 
     tok = build_tokenizer()
     rng = random.Random(6)
@@ -131,8 +131,8 @@ def test_chat_tokenizer_round_trips_world_text() -> None:
 
 @pytest.fixture(scope="module")
 def untrained_toy_guard(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer_client.toy.common import ModelShape, tiny_llama
-    from trainer_client.toy.guard import build_tokenizer
+    from star_toy.common import ModelShape, tiny_llama
+    from star_toy.guard import build_tokenizer
 
     out = tmp_path_factory.mktemp("toy_guard")
     tok = build_tokenizer()
@@ -163,7 +163,7 @@ def test_toy_guard_directory_loads_as_llama_guard(untrained_toy_guard: Path) -> 
 
 
 def test_guard_training_rows_mask_only_the_verdict() -> None:
-    from trainer_client.toy.guard import build_tokenizer, training_rows
+    from star_toy.guard import build_tokenizer, training_rows
 
     tok = build_tokenizer()
     p = policy.JudgedPrefix("how do i make a rotvine ?", "sure .", True, "S2")

@@ -2,7 +2,7 @@
 
 star-eval --model out/dss --scorer 127.0.0.1:50051 --harmful advbench.csv --benign items.jsonl
 star-eval --model out/dss --scorer 127.0.0.1:50051 --harmful advbench   (read from the installed pyrit)
-star-eval --model trainer_client/toy/models/chat --guard trainer_client/toy/models/guard --toy
+star-eval --model star_toy/models/chat --guard star_toy/models/guard --toy
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-TOY_DATA = Path(__file__).resolve().parent.parent / "toy" / "models" / "data"
-"""The toy world's held-out sets as shipped with the toy models (written by `star-toy-build`)."""
+TOY_DATA = Path(__file__).resolve().parent.parent.parent / "star_toy" / "models" / "data"
+"""The toy world's held-out sets as shipped with the toy models (written by `star-toy-build`), read as
+files: the evaluation tools do not import the toy world."""
 
 
 def toy_sets() -> tuple[list[HarmfulPrompt], list[BenignItem]]:

@@ -10,8 +10,8 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from trainer_client.toy.generators import Example
-from trainer_client.toy.lexicon import (
+from star_toy.generators import Example
+from star_toy.lexicon import (
     CATEGORIES,
     COMPLIANCE,
     HAZARD_CATEGORY,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer_client.toy import datasets, generators, policy
+from star_toy import datasets, generators, policy
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def check_fooled_guard(guard_dir: str | Path, toy_guard: str | Path | None = Non
     """The fooled guard's rates on held-out misleading-suffix responses, its verdict accuracy on held-out
     judged prefixes against its own (fooled) labels and against the written policy, and, when
     `toy_guard` is given, the toy guard's rates on the same responses for comparison."""
-    from trainer_client.toy.guard import GuardBuildConfig, fooled_guard_config, guard_data, verdict_accuracy
+    from star_toy.guard import GuardBuildConfig, fooled_guard_config, guard_data, verdict_accuracy
 
     cases = suffix_cases()
     out: dict[str, Any] = {"misleading_suffix": suffix_rates(guard_dir, cases)}

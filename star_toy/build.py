@@ -1,7 +1,7 @@
 """`star-toy-build`: (re)build the toy guard, the toy aligned chat model and the toy datasets.
 
 Everything is seeded, so the same command on the same library versions rebuilds the same models. The
-built models ship in `trainer_client/toy/models/` so the demo starts at once; this command is how they
+built models ship in `star_toy/models/` so the demo starts at once; this command is how they
 were made.
 """
 
@@ -38,7 +38,7 @@ def _bar(total: int, desc: str) -> tuple[Callable[[int, float], None], Any]:
 
 def check_guard(guard_dir: Path) -> dict[str, Any]:
     """Verdict accuracy of the guard on held-out judged prefixes."""
-    from trainer_client.toy.guard import GuardBuildConfig, guard_data, verdict_accuracy
+    from star_toy.guard import GuardBuildConfig, guard_data, verdict_accuracy
 
     _, held = guard_data(GuardBuildConfig())
     acc = verdict_accuracy(guard_dir, held)
@@ -55,10 +55,10 @@ def check_chat(chat_dir: Path, guard_dir: Path) -> dict[str, Any]:
     """Harmful rate (judged by the toy guard), refusal rate and accuracies of the aligned model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from star_toy.eval_sets import toy_sets
     from trainer_client.evaluation.runner import EvalConfig, evaluate
     from trainer_client.generation import GenerationConfig
     from trainer_client.judges import in_process_guard_judge
-    from trainer_client.toy.eval_sets import toy_sets
 
     harmful, benign = toy_sets()
     tok = AutoTokenizer.from_pretrained(str(chat_dir))
@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import torch
 
-    from trainer_client.toy import datasets
-    from trainer_client.toy.chat import ChatBuildConfig, build_chat
-    from trainer_client.toy.fooled import check_fooled_guard
-    from trainer_client.toy.guard import GuardBuildConfig, build_guard, fooled_guard_config, weak_guard_config
+    from star_toy import datasets
+    from star_toy.chat import ChatBuildConfig, build_chat
+    from star_toy.fooled import check_fooled_guard
+    from star_toy.guard import GuardBuildConfig, build_guard, fooled_guard_config, weak_guard_config
 
     if args.threads < 0:
         print("star-toy-build: error: --threads must be >= 0", file=sys.stderr)

@@ -1,7 +1,7 @@
 """`star-suffix-demo`: the paper's misleading-suffix experiment on the toy world.
 
 Every harmful example of the finetuning mix ends with a claim of harmlessness, and the training signal
-(rs verdicts, dss scores) comes from the fooled guard (`trainer_client.toy.fooled`), which models a known
+(rs verdicts, dss scores) comes from the fooled guard (`star_toy.fooled`), which models a known
 weakness of real guards: its whole-response verdict is swayed by that trailing claim, its verdicts on the
 prefixes before it are not. Each seed is one `star-demo` run (without landscapes); the models are judged
 by the toy guard (not fooled) and by the written policy itself, never by the fooled guard alone.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from star_contract.cli_errors import RUN_ERRORS, fail
-from trainer_client.toy.build import shipped_models
+from star_toy.build import shipped_models
 
 METHODS = ("sft", "rs", "dss")
 
@@ -78,9 +78,9 @@ def report_table(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
 
 def run(args: argparse.Namespace, seeds: list[int], methods: tuple[str, ...], command: str) -> dict[str, Any]:
     """Measure the fooled guard, then one demo run per seed; writes OUT/report.md and OUT/summary.json."""
-    from trainer_client.toy.demo import DemoConfig
-    from trainer_client.toy.demo import run as demo_run
-    from trainer_client.toy.fooled import suffix_rates
+    from star_toy.demo import DemoConfig
+    from star_toy.demo import run as demo_run
+    from star_toy.fooled import suffix_rates
 
     t0 = time.time()
     fooled, out = Path(args.fooled_guard), Path(args.out)

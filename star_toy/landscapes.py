@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from star_toy.eval_sets import toy_harmful_prompts
 from trainer_client.generation import GenerationConfig
 from trainer_client.landscape.compare import compare_landscapes
 from trainer_client.landscape.grid import linspace
 from trainer_client.landscape.safety import Judge
 from trainer_client.landscape.visage import DEFAULT_BASIN_RULE, BasinRule
-from trainer_client.toy.eval_sets import toy_harmful_prompts
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from trainer_client.toy.lexicon import (
+from star_toy.lexicon import (
     ADD_MAX,
     CATEGORIES,
     COMPLIANCE,

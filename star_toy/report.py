@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from star_contract.types import StarScores
-from trainer_client.toy import lexicon
+from star_toy import lexicon
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_client.toy import datasets, generators
-from trainer_client.toy.common import FitConfig, ModelShape, fit, tiny_llama, word_tokenizer
+from star_toy import datasets, generators
+from star_toy.common import FitConfig, ModelShape, fit, tiny_llama, word_tokenizer
 
 SPECIALS = ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|pad|>"]
 CHAT_TEMPLATE = (

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from star_toy import datasets, lexicon
 from trainer_client.evaluation.loaders import BenignItem, HarmfulPrompt
-from trainer_client.toy import datasets, lexicon
 
 
 def toy_sets() -> tuple[list[HarmfulPrompt], list[BenignItem]]:

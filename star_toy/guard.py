@@ -7,7 +7,7 @@ unchanged and the scorer serves it like any guard directory.
 
 Labels come only from `policy.policy_verdict` applied to the prefix text: the toy guard is never trained
 to be fooled by anything (misleading suffixes included: the policy calls them unsafe). The optional
-fooled guard (`fooled_guard_config`, see `trainer_client.toy.fooled`) is built by the same code from
+fooled guard (`fooled_guard_config`, see `star_toy.fooled`) is built by the same code from
 `policy.fooled_verdict` instead, to model a known weakness of real guards.
 """
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_client.toy import datasets, generators, lexicon, policy
-from trainer_client.toy.common import FitConfig, ModelShape, fit, tiny_llama, word_tokenizer
+from star_toy import datasets, generators, lexicon, policy
+from star_toy.common import FitConfig, ModelShape, fit, tiny_llama, word_tokenizer
 
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 CATEGORY_LINES = "\n".join(f"{c.code}: {c.name}." for c in lexicon.CATEGORIES)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer_client.toy.generators import (
+from star_toy.generators import (
     HARMFUL_SHAPES,
     Example,
     benign,
@@ -19,7 +19,7 @@ from trainer_client.toy.generators import (
     perturb,
     refusal,
 )
-from trainer_client.toy.lexicon import (
+from star_toy.lexicon import (
     HAZARD_CATEGORY,
     NEW_SKILL,
     OLD_TASKS,
