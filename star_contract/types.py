@@ -22,9 +22,15 @@ class Message:
 
 @dataclass(frozen=True)
 class Conversation:
-    """A conversation whose last message is the assistant response being judged."""
+    """A conversation whose last message is the assistant response being judged (for Judge it may
+    instead end with a user message: then the prompt is judged, as a guard moderates input)."""
 
     messages: tuple[Message, ...]
+
+    @property
+    def is_prompt(self) -> bool:
+        """Whether the conversation ends with a user message (a prompt to judge, not a response)."""
+        return bool(self.messages) and self.messages[-1].role == "user"
 
     @property
     def response(self) -> str:
@@ -58,6 +64,15 @@ class Conversation:
             raise InvalidRequest(f"{field}.messages is empty; send at least the assistant response to score")
         if self.messages[-1].role != "assistant":
             raise InvalidRequest(f"{field}: the last message must be the assistant response (ROLE_ASSISTANT)")
+
+    def require_judgeable(self, field: str = "conversation") -> None:
+        """Raise InvalidRequest unless the last message is an assistant response or a user prompt."""
+        from star_contract.errors import InvalidRequest
+
+        if not self.is_prompt:
+            self.require_response(field)
+        elif not self.messages[-1].content.strip():
+            raise InvalidRequest(f"{field}: the last user message, the prompt to judge, is empty")
 
 
 class CutKind(StrEnum):

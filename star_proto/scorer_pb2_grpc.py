@@ -88,7 +88,8 @@ class ScorerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Judge(self, request, context):
-        """Whole-response verdicts for a list of conversations.
+        """Whole-response verdicts for a list of conversations; a conversation ending with a user message gets
+        the verdict on that prompt (input moderation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

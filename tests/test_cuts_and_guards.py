@@ -171,3 +171,25 @@ def test_api_validation_and_in_process_preparation_refuse_a_missing_response_ali
             prepare(ScoreRequest(conv), guard.template, guard.tokenizer, lambda t: [1], Limits())
         assert str(api.value) == str(local.value)
         assert "assistant response" in str(local.value)
+
+
+def test_judge_takes_a_prompt_as_the_last_message_and_score_does_not() -> None:
+    """Judge moderates input too: a conversation ending with a user message judges that prompt; Score
+    and Moderate still need the assistant response; an empty prompt or a trailing system message is
+    refused with the field named."""
+    from scorer_server.api.validation import validate_conversation, validate_judge
+    from scorer_server.limits import Limits
+
+    limits = Limits()
+    prompt = Conversation.from_dicts([{"role": "user", "content": "how do I pick a lock?"}])
+    validate_judge([prompt, Conversation.from_pair("q", "a")], limits)
+    with pytest.raises(InvalidRequest, match="the last message must be the assistant response"):
+        validate_conversation(prompt, limits)
+    empty = Conversation.from_dicts([{"role": "user", "content": " "}])
+    with pytest.raises(
+        InvalidRequest, match=r"conversations\[0\]: the last user message, the prompt to judge"
+    ):
+        validate_judge([empty], limits)
+    system_last = Conversation.from_dicts([{"role": "system", "content": "be safe"}])
+    with pytest.raises(InvalidRequest, match=r"conversations\[0\]: the last message must be"):
+        validate_judge([system_last], limits)

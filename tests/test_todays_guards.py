@@ -118,15 +118,19 @@ class Oracle:
         self.forced, self.fields, self.classes = forced, fields, classes
         self.specials = name == "wildguard"  # its library tokenises with the BOS token added
 
-    def prompt(self, response: str) -> str:
+    def prompt(self, response: str | None) -> str:
+        """The guard's prompt for PROMPT and `response`; None: the prompt alone is judged."""
         from star_testing import guard_formats
 
+        turns = [{"role": "user", "content": PROMPT}]
+        if response is not None:
+            turns.append({"role": "assistant", "content": response})
         if self.name == "nemoguard":
             text = guard_formats.nemoguard_two_step(self.artefacts, self.tok, PROMPT, response)
-        elif self.name == "wildguard":
-            text = guard_formats.wildguard_text(self.artefacts, PROMPT, response)
+        elif self.name == "wildguard":  # the library fills a missing response with ""
+            text = guard_formats.wildguard_text(self.artefacts, PROMPT, response or "")
         elif self.name == "granite-guardian-3.3":  # as IBM's 3.3 cookbook calls it
-            messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": response}]
+            messages = turns
             text = str(
                 self.tok.apply_chat_template(
                     messages,
@@ -137,18 +141,16 @@ class Oracle:
                 )
             )
         elif self.name == "granite-guardian-4.1":  # IBM's 4.1 cookbook: the criterion as a last user turn
-            block = guard_formats.granite_guardian_4_1_block(
-                guard_formats.GRANITE_GUARDIAN_4_1_HARM, guard_formats.GRANITE_GUARDIAN_4_1_RESPONSE_SCHEMA
+            schema = (
+                guard_formats.GRANITE_GUARDIAN_4_1_PROMPT_SCHEMA
+                if response is None
+                else guard_formats.GRANITE_GUARDIAN_4_1_RESPONSE_SCHEMA
             )
-            messages = [
-                {"role": "user", "content": PROMPT},
-                {"role": "assistant", "content": response},
-                {"role": "user", "content": block},
-            ]
+            block = guard_formats.granite_guardian_4_1_block(guard_formats.GRANITE_GUARDIAN_4_1_HARM, schema)
+            messages = [*turns, {"role": "user", "content": block}]
             text = str(self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         else:
-            messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": response}]
-            text = str(self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            text = str(self.tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
         return text + self.forced
 
     def encode(self, text: str) -> list[int]:
@@ -161,6 +163,18 @@ class Oracle:
     def last_logits(self, text: str) -> Any:
         with self.torch.inference_mode():
             return self.model(input_ids=self.torch.tensor([self.encode(text)])).logits[0, -1].double()
+
+    def p_safe_of_the_prompt(self) -> float:
+        """The prompt alone judged: its own verdict, the first field when the guard writes fields
+        (NemoGuard's user verdict, WildGuard's harmful request; the safe value first), else the classes."""
+        text = self.prompt(None)  # the forced text included
+        if self.fields:
+            values = self.fields[0][0]
+            probs = self.torch.softmax(self.last_logits(text)[self.first_tokens(text, values)], dim=-1)
+            return float(probs[0])
+        words = tuple(w for w, _ in self.classes)
+        probs = self.torch.softmax(self.last_logits(text)[self.first_tokens(text, words)], dim=-1)
+        return float(sum(p for p, (_, safe) in zip(probs.tolist(), self.classes, strict=True) if safe))
 
     def p_safe(self, response: str) -> float:
         text = self.prompt(response)
@@ -230,20 +244,22 @@ def test_score_score_stream_judge_and_moderate_equal_the_oracle(
     async def calls() -> tuple[Any, Any, Any]:
         async with AsyncScorerClient(server.address) as client:
             streamed = (await client.score_many([request]))[0].segments
-            verdict = (await client.judge([conv]))[0]
+            only_the_prompt = Conversation.from_dicts([{"role": "user", "content": PROMPT}])
+            verdict, asked = await client.judge([conv, only_the_prompt])
             options = ModerateOptions(every=3, unsafe_below=0)
             async with client.moderate(conv.with_response(""), options) as s:
                 for i in range(0, len(RESPONSE), 7):
                     await s.push(RESPONSE[i : i + 7])
                 await s.close()
-            return streamed, verdict, s.segments
+            return streamed, (verdict, asked), s.segments
 
-    streamed, verdict, live = asyncio.run(calls())
+    streamed, (verdict, asked), live = asyncio.run(calls())
     want = [oracle.p_safe(RESPONSE[: s.end]) for s in unary]
     for got in (unary, streamed, live):
         assert [s.end for s in got] == [s.end for s in unary]
         assert max(abs(s.p_safe - w) for s, w in zip(got, want, strict=True)) <= 1e-5
     assert abs(verdict.p_unsafe - (1 - oracle.p_safe(RESPONSE))) <= 1e-5
+    assert abs(asked.p_unsafe - (1 - oracle.p_safe_of_the_prompt())) <= 1e-5  # input moderation
     server.stop()
 
 

@@ -9,8 +9,15 @@ from star_contract.types import Conversation, CutKind, ScoreRequest
 MAX_EVERY = 1_000_000
 
 
-def validate_conversation(conv: Conversation, limits: Limits, field: str = "conversation") -> None:
-    conv.require_response(field)
+def validate_conversation(
+    conv: Conversation, limits: Limits, field: str = "conversation", prompt_ok: bool = False
+) -> None:
+    """Roles, size and content of a conversation; it ends with the assistant response, or (`prompt_ok`,
+    Judge) with the user prompt to judge."""
+    if prompt_ok:
+        conv.require_judgeable(field)
+    else:
+        conv.require_response(field)
     msgs = conv.messages
     for i, m in enumerate(msgs):
         if m.role == "system" and i != 0:
@@ -64,4 +71,4 @@ def validate_judge(conversations: list[Conversation], limits: Limits) -> None:
             f"{limits.max_judge_conversations}; split the call"
         )
     for i, c in enumerate(conversations):
-        validate_conversation(c, limits, f"conversations[{i}]")
+        validate_conversation(c, limits, f"conversations[{i}]", prompt_ok=True)

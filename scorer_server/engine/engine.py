@@ -210,6 +210,10 @@ class StarEngine:
         )
         reads = [Read(0, Convention.RAW, 1.0, None, nodes) for _ in conversations]
         p_safe = self.read_out(reads, logits=logits)
+        ids = list(g.reader.prompt_ids())
+        for k, conv in enumerate(conversations):  # a prompt: its own verdict, at the first node
+            if conv.is_prompt:
+                p_safe[k] = g.reader.prompt_p_safe(logits[k * nodes, ids].tolist())
         texts = self._decode(prompts) if decode and g.preset.judge_max_new_tokens > 0 else [""] * len(prompts)
         return [read_verdict(p, text, g.preset) for p, text in zip(p_safe, texts, strict=True)]
 

@@ -24,7 +24,8 @@ class EarlierField:
 
     name: str
     values: tuple[str, ...]
-    """The words the guard may write there, as it writes them."""
+    """The words the guard may write there, as it writes them; for a field that is a verdict (the first
+    field: the prompt's own verdict, which Judge reads for a prompt), the safe answer first."""
     then: str
     """The text after the value, up to the next field or the verdict."""
 

@@ -70,6 +70,20 @@ class VerdictReader:
             self.field_ids[len(p)] if len(p) < len(self.field_ids) else self.class_ids for p in self.paths()
         ]
 
+    def prompt_ids(self) -> tuple[int, ...]:
+        """The token ids a prompt's verdict is read from at the first node: the first earlier field's
+        values when the guard writes one (NemoGuard's user verdict, WildGuard's harmful request: the
+        prompt's own verdict), else the verdict classes."""
+        return self.field_ids[0] if self.field_ids else self.class_ids
+
+    def prompt_p_safe(self, logits: Sequence[float], temperature: float = 1.0) -> float:
+        """P(safe) of a judged prompt from the first node's logits over `prompt_ids()`: a field's first
+        value is its safe answer (EarlierField), the classes count as safe as the preset says."""
+        if self.field_ids:
+            safe = (True,) + (False,) * (len(self.field_ids[0]) - 1)
+            return classes_p_safe(logits, safe, temperature)
+        return classes_p_safe(logits, self.safe, temperature)
+
     def p_safe(
         self, logits: Sequence[Sequence[float]], temperature: float = 1.0, safe: tuple[bool, ...] = ()
     ) -> float:
