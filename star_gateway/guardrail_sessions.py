@@ -96,6 +96,7 @@ class GuardrailSessions:
             elif entry.text:
                 entry.closed = True  # the repeated full text: the stream is over
                 await session.close()
+            entry.used = time.monotonic()  # idle from the end of its last call, not the start
             return session.stop
 
     async def _wait_for_cuts(self, entry: Entry) -> None:
@@ -132,7 +133,8 @@ class GuardrailSessions:
     async def reap(self, now: float | None = None) -> int:
         """Close the sessions idle for `idle_s`; how many were closed."""
         now = time.monotonic() if now is None else now
-        idle = [k for k, e in self.entries.items() if now - e.used >= self.idle_s]
+        # a session a call is using is never idle, however long its scores take
+        idle = [k for k, e in self.entries.items() if now - e.used >= self.idle_s and not e.lock.locked()]
         for key in idle:
             await self._drop(key)
         return len(idle)

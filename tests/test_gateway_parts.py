@@ -93,3 +93,28 @@ def test_config_reads_flags_then_variables_then_defaults() -> None:
         from_argv(["--every", "0"], {})
     with pytest.raises(ValueError, match="STAR_GATEWAY_FAIL_OPEN"):
         from_argv([], {"STAR_GATEWAY_FAIL_OPEN": "maybe"})
+
+
+def test_the_reaper_never_closes_a_session_a_call_is_using() -> None:
+    """A guardrail call can wait on the scorer longer than the idle timeout (a loaded scorer): its
+    session must stay open until the call ends, and count as idle only from then. The session here
+    stands for a real Moderate session only in being closable (the reaper's one use of it)."""
+    from star_gateway.guardrail_sessions import Entry, GuardrailSessions
+    from star_gateway.metrics import GatewayMetrics
+
+    class Closable:
+        closed = False
+
+        async def __aexit__(self, *exc: object) -> None:
+            self.closed = True
+
+    async def scenario() -> tuple[bool, bool, int]:
+        sessions = GuardrailSessions(None, GatewayMetrics(), idle_s=1.0, max_sessions=4, wait_s=1.0)  # type: ignore[arg-type]
+        busy, idle = Closable(), Closable()
+        sessions.entries[("busy", 0)] = Entry(busy, ModerateOptions(), used=0.0)  # type: ignore[arg-type]
+        sessions.entries[("idle", 0)] = Entry(idle, ModerateOptions(), used=0.0)  # type: ignore[arg-type]
+        async with sessions.entries[("busy", 0)].lock:  # a call in progress
+            reaped = await sessions.reap(now=100.0)
+        return busy.closed, idle.closed, reaped
+
+    assert asyncio.run(scenario()) == (False, True, 1)

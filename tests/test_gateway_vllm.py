@@ -81,4 +81,16 @@ def test_vllm_through_the_gateway(urls: tuple[str, str, ScorerProcess]) -> None:
     assert chunks[-1].choices[0].finish_reason == "content_filter"
     assert (chunks[-1].model_extra or {})["star_moderation"]["offset"] == want.offset
     assert shown == text[: want.offset]
-    assert _events(gateway, BENIGN) == _events(vllm, BENIGN)
+    # A benign answer passes as vLLM streams it. Two calls to vLLM can cut the same tokens into different
+    # chunks (its output loop sends several tokens in one chunk when it falls behind, as on a loaded
+    # box), so the calls are compared by what a client reads: the same text, the same event shape,
+    # the same finish. Byte-identity of each forwarded event is checked against the upstream's own
+    # record of what it sent in tests/test_gateway.py.
+    through, straight = _events(gateway, BENIGN), _events(vllm, BENIGN)
+    assert _text(through) == _text(straight) and _text(through)
+    assert {json.dumps(sorted(e)) for e in through} == {json.dumps(sorted(e)) for e in straight}
+    assert through[-1]["choices"][0]["finish_reason"] == straight[-1]["choices"][0]["finish_reason"]
+
+
+def _text(events: list[dict[str, Any]]) -> str:
+    return "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])

@@ -113,9 +113,9 @@ def test_precomputed_reference_matches_the_live_one_under_bf16_autocast(workdir:
     kw: dict[str, Any] = dict(method="dss", scorer="fixed:0", kl_estimator="k2", batch_size=2)
     pre = Trainer(_cfg(workdir, "ref-pre", reference="precomputed", **kw), _FixedScorer)
     try:
-        assert pre.ref_lp is not None
+        assert pre.reference.logprobs is not None and pre.star.ref_lp is pre.reference.logprobs
         exs = pre.examples[:2]  # the precompute's first batch (batch_size examples in order)
-        refs = [pre.ref_lp[e.index] for e in exs]
+        refs = [pre.reference.logprobs[e.index] for e in exs]
         b = collate(exs, pre.pad_id, [[0.5] * len(e.label_positions) for e in exs], None, refs)
         dev = pre.acc.device
         ids, attn = b.input_ids.to(dev), b.attention_mask.to(dev)
@@ -124,7 +124,7 @@ def test_precomputed_reference_matches_the_live_one_under_bf16_autocast(workdir:
         live = target_logprobs(live_logits[:, :-1].detach(), ids[:, 1:])
         # the live trainee at step 0 is the reference: its log-probs are the precomputed ones ...
         gaps = [
-            np.abs(pre.ref_lp[e.index] - live[r, np.asarray(e.label_positions) - 1].numpy()).max()
+            np.abs(pre.reference.logprobs[e.index] - live[r, np.asarray(e.label_positions) - 1].numpy()).max()
             for r, e in enumerate(exs)
         ]
         assert max(gaps) <= TOL, gaps
@@ -133,7 +133,7 @@ def test_precomputed_reference_matches_the_live_one_under_bf16_autocast(workdir:
         # and the precompute without the step's autocast (a freshly loaded trainee) would not match
         plain = reference_logprobs(load_trainee(pre.cfg, dev), exs, pre.pad_id, 2, dev)
         no_autocast_gap = max(
-            float(np.abs(p - pre.ref_lp[e.index]).max()) for p, e in zip(plain, exs, strict=True)
+            float(np.abs(p - pre.reference.logprobs[e.index]).max()) for p, e in zip(plain, exs, strict=True)
         )
         assert no_autocast_gap > 100 * TOL, no_autocast_gap
     finally:
@@ -141,9 +141,12 @@ def test_precomputed_reference_matches_the_live_one_under_bf16_autocast(workdir:
     auto = Trainer(_cfg(workdir, "ref-auto", reference="auto", **kw), _FixedScorer)
     try:
         # the live reference forward of a reference 'auto' run gives the same numbers
-        ref_lp = target_logprobs(auto._ref_logits(ids, attn)[:, :-1], ids[:, 1:])
+        trainee = auto.acc.unwrap_model(auto.model)
+        ref_lp = target_logprobs(
+            auto.reference.logits(trainee, ids, attn, auto.acc.autocast)[:, :-1], ids[:, 1:]
+        )
         for r, e in enumerate(exs):
             lp = ref_lp[r, np.asarray(e.label_positions) - 1].numpy()
-            np.testing.assert_allclose(lp, pre.ref_lp[e.index], rtol=0, atol=TOL)
+            np.testing.assert_allclose(lp, pre.reference.logprobs[e.index], rtol=0, atol=TOL)
     finally:
         auto.close()
