@@ -95,8 +95,6 @@ class AccelerateEngine:
         self.acc.wait_for_everyone()
 
     def load(self, path: Path, model: Any, opt: Any, sched: Any, lora: bool) -> dict[str, Any]:
-        if (path / "sharded").is_dir():
-            raise ValueError(f"{path} was written by a sharded run: resume it with sharding: fsdp")
         return load_checkpoint(path, self.trainee(model), opt, sched, lora)
 
     def save_final(self, final_dir: Path, model: Any, tokenizer: Any, lora: bool) -> None:

@@ -23,7 +23,7 @@ from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores
 from trainer_client.scoring.select import scorer_from
 from trainer_client.train.batching import batch_loss
-from trainer_client.train.checkpoint import latest_checkpoint
+from trainer_client.train.checkpoint import checkpoint_state, latest_checkpoint
 from trainer_client.train.config import TrainConfig
 from trainer_client.train.engine import engine_for
 from trainer_client.train.metrics import guard_disagreement, run_summary, step_row
@@ -91,7 +91,8 @@ class Trainer:
         self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
         if cfg.resume and self.ckpt is None:
             raise ValueError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
-        self.start_step = int(json.loads((self.ckpt / "state.json").read_text())["step"]) if self.ckpt else 0
+        world = self.acc.num_processes
+        self.start_step = int(checkpoint_state(self.ckpt, cfg.sharding, world)["step"]) if self.ckpt else 0
         self.plan = self.sampler.plan(cfg.epochs, self.start_step)
         self.cache = ScoreCache(cfg.resolved_cache_path) if cfg.resolved_cache_path else None
         # Scoring starts now, so the first batches' scores arrive while the models load.
