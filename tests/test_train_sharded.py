@@ -93,6 +93,8 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_guard_dir: Path) -> Path
     ]
     stopped = _argv(_recipe(work, "full", "dss"), sharding="fsdp", grad_accum=2, output_dir=work / "resumed")
     runs.append([*stopped, "--set", "save_every=2", "--set", "stop_after_steps=3"])
+    bf16 = _recipe(work, "full", "dss") | {"mixed_precision": "bf16"}
+    runs.append(_argv(bf16, sharding="fsdp", grad_accum=2, output_dir=work / "two-bf16"))
     (work / "runs.json").write_text(json.dumps(runs))
     (work / "driver.py").write_text(_DRIVER)
     done = _torchrun([str(work / "driver.py"), str(work / "runs.json")])
@@ -190,3 +192,14 @@ def test_refusals_are_one_line(work: Path, capsys: pytest.CaptureFixture[str]) -
         assert (
             "torchrun" if extra[0] == "--set" else "with sharding: fsdp; resume it with sharding: fsdp"
         ) in err[0]
+
+
+def test_bf16_compute_keeps_float32_masters(work: Path) -> None:
+    """mixed_precision bf16: the blocks are gathered and run in bf16 (the losses move off the float32
+    run's), the sharded masters and the saved model stay float32, and the reference precomputed under
+    the same compute makes step 1's KL zero."""
+    bf16, fp32 = work / "two-bf16", work / "two-full-dss"
+    a, b = _losses(bf16), _losses(fp32)
+    assert 0 < max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-2
+    assert json.loads((bf16 / "metrics.jsonl").read_text().splitlines()[0])["kl"] == 0.0
+    assert {t.dtype for t in _final(bf16, lora=False).values()} == {torch.float32}
