@@ -89,6 +89,23 @@ def save_checkpoint(
     return final
 
 
+def checkpoint_state(path: Path, sharding: str, world: int) -> dict[str, Any]:
+    """state.json of the checkpoint to resume from (with 'step'), refused with one line when another
+    kind of run wrote it: sharded against unsharded, or a sharded run of another world size (each
+    process's data shard and RNG state depend on it)."""
+    state: dict[str, Any] = json.loads((path / "state.json").read_text())
+    saved = state.get("sharding", "none")
+    if saved != sharding:
+        raise ValueError(
+            f"{path} was written by a run with sharding: {saved}; resume it with sharding: {saved}"
+        )
+    if sharding == "fsdp" and state.get("world") != world:
+        raise ValueError(
+            f"{path} was saved by {state.get('world')} processes; resume it with as many, not {world}"
+        )
+    return state
+
+
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, lora: bool) -> dict[str, Any]:
     """Restore everything saved by `save_checkpoint`; returns state.json (with 'step')."""
     load_weights(model, path / ("adapter" if lora else "model"), lora)

@@ -19,6 +19,8 @@ EPILOG = """examples:
 
 Every TrainConfig field (see examples/*.yaml, where each key is documented) can be set with --set.
 Several GPUs: accelerate launch -m trainer_client.train.cli --config ... (each process scores its shard).
+Sharded (FSDP2: weights, gradients and AdamW states split across the processes; gloo on CPU):
+  torchrun --nproc_per_node 8 -m trainer_client.train.cli --config ... --set sharding=fsdp
 """
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from star_contract.types import Convention
+from trainer_client.train.sharding_rules import sharding_checks
 
 METHODS = ("sft", "rs", "dss")
 FINETUNE = ("lora", "full")
@@ -122,6 +123,10 @@ class TrainConfig:
     mixed_precision: str = "no"
     """'no', 'bf16' or 'fp16': the compute dtype (accelerate autocast); the weights stay in `dtype`."""
     seed: int = 0
+    sharding: str = "none"
+    """'none' (each process a whole copy: one process, or DDP under a launcher) or 'fsdp' (parameters,
+    gradients and AdamW states sharded across the processes with FSDP2; launch with torchrun, see
+    docs/training.md). With 'fsdp', full finetuning with dss needs reference: precomputed."""
     torch_threads: int = 0
     """torch intra-op threads on CPU (0: torch's default). On a small shared CPU box, 1 avoids
     oversubscription when the scorer or other jobs run beside the trainer."""
@@ -188,6 +193,7 @@ class TrainConfig:
                 "(several guards) or scores_file",
             ),
             *self._scorers_checks(),
+            *sharding_checks(self),
         ]
         for ok, msg in checks:
             if not ok:

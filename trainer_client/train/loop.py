@@ -1,7 +1,8 @@
 """The finetuning loop on accelerate: setup -> (reference precompute) -> fit -> save.
 
-One process per device (`accelerate launch` for several); each process trains on its own shard of
-every epoch's permutation and scores that shard itself through its own prefetcher.
+One process per device (`accelerate launch` or `torchrun` for several); each process trains on its own
+shard of every epoch's permutation and scores that shard itself through its own prefetcher. How the
+model is distributed (a whole copy per process, or FSDP2 shards) is the engine's (train/engine.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.prefetch import AsyncScorer, ExampleScores
 from trainer_client.scoring.select import scorer_from
 from trainer_client.train.batching import batch_loss
-from trainer_client.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer_client.train.checkpoint import checkpoint_state, latest_checkpoint
 from trainer_client.train.config import TrainConfig
+from trainer_client.train.engine import engine_for
 from trainer_client.train.metrics import guard_disagreement, run_summary, step_row
 from trainer_client.train.model_setup import (
     allow_new_precision,
@@ -64,6 +66,7 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         allow_new_precision(cfg.mixed_precision)
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        self.engine = engine_for(cfg, self.acc)
         set_seed(cfg.seed)
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +91,8 @@ class Trainer:
         self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
         if cfg.resume and self.ckpt is None:
             raise ValueError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
-        self.start_step = int(json.loads((self.ckpt / "state.json").read_text())["step"]) if self.ckpt else 0
+        world = self.acc.num_processes
+        self.start_step = int(checkpoint_state(self.ckpt, cfg.sharding, world)["step"]) if self.ckpt else 0
         self.plan = self.sampler.plan(cfg.epochs, self.start_step)
         self.cache = ScoreCache(cfg.resolved_cache_path) if cfg.resolved_cache_path else None
         # Scoring starts now, so the first batches' scores arrive while the models load.
@@ -121,14 +125,17 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        model = load_trainee(cfg, self.acc.device)
+        model = load_trainee(cfg, self.engine.load_device)
         self.lora = cfg.finetune == "lora"
         needs_ref = cfg.method == "dss" and cfg.lambda_kl > 0
         self.reference = Reference.for_run(model, needs_ref, cfg.reference, peft=self.lora)
+        if self.lora:
+            model = with_lora(cfg, model)
+        model = self.engine.wrap(model)
         if needs_ref and cfg.reference == "precomputed":
             self.reference.precompute(
                 cfg.model,
-                model,
+                model,  # with its adapter off, if it has one
                 self.examples,
                 self.pad_id,
                 self.cache,
@@ -136,18 +143,15 @@ class Trainer:
                 cfg.batch_size,
                 autocast=self.acc.autocast,  # the context `_loss` runs its forwards in
                 precision=cfg.mixed_precision,
+                compute=self.engine.reference_compute(self.examples),
             )
             self.star.ref_lp = self.reference.logprobs
-        if self.lora:
-            model = with_lora(cfg, model)
         model.train()
         self.total_steps = self.sampler.steps_per_epoch * cfg.epochs
         optimizer, self.scheduler = optimizer_and_schedule(cfg, model, self.total_steps)
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.model, self.optimizer = self.engine.prepare(model, optimizer)
         if self.ckpt is not None:
-            state = load_checkpoint(
-                self.ckpt, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.lora
-            )
+            state = self.engine.load(self.ckpt, self.model, self.optimizer, self.scheduler, self.lora)
             assert int(state["step"]) == self.start_step
 
     # -- one micro-batch --
@@ -158,7 +162,7 @@ class Trainer:
             logits = self.model(input_ids=ids, attention_mask=attn).logits
         ref_logits = None
         if self.reference.needed and b.ref_logprobs is None:
-            trainee = self.acc.unwrap_model(self.model)
+            trainee = self.engine.trainee(self.model)
             ref_logits = self.reference.logits(trainee, ids, attn, self.acc.autocast)
         return batch_loss(self.cfg, logits, ids, b, ref_logits)
 
@@ -214,9 +218,7 @@ class Trainer:
         final_dir = self.out / "final"
         if finished:
             self._save(done, cfg.epochs - 1)
-            if main:
-                self.acc.unwrap_model(self.model).save_pretrained(str(final_dir))
-                self.tokenizer.save_pretrained(str(final_dir))
+            self.engine.save_final(final_dir, self.model, self.tokenizer, self.lora)
         sent = self.star.guard_requests
         summary = run_summary(rows, wall, sent)
         if main:
@@ -242,13 +244,12 @@ class Trainer:
             ready += self.star.last_ready
             got.extend(scores)
             tokens += int(b.attention_mask.sum())
-            sync = nullcontext() if k == len(group) - 1 else self.acc.no_sync(self.model)
-            with sync:
+            with self.engine.accumulating(self.model, last=k == len(group) - 1):
                 out = self._loss(b)
-                self.acc.backward(out.loss / len(group))
+                self.engine.backward(out.loss / len(group))
             stats.append(out)
         if cfg.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.engine.clip(self.model, cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -256,28 +257,19 @@ class Trainer:
             time.sleep(cfg.step_sleep_s)
         t1 = time.perf_counter()
         lr = float(self.scheduler.get_last_lr()[0])
+        stats, tokens = self.engine.global_stats(stats, tokens)
         row = step_row(step, group[-1].epoch, lr, stats, tokens, wait, t0, t1)
         if self.star.prefetcher is not None:
             row["scores_ready"] = ready / len(group)
         return {**row, **guard_disagreement(got, verdicts=cfg.method == "rs")}
 
     def _save(self, step: int, epoch: int) -> None:
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            save_checkpoint(
-                self.out,
-                step,
-                self.acc.unwrap_model(self.model),
-                self.optimizer,
-                self.scheduler,
-                self.lora,
-                {
-                    "epoch": epoch,
-                    "total_steps": self.total_steps,
-                    "steps_per_epoch": self.sampler.steps_per_epoch,
-                },
-            )
-        self.acc.wait_for_everyone()
+        position = {
+            "epoch": epoch,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.sampler.steps_per_epoch,
+        }
+        self.engine.save(self.out, step, self.model, self.optimizer, self.scheduler, self.lora, position)
 
     def close(self) -> None:
         """Stop the prefetcher and close the score cache (idempotent)."""

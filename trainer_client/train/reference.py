@@ -20,6 +20,9 @@ from trainer_client.scoring.cache import ScoreCache, tokens_hash
 Autocast = Callable[[], AbstractContextManager[Any]]
 """A factory of the compute-precision context the training step runs its forwards in (accelerate's
 `Accelerator.autocast`); `nullcontext` when there is no mixed precision."""
+Compute = Callable[..., list[np.ndarray]]
+"""How the log-probs of examples are computed: `reference_logprobs`' signature (a sharded run passes
+one that splits the work across its processes)."""
 
 
 def model_key(path: str, model: Any, precision: str = "no") -> str:
@@ -46,6 +49,19 @@ def reference_logprobs(
 ) -> list[np.ndarray]:
     """Each example's reference log-probs of its label tokens (in label-position order), with the
     forwards run under `autocast()` (pass the training step's, so step 0's KL is zero)."""
+    return label_logprobs(model, examples, pad_id, batch_size, device, autocast)
+
+
+def label_logprobs(
+    model: Any,
+    examples: Sequence[Example],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    autocast: Autocast = nullcontext,
+) -> list[np.ndarray]:
+    """`reference_logprobs` in the caller's grad mode (an FSDP model must not gather its parameters
+    under inference mode: they would stay inference tensors the training step cannot write)."""
     out: list[np.ndarray] = []
     was_training = model.training
     model.eval()
@@ -74,16 +90,17 @@ def precompute_reference(
     batch_size: int,
     autocast: Autocast = nullcontext,
     precision: str = "no",
+    compute: Compute = reference_logprobs,
 ) -> dict[int, np.ndarray]:
-    """Reference log-probs for every example, from the cache or computed once (under `autocast()`, whose
-    `precision` name is part of the cache key) and cached."""
+    """Reference log-probs for every example, from the cache or computed once by `compute` (under
+    `autocast()`, whose `precision` name is part of the cache key) and cached."""
     key = model_key(model_path, model, precision)
     tkeys = [tokens_hash(e.input_ids) for e in examples]
     found = cache.get_ref(key, tkeys)
     missing = [i for i, a in enumerate(found) if a is None]
     if missing:
         todo = [examples[i] for i in missing]
-        fresh = reference_logprobs(model, todo, pad_id, batch_size, device, autocast)
+        fresh = compute(model, todo, pad_id, batch_size, device, autocast)
         cache.put_ref(key, [(tkeys[i], a) for i, a in zip(missing, fresh, strict=True)])
         for i, a in zip(missing, fresh, strict=True):
             found[i] = a
@@ -130,6 +147,7 @@ class Reference:
         batch_size: int,
         autocast: Autocast,
         precision: str,
+        compute: Compute = reference_logprobs,
     ) -> None:
         """Compute (or read from `cache`) every example's reference log-probs with `model`, its LoRA
         adapter off if it has one, under the training step's `autocast`."""
@@ -145,6 +163,7 @@ class Reference:
                 batch_size,
                 autocast=autocast,
                 precision=precision,
+                compute=compute,
             )
 
     @torch.no_grad()
