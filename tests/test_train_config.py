@@ -154,3 +154,12 @@ def test_sampler_is_seeded_and_resumable() -> None:
     assert s.plan(epochs=3, start_step=3) == full[6:]
     ranks = [EpochSampler(n=10, batch_size=2, rank=r, world=3).epoch_indices(0) for r in range(3)]
     assert sum(len(r) for r in ranks) == 9 and len(set().union(*ranks)) == 9
+
+
+def test_no_means_no_for_a_string_key(tmp_path: Path) -> None:
+    """YAML 1.1 reads `no` as false: `mixed_precision: no` in a recipe, or `--set mixed_precision=no`,
+    must still mean the string "no", not be refused as "False"."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\ndata: d.jsonl\noutput_dir: o\nmethod: sft\nmixed_precision: no\n")
+    assert load_config(str(recipe)).mixed_precision == "no"
+    assert load_config(str(recipe), ["mixed_precision=bf16", "mixed_precision=no"]).mixed_precision == "no"

@@ -276,6 +276,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if str(value).lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{name} must be true or false, not {value!r}")
+    if tp is str and isinstance(value, bool):
+        return "yes" if value else "no"  # YAML 1.1 reads `mixed_precision: no` (or --set ...=no) as false
     if tp in (int, float, str):
         try:
             return tp(value) if not (tp is int and isinstance(value, float)) else int(value)
