@@ -57,7 +57,7 @@ def train(values: dict[str, Any]) -> dict[str, Any]:
     from trainer_client.train.fsdp_shard import state_bytes
     from trainer_client.train.loop import Trainer
 
-    trainer = Trainer(build_config(values))
+    trainer = Trainer(build_config(values)).setup()
     seen: list[dict[str, int]] = []
     step = trainer.optimizer.step
 

@@ -111,7 +111,7 @@ TOL = 1e-6
 
 def test_precomputed_reference_matches_the_live_one_under_bf16_autocast(workdir: Path) -> None:
     kw: dict[str, Any] = dict(method="dss", scorer="fixed:0", kl_estimator="k2", batch_size=2)
-    pre = Trainer(_cfg(workdir, "ref-pre", reference="precomputed", **kw), _FixedScorer)
+    pre = Trainer(_cfg(workdir, "ref-pre", reference="precomputed", **kw), _FixedScorer).setup()
     try:
         assert pre.reference.logprobs is not None and pre.star.ref_lp is pre.reference.logprobs
         exs = pre.examples[:2]  # the precompute's first batch (batch_size examples in order)
@@ -138,7 +138,7 @@ def test_precomputed_reference_matches_the_live_one_under_bf16_autocast(workdir:
         assert no_autocast_gap > 100 * TOL, no_autocast_gap
     finally:
         pre.close()
-    auto = Trainer(_cfg(workdir, "ref-auto", reference="auto", **kw), _FixedScorer)
+    auto = Trainer(_cfg(workdir, "ref-auto", reference="auto", **kw), _FixedScorer).setup()
     try:
         # the live reference forward of a reference 'auto' run gives the same numbers
         trainee = auto.acc.unwrap_model(auto.model)

@@ -54,14 +54,23 @@ class TrainResult:
 
 
 class Trainer:
-    """Holds the pieces of one run; `fit()` trains and returns a TrainResult."""
+    """One run: `setup()` loads everything and starts scoring ahead, `fit()` trains and returns a
+    TrainResult, `close()` stops the prefetcher and the cache. The constructor only keeps the config."""
 
     def __init__(self, cfg: TrainConfig, scorer_factory: Callable[[], AsyncScorer] | None = None) -> None:
+        self.cfg = cfg
+        self.scorer_factory = scorer_factory
+        self.cache: ScoreCache | None = None
+
+    def setup(self) -> Trainer:
+        """Load the data, tokenizer, trainee and reference, and start fetching scores (in the sampler's
+        order, so the first batches' scores arrive while the models load). Closes what it opened on
+        failure."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
         from transformers import AutoTokenizer
 
-        self.cfg = cfg
+        cfg, scorer_factory = self.cfg, self.scorer_factory
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         allow_new_precision(cfg.mixed_precision)
@@ -122,6 +131,7 @@ class Trainer:
         except BaseException:
             self.close()
             raise
+        return self
 
     def _setup_model(self) -> None:
         cfg = self.cfg
@@ -284,7 +294,7 @@ class Trainer:
 def run_training(cfg: TrainConfig, scorer_factory: Callable[[], AsyncScorer] | None = None) -> TrainResult:
     """Train as `cfg` says and return where the results are. `scorer_factory` overrides the configured
     scorer (it is called on the prefetcher's event loop thread)."""
-    trainer = Trainer(cfg, scorer_factory)
+    trainer = Trainer(cfg, scorer_factory).setup()
     try:
         return trainer.fit()
     finally:
