@@ -6,8 +6,8 @@ response checked at every one of its n chunks costs O(n) guard work in all, not 
 does not extend it (an edited or restarted answer) closes the session and opens a new one on the whole
 text. A call whose text is unchanged after some text was pushed is taken as the last check: the session is
 closed, so the last cut, at the very end, is scored before the answer is given (LiteLLM 1.108.7 makes no
-such call after a stream: see docs/gateway.md). Sessions nobody calls for `idle_s` are closed by `reap`, and at
-most `max_sessions` are open (the least recently used closes first).
+such call after a stream: see docs/gateway.md). Sessions nobody calls for `idle_s` are closed by `reap`,
+and at most `max_sessions` are open (the least recently used closes first).
 """
 
 from __future__ import annotations
