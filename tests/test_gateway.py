@@ -287,6 +287,10 @@ def test_metrics_count_requests_and_stops(stack: Stack) -> None:
     assert metric(page, "star_gateway_stopped_responses_total", reason="content_filter") >= 1
     assert metric(page, "star_gateway_requests_total", outcome="passed") >= 1
     assert metric(page, "star_gateway_chunk_added_seconds_count") > 10
+    # the gateway's own time per chunk and the scorer's round trip per cut (benchmarks/gateway.py)
+    own = metric(page, "star_gateway_chunk_own_seconds_count")
+    assert own > 10 and metric(page, "star_gateway_chunk_own_seconds_sum") / own < 0.5
+    assert metric(page, "star_gateway_scorer_roundtrip_seconds_count") > 5
 
 
 def _deltas(stack: Stack, prompt: str) -> list[str]:
