@@ -13,6 +13,13 @@ examples/moderate_toy_chat.py does) behind star_testing's OpenAI-compatible serv
   words past the firing cut reached the client before the stop (0 with hold-back 0, by construction);
   `max_abs_diff` compares the stop's P(safe) with Score's for the same cut of the same text.
 
+Inside the gateway (its /metrics, read before and after each hold-back -1 stream):
+`gateway_own_ms_per_chunk_p50`/`_p99` is its own time per chunk, from a chunk's arrival from the upstream
+to its handing to the HTTP server (SSE parsing, the push to the scorer, the gate);
+`scorer_roundtrip_ms_p50` the time from the push that made a cut final to its score's arrival. What
+`added_ms_per_chunk_p50` has beyond the own time is spent outside the gateway's code: the extra HTTP hop
+and the processes (upstream, scorer, gateway, client) sharing the cores.
+
 The last line is one JSON object. `--quick`: 3 rounds (under 45 s on 2 cores).
 """
 
@@ -70,6 +77,44 @@ def timed_stream(url: str, prompt: str, hold: int | None) -> tuple[list[float], 
     return times, text, info
 
 
+Buckets = dict[float, float]
+
+
+def buckets(url: str, name: str) -> Buckets:
+    """The cumulative bucket counts {le: count} of the histogram `name` on the page at `url`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url, timeout=10).text
+    return {
+        float(s.labels["le"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name + "_bucket"
+    }
+
+
+def diff(after: Buckets, before: Buckets, into: Buckets) -> None:
+    for le, count in after.items():
+        into[le] = into.get(le, 0.0) + count - before.get(le, 0.0)
+
+
+def bucket_quantile(counts: Buckets, q: float) -> float:
+    """The q-quantile of cumulative bucket counts, interpolated linearly inside its bucket (ms)."""
+    edges = sorted(counts)
+    total = counts[edges[-1]] if edges else 0.0
+    if total <= 0:
+        return float("nan")
+    want, low, below = q * total, 0.0, 0.0
+    for le in edges:
+        if counts[le] >= want:
+            if le == float("inf"):
+                return 1000 * low
+            inside = counts[le] - below
+            return 1000 * (low + (le - low) * ((want - below) / inside if inside else 1.0))
+        low, below = le, counts[le]
+    return 1000 * low
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -106,9 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             scorer.wait_serving()
             timed_stream(gateway.url, BENIGN, -1)  # warm both paths
             runs: dict[str, list[list[float]]] = {"direct": [], "-1": [], "0": []}
+            page = gateway.url + "/metrics"
+            own: Buckets = {}
+            rtt: Buckets = {}
             for _ in range(rounds):
                 runs["direct"].append(timed_stream(upstream.url, BENIGN, None)[0])
+                before = buckets(page, "star_gateway_chunk_own_seconds")
+                before_rtt = buckets(page, "star_gateway_scorer_roundtrip_seconds")
                 runs["-1"].append(timed_stream(gateway.url, BENIGN, -1)[0])
+                diff(buckets(page, "star_gateway_chunk_own_seconds"), before, own)
+                diff(buckets(page, "star_gateway_scorer_roundtrip_seconds"), before_rtt, rtt)
                 runs["direct"].append(timed_stream(upstream.url, BENIGN, None)[0])
                 runs["0"].append(timed_stream(gateway.url, BENIGN, 0)[0])
             free, free_ttft = added(runs["direct"][0::2], runs["-1"])
@@ -133,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         "added_ttft_ms_p50": round(statistics.median(free_ttft), 2),
         "stop_delay_cuts": round(max(delays), 2),
         "max_abs_diff": max(diffs),
+        "gateway_own_ms_per_chunk_p50": round(bucket_quantile(own, 0.5), 3),
+        "gateway_own_ms_per_chunk_p99": round(bucket_quantile(own, 0.99), 3),
+        "scorer_roundtrip_ms_p50": round(bucket_quantile(rtt, 0.5), 2),
         "hold_back_0": {
             "added_ms_per_chunk_p50": round(statistics.median(held), 2),
             "added_ms_per_chunk_p99": round(pct(held, 0.99), 2),

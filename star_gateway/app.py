@@ -34,6 +34,7 @@ from star_gateway.input_check import input_p_unsafe
 from star_gateway.litellm_api import GuardrailEndpoint
 from star_gateway.metrics import GatewayMetrics
 from star_gateway.options import RequestOptions, take_options
+from star_gateway.readiness import Readiness
 from star_gateway.stream import ModeratedStream, StreamContext
 from star_gateway.upstream import Upstream, UpstreamRefused, passed_headers
 from star_gateway.whole import moderate_answer
@@ -74,6 +75,7 @@ class Gateway:
             config.scorer_deadline_s,
         )
         self.guardrail = GuardrailEndpoint(config, self.sessions, self.metrics)
+        self.readiness = Readiness(self.client, config.ready_timeout_s, config.fail_open)
         self._reaper: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
@@ -96,6 +98,8 @@ class Gateway:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/beta/litellm_basic_guardrail_api", self.litellm_guardrail, methods=["POST"]),
             Route("/health", self.health, methods=["GET"]),
+            Route("/healthz", self.health, methods=["GET"]),
+            Route("/readyz", self.ready, methods=["GET"]),
         ]
         if self.config.metrics_path:
             routes.append(Route(self.config.metrics_path, self.metrics_page, methods=["GET"]))
@@ -131,7 +135,15 @@ class Gateway:
             return JSONResponse({"action": "BLOCKED", "blocked_reason": reason})
 
     async def health(self, request: Request) -> Response:
+        """Liveness: the process answers."""
         return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: the scorer answers (or the gateway fails open); 503 otherwise."""
+        ready, why = await self.readiness.check()
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "reason": why}, 200 if ready else 503
+        )
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -64,6 +64,9 @@ class GatewayConfig:
     )
     upstream_timeout_s: float = _f(600.0, "longest wait for the upstream's answer or its next chunk")
     scorer_deadline_s: float = _f(10.0, "longest wait for the scorer per call (a session's open included)")
+    ready_timeout_s: float = _f(
+        2.0, "/readyz: longest wait for the scorer's GetInfo before the gateway reports itself not ready"
+    )
     tls: bool = _f(False, "reach the scorer with TLS (implied by --tls-ca/--tls-cert)")
     tls_ca: str | None = _f(None, "CA bundle (PEM) that signed the scorer's certificate")
     tls_cert: str | None = _f(None, "client certificate (PEM) for mutual TLS to the scorer")
@@ -111,6 +114,7 @@ class GatewayConfig:
             (self.consecutive >= 1, "--consecutive must be >= 1"),
             (self.hold_back_words >= UNBOUNDED, "--hold-back-words must be >= -1"),
             (self.reopen >= 0, "--reopen must be >= 0"),
+            (self.ready_timeout_s > 0, "--ready-timeout-s must be > 0"),
             (self.guardrail_max_sessions >= 1, "--guardrail-max-sessions must be >= 1"),
             (self.upstream.startswith(("http://", "https://")), "--upstream must be an http(s) URL"),
         ]

@@ -4,10 +4,10 @@ guardrail): one session per (call id, choice), fed only the part of each text th
 Each call's text must extend the text the session has seen; then only the new suffix is pushed, so a
 response checked at every one of its n chunks costs O(n) guard work in all, not O(n^2). A text that
 does not extend it (an edited or restarted answer) closes the session and opens a new one on the whole
-text. A call whose text is unchanged after some text was pushed is taken as the last check (LiteLLM
-repeats the full text once the stream ends): the session is closed, so the last cut, at the very end,
-is scored before the answer is given. Sessions nobody calls for `idle_s` are closed by `reap`, and at
-most `max_sessions` are open (the least recently used closes first).
+text. A call whose text is unchanged after some text was pushed is taken as the last check: the session is
+closed, so the last cut, at the very end, is scored before the answer is given (LiteLLM 1.108.7 makes no
+such call after a stream: see docs/gateway.md). Sessions nobody calls for `idle_s` are closed by `reap`,
+and at most `max_sessions` are open (the least recently used closes first).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from star_client import AsyncScorerClient, ModerationSession
+from star_contract.stop_rule import StopRule
 from star_contract.types import Conversation, CutKind, ModerateOptions, ModerationStop
 from star_gateway.metrics import GatewayMetrics
 
@@ -37,12 +38,31 @@ class Entry:
     session: ModerationSession
     options: ModerateOptions
     text: str = ""
+    rule: StopRule | None = None
+    """The stop rule over the segments seen so far (`seen`): a stop the server's own stop message may
+    not have brought yet (the firing cut's segment and the stop come as two replies)."""
+    seen: int = 0
+    local_stop: ModerationStop | None = None
     used: float = field(default_factory=time.monotonic)
     closed: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 Key = tuple[str, int]
+
+
+def _stop(entry: Entry) -> ModerationStop | None:
+    """The session's stop: the server's, or the shared stop rule's over the segments already received
+    (the same stop, known as soon as the firing cut's score is in)."""
+    session = entry.session
+    if session.stop is not None:
+        return session.stop
+    if entry.rule is None:
+        entry.rule = StopRule(entry.options)
+    while entry.local_stop is None and entry.seen < len(session.segments):
+        entry.local_stop = entry.rule.observe(session.segments[entry.seen])
+        entry.seen += 1
+    return entry.local_stop
 
 
 class GuardrailSessions:
@@ -85,8 +105,8 @@ class GuardrailSessions:
         entry.used = time.monotonic()
         async with entry.lock:
             session = entry.session
-            if session.stop is not None or entry.closed:
-                return session.stop
+            if _stop(entry) is not None or entry.closed:
+                return _stop(entry)
             new = text[len(entry.text) :]
             if new:
                 entry.text = text
@@ -97,7 +117,7 @@ class GuardrailSessions:
                 entry.closed = True  # the repeated full text: the stream is over
                 await session.close()
             entry.used = time.monotonic()  # idle from the end of its last call, not the start
-            return session.stop
+            return _stop(entry)
 
     async def _wait_for_cuts(self, entry: Entry) -> None:
         """Until the scorer has answered for the cuts this text made final (or stopped); word cuts only:
@@ -107,7 +127,7 @@ class GuardrailSessions:
             return
         want = final_word_cuts(entry.text, entry.options.every)
         deadline = time.monotonic() + self.wait_s
-        while len(session.segments) < want and session.stop is None and not session.complete.is_set():
+        while len(session.segments) < want and _stop(entry) is None and not session.complete.is_set():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no score for {want - len(session.segments)} cut(s) in {self.wait_s:g} s")
             await asyncio.sleep(0.002)

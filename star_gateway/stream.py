@@ -86,6 +86,10 @@ class ModeratedStream:
         self._recovered: list[BaseException] = []
         self._done_event: Event | None = None
         self._upstream_over = False
+        self._just_added: int | None = None
+        self._pushes: list[tuple[int, float]] = []
+        """(response length after the push, when it was sent), for the scorer's round trip."""
+        self._pushed = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.ctx.metrics.sessions.labels("stream").inc()
@@ -115,15 +119,18 @@ class ModeratedStream:
                 text = chunk_text(data) if isinstance(data, dict) else ""
                 self.arrived[id(event)] = arrived
                 self.gate.add(event, text)
+                self._just_added = id(event)
                 if text and self.session is not None:
                     try:
                         await self._push(text)
+                        self._pushes.append((len(self.gate.text), time.perf_counter()))
                     except _SessionFailed as exc:
                         async for out in self._failed(str(exc)):
                             yield out
                         return
             elif kind == "segment":
                 self.gate.score(item)
+                self._round_trip(item.end)
             elif kind == "stop":
                 async for out in self._stopped(item):
                     yield out
@@ -197,8 +204,19 @@ class ModeratedStream:
         for event in self.gate.release():
             arrived = self.arrived.pop(id(event), now)
             self.ctx.metrics.added.observe(now - arrived)
+            if id(event) == self._just_added:
+                self.ctx.metrics.own.observe(now - arrived)
             out.append(event.raw)
+        self._just_added = None
         return out
+
+    def _round_trip(self, cut_end: int) -> None:
+        """Observe the scorer's round trip for the cut ending at `cut_end`: from the first push that
+        took the response past it (a word cut is final once the next word has begun)."""
+        while self._pushed < len(self._pushes) and self._pushes[self._pushed][0] <= cut_end:
+            self._pushed += 1
+        if self._pushed < len(self._pushes):
+            self.ctx.metrics.scorer_rtt.observe(time.perf_counter() - self._pushes[self._pushed][1])
 
     async def _stopped(self, stop: ModerationStop) -> AsyncIterator[bytes]:
         whole, straddling = self.gate.stop_release(stop)

@@ -50,7 +50,7 @@ def _scorer(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_expected_overlays_exist() -> None:
-    assert {"cpu-dev", "gpu-prod", "gpu-prod-tls", "gpu-vllm"} <= set(OVERLAYS)
+    assert {"cpu-dev", "cpu-dev-gateway", "gpu-prod", "gpu-prod-tls", "gpu-vllm"} <= set(OVERLAYS)
 
 
 def test_every_overlay_is_clean(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -106,6 +106,65 @@ def test_auth_is_optional_in_every_overlay(rendered: dict[str, list[dict[str, An
     env = {e["name"]: e.get("value") for e in c["env"]}
     if "STAR_AUTH_TOKENS_FILE" in env:
         assert env["STAR_AUTH_TOKENS_OPTIONAL"] == "1"
+
+
+def _gateway(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return _find(docs, "Deployment", "star-gateway")
+
+
+def test_gateway_overlay_runs_star_gateway_from_the_scorer_image(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """components/gateway (in overlays/cpu-dev-gateway): `star-gateway` from the scorer image (its wheel
+    ships the gateway and the console script), configured by STAR_GATEWAY_* variables to reach the
+    headless scorer Service, probed on /healthz and /readyz, admitted by the scorer's NetworkPolicy."""
+    docs = rendered["cpu-dev-gateway"]
+    dep = _gateway(docs)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["star-gateway"] and c["image"] == _scorer(docs)["image"]
+    assert 'star-gateway = "star_gateway.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    config = _find(docs, "ConfigMap", c["envFrom"][0]["configMapRef"]["name"])["data"]
+    assert config["STAR_GATEWAY_SCORER"] == "dns:///star-scorer-headless:50051"
+    assert config["STAR_GATEWAY_UPSTREAM"].startswith("http") and config["STAR_GATEWAY_PORT"] == "8080"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    scorer_np = _find(docs, "NetworkPolicy", "star-scorer")
+    assert any(
+        inv._selects(peer["podSelector"], labels)
+        for rule in scorer_np["spec"]["ingress"]
+        for peer in rule["from"]
+        if "podSelector" in peer
+    )
+    assert _find(docs, "Service", "star-gateway")["spec"]["ports"][0]["port"] == 8080
+    assert "star-gateway" not in str(rendered["cpu-dev"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: _gateway(d)["spec"]["template"]["metadata"]["labels"].clear(), "to reach the scorer"),
+        (
+            lambda d: _gateway(d)["spec"]["template"]["spec"]["containers"][0]["readinessProbe"][
+                "httpGet"
+            ].update(path="/healthz"),
+            "must GET /readyz",
+        ),
+        (
+            lambda d: _find(d, "NetworkPolicy", "star-gateway")["spec"]["ingress"][0]["from"].append(
+                {"ipBlock": {"cidr": "0.0.0.0/0"}}
+            ),
+            "gateway peers must be",
+        ),
+        (lambda d: d.remove(_find(d, "PodDisruptionBudget", "star-gateway")), "no PodDisruptionBudget"),
+        (lambda d: d.remove(_find(d, "Service", "star-gateway")), "no ClusterIP Service"),
+    ],
+)
+def test_invariant_checker_catches_gateway_mistakes(
+    rendered: dict[str, list[dict[str, Any]]], edit: Any, message: str
+) -> None:
+    problems = _broken(rendered["cpu-dev-gateway"], edit)
+    assert any(message in p for p in problems), problems
 
 
 def test_tls_overlay_swaps_probes_for_exec(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -212,6 +212,17 @@ def test_upstream_down_is_502_and_scorer_down_fails_closed(stack: Stack) -> None
     assert err.value.status_code == 503 and err.value.body["code"] == "moderation_unavailable"  # type: ignore[index]
 
 
+def test_probes_say_whether_answers_can_be_moderated(stack: Stack) -> None:
+    """/healthz answers while the process runs; /readyz is 200 once the scorer answers, 503 (with the
+    reason) while it cannot be reached, and 200 for a gateway that fails open."""
+    for gateway in (stack.gateway, stack.broken, stack.open_gateway):
+        assert httpx.get(gateway.url + "/healthz", timeout=10).status_code == 200
+    assert httpx.get(stack.gateway.url + "/readyz", timeout=10).json()["status"] == "ready"
+    down = httpx.get(stack.broken.url + "/readyz", timeout=10)
+    assert down.status_code == 503 and "scorer" in down.json()["reason"]
+    assert httpx.get(stack.open_gateway.url + "/readyz", timeout=10).status_code == 200
+
+
 def test_scorer_down_with_fail_open_passes_unmoderated(stack: Stack) -> None:
     r = httpx.post(stack.open_gateway.url + "/v1/chat/completions", timeout=30,
                    json={"model": MODEL, "messages": [{"role": "user", "content": BENIGN}]},
@@ -276,6 +287,10 @@ def test_metrics_count_requests_and_stops(stack: Stack) -> None:
     assert metric(page, "star_gateway_stopped_responses_total", reason="content_filter") >= 1
     assert metric(page, "star_gateway_requests_total", outcome="passed") >= 1
     assert metric(page, "star_gateway_chunk_added_seconds_count") > 10
+    # the gateway's own time per chunk and the scorer's round trip per cut (benchmarks/gateway.py)
+    own = metric(page, "star_gateway_chunk_own_seconds_count")
+    assert own > 10 and metric(page, "star_gateway_chunk_own_seconds_sum") / own < 0.5
+    assert metric(page, "star_gateway_scorer_roundtrip_seconds_count") > 5
 
 
 def _deltas(stack: Stack, prompt: str) -> list[str]:

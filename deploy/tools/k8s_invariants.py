@@ -17,6 +17,7 @@ import yaml
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 QUEUE_METRIC = "star_queue_depth"
+GATEWAY_COMMAND = "star-gateway"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class InvariantConfig:
     container sets its switch to 1, which tells the program that an empty mount is expected."""
     cluster_domain: str = "cluster.local"
     """The cluster's DNS domain, for the Service names a TLS certificate documents."""
+    gateway_client_label: tuple[str, str] = ("star.dev/gateway-client", "true")
+    """The pod label the gateway's NetworkPolicy admits on its HTTP port."""
+    monitoring_namespace: str = "monitoring"
+    """The namespace that may scrape metrics."""
 
 
 def load_docs(texts: Iterable[str]) -> list[dict[str, Any]]:
@@ -84,6 +89,11 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     if selector.get("matchExpressions"):
         return False  # not used by our manifests; treat as not understood
     return all(labels.get(k) == v for k, v in match.items())
+
+
+def runs_gateway(spec: dict[str, Any]) -> bool:
+    """Whether a pod runs star-gateway (an HTTP proxy: no model, no accelerator)."""
+    return any((c.get("command") or [None])[0] == GATEWAY_COMMAND for c in spec.get("containers", []) or [])
 
 
 def _check_images(doc: dict[str, Any], spec: dict[str, Any]) -> Iterator[str]:
@@ -149,6 +159,8 @@ def _check_security(doc: dict[str, Any], spec: dict[str, Any]) -> Iterator[str]:
 def _check_shm(doc: dict[str, Any], spec: dict[str, Any]) -> Iterator[str]:
     volumes = {v["name"]: v for v in spec.get("volumes", []) or []}
     for c in spec.get("containers", []) or []:
+        if (c.get("command") or [None])[0] == GATEWAY_COMMAND:
+            continue  # no model: PyTorch's shared memory is not used
         mounts = [m for m in c.get("volumeMounts", []) or [] if m.get("mountPath") == "/dev/shm"]
         if not mounts:
             yield f"{_name(doc)}: {c['name']} mounts no /dev/shm (the runtime default is 64 MiB)"
@@ -440,6 +452,61 @@ def _check_engine_peers(dep: dict[str, Any], docs: list[dict[str, Any]]) -> Iter
                 yield f"{_name(np)}: the engine must admit only pod selectors (the scorer), got {peers}"
 
 
+def _check_gateway_peers(
+    dep: dict[str, Any], docs: list[dict[str, Any]], cfg: InvariantConfig
+) -> Iterator[str]:
+    """star-gateway: a ClusterIP Service, a PodDisruptionBudget, a readiness probe on /readyz (ready
+    only while the scorer answers), the scorer-client label (the scorer's NetworkPolicy admits it), and
+    a NetworkPolicy admitting only labelled gateway clients and the monitoring namespace."""
+    labels = pod_labels(dep)
+    name = _name(dep)
+    spec = pod_spec(dep) or {}
+    if not any(
+        d.get("kind") == "Service"
+        and d["spec"].get("clusterIP") != "None"
+        and _selects({"matchLabels": d["spec"].get("selector") or {}}, labels)
+        for d in docs
+    ):
+        yield f"{name}: no ClusterIP Service selects its pods"
+    if not any(
+        d.get("kind") == "PodDisruptionBudget" and _selects(d["spec"].get("selector", {}), labels)
+        for d in docs
+    ):
+        yield f"{name}: no PodDisruptionBudget covers its pods"
+    key, value = cfg.client_label
+    if labels.get(key) != value:
+        yield f"{name}: gateway pods need the label {key}={value} to reach the scorer"
+    for c in spec.get("containers", []) or []:
+        ready = ((c.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
+        if ready != "/readyz":
+            yield f"{name}: {c['name']} readiness probe must GET /readyz (ready while the scorer answers)"
+    policies = [
+        d
+        for d in docs
+        if d.get("kind") == "NetworkPolicy" and _selects(d["spec"].get("podSelector", {}), labels)
+    ]
+    if not policies:
+        yield f"{name}: no NetworkPolicy selects its pods"
+    gkey, gvalue = cfg.gateway_client_label
+    allowed = [
+        {"podSelector": {"matchLabels": {gkey: gvalue}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": cfg.monitoring_namespace}}},
+    ]
+    for np in policies:
+        if "Ingress" not in np["spec"].get("policyTypes", ["Ingress"]):
+            yield f"{_name(np)}: must restrict Ingress"
+        for rule in np["spec"].get("ingress", []) or []:
+            peers = rule.get("from") or []
+            if not peers:
+                yield f"{_name(np)}: a rule opens the gateway to everyone"
+            for peer in peers:
+                if peer not in allowed:
+                    yield (
+                        f"{_name(np)}: gateway peers must be {gkey}={gvalue} pods or the "
+                        f"{cfg.monitoring_namespace} namespace, got {peer}"
+                    )
+
+
 def _check_clients(docs: list[dict[str, Any]], cfg: InvariantConfig) -> Iterator[str]:
     key, value = cfg.client_label
     for d in docs:
@@ -463,7 +530,9 @@ def check(docs: list[dict[str, Any]], cfg: InvariantConfig | None = None) -> lis
         out += _check_optional_mounts(doc, spec, cfg)
         out += _check_init_outputs(doc, spec)
         out += _check_tls_probe_name(doc, spec, docs, cfg)
-        if doc["kind"] == "Deployment":
+        if doc["kind"] == "Deployment" and runs_gateway(spec):
+            out += _check_gateway_peers(doc, docs, cfg)
+        elif doc["kind"] == "Deployment":
             out += _check_rollout(doc)
             if serves_star_api(spec):
                 out += _check_deployment_peers(doc, docs, cfg)
