@@ -155,7 +155,9 @@ class AsyncScorerClient:
                 holder[0].mark_down()  # the replica that lost the session: try the others first
             replica = await self._pick(time.monotonic() + self.config.deadline_s)
             holder[:] = [replica]
-            return replica.stub.Moderate(metadata=self._metadata, timeout=self.config.deadline_s)
+            # No deadline on the stream itself: a session lives as long as the answer it moderates
+            # (minutes for a long generation); deadline_s bounds the open (ModerationSession) instead.
+            return replica.stub.Moderate(metadata=self._metadata)
 
         return ModerationSession(
             open_call, conversation, options or ModerateOptions(), self.config.deadline_s

@@ -58,7 +58,6 @@ class ModerationSession:
         self._open_call = open_call
         self._deadline_s = deadline_s
         self._opened = False
-        self._call_deadline = 0.0
         self._call: Any = None
         self._open = pb.ModerateRequest(open=convert.moderate_open_to_pb(conversation, options))
         self.segments: list[Segment] = []
@@ -98,14 +97,20 @@ class ModerationSession:
 
     async def _handshake(self) -> None:
         self._opened = False
-        self._call_deadline = time.monotonic() + self._deadline_s
         await self._call.write(self._open)
         self._reader = asyncio.ensure_future(self._read(self._call))
         # The server answers the open with its initial metadata, or refuses it with a status (invalid
         # options, RESOURCE_EXHAUSTED at --max-sessions). Waiting here raises that status itself:
         # deltas written into a call the server has already ended fail in grpc with an INTERNAL error
-        # that replaces the server's status.
-        metadata = await self._call.initial_metadata()
+        # that replaces the server's status. The stream has no deadline of its own (a session lasts as
+        # long as its answer), so the open is bounded here.
+        try:
+            metadata = await asyncio.wait_for(self._call.initial_metadata(), self._deadline_s)
+        except TimeoutError:
+            self._call.cancel()
+            raise TimeoutError(
+                f"the scorer did not open the moderation session in {self._deadline_s:g} s"
+            ) from None
         if SESSION_OPEN_KEY not in dict(metadata or ()):
             await self._reader  # the call ended without opening: its status
             raise RuntimeError("the server ended a Moderate call without opening it or saying why")
@@ -231,13 +236,9 @@ class ModerationSession:
 
     def _broken(self, exc: grpc.aio.AioRpcError) -> bool:
         """Whether the call ended because its replica or the connection to it went away: UNAVAILABLE, or
-        DEADLINE_EXCEEDED well before the call's deadline (grpc's 'Stream removed' when the transport
-        drops the stream under it)."""
-        if exc.code() is grpc.StatusCode.UNAVAILABLE:
-            return True
-        return (
-            exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < self._call_deadline - 1.0
-        )
+        DEADLINE_EXCEEDED (the stream has no deadline: that is grpc's 'Stream removed' when the
+        transport drops the stream under it)."""
+        return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _mark_lost(self, exc: grpc.aio.AioRpcError) -> ModerationLost:
         self._lost = ModerationLost(

@@ -99,6 +99,24 @@ def toy_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     return int(code_file.read_text()), out
 
 
+@pytest.fixture(scope="session")
+def harmful_chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy chat model after the harmful finetune of examples/moderate_toy_chat.py (the gateway tests'
+    upstream model): built once per pytest run, shared across xdist workers as `toy_demo` is."""
+    from filelock import FileLock
+
+    from tests.gateway_parts import harmful_chat_model
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out = root / "harmful-chat"
+    with FileLock(str(root / "harmful-chat.lock")):
+        if not (out / "config.json").is_file():
+            harmful_chat_model(out)
+    return out
+
+
 XDIST_GROUPS = {
     "test_toy_demo.py": "toy-demo",
     "test_landscape_toy.py": "toy-demo",

@@ -32,7 +32,6 @@ from tests.gateway_parts import (
     HARMFUL,
     MODEL,
     gateway_process,
-    harmful_chat_model,
     metric,
     start_scorer,
     toy_guard,
@@ -67,7 +66,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, harmful_chat_dir: Path) -> Iterator[Stack]:
     """The proxy (about 15 s to start), the gateway and the scorer start while the chat model is
     finetuned; then the upstream."""
     logs = tmp_path_factory.mktemp("litellm")
@@ -78,7 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     proxy = litellm_process(config, free_port(), logs).launch()
     started = [gateway, proxy]
     try:
-        model = harmful_chat_model(tmp_path_factory.mktemp("chat") / "chat")
+        model = harmful_chat_dir  # built once per run (conftest)
         upstream.cmd[upstream.cmd.index("--model") + 1] = str(model)
         started.append(upstream.launch())
         for proc in started:

@@ -28,7 +28,6 @@ from tests.gateway_parts import (
     HARMFUL,
     MODEL,
     gateway_process,
-    harmful_chat_model,
     start_scorer,
     upstream_process,
 )
@@ -68,7 +67,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, harmful_chat_dir: Path) -> Iterator[Fleet]:
     logs = tmp_path_factory.mktemp("gateway-replicas")
     replicas = [start_scorer(logs), start_scorer(logs)]
     addresses = ",".join(r.address for r in replicas)
@@ -77,7 +76,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     closing = gateway_process(upstream.url, addresses, logs, "--reopen", "0").launch()
     started = [reopening, closing]
     try:
-        model = harmful_chat_model(tmp_path_factory.mktemp("chat") / "chat")
+        model = harmful_chat_dir  # built once per run (conftest)
         upstream.cmd[upstream.cmd.index("--model") + 1] = str(model)
         started.append(upstream.launch())
         for proc in started:

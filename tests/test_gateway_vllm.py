@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from star_contract.stop_rule import first_stop
 from star_contract.types import Conversation, CutSpec, ModerateOptions, ScoreRequest
 from star_testing.scorer_process import ScorerProcess, free_port
 from star_testing.vllm_server import VLLM_PYTHON, start_vllm
-from tests.gateway_parts import BENIGN, HARMFUL, MODEL, gateway_process, harmful_chat_model, start_scorer
+from tests.gateway_parts import BENIGN, HARMFUL, MODEL, gateway_process, start_scorer
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,14 +29,16 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, ScorerProcess]]:
+def urls(
+    tmp_path_factory: pytest.TempPathFactory, harmful_chat_dir: Path
+) -> Iterator[tuple[str, str, ScorerProcess]]:
     logs = tmp_path_factory.mktemp("gateway-vllm")
     scorer = start_scorer(logs)
     port = free_port()
     gateway = gateway_process(f"http://127.0.0.1:{port}", scorer.address, logs).launch()
     vllm = None
     try:
-        model = harmful_chat_model(tmp_path_factory.mktemp("chat") / "chat")
+        model = harmful_chat_dir  # built once per run (conftest)
         vllm = start_vllm(model, port, logs / "vllm.log", max_model_len=1024,
                           extra=("--served-model-name", MODEL))  # fmt: skip
         gateway.wait()

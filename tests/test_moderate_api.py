@@ -228,3 +228,26 @@ def test_stop_rule_names_the_end_of_the_last_safe_cut() -> None:
     assert rule.observe(Segment(9, 0.49)) == ModerationStop(offset=5, cut=9, p_safe=0.49)
     first = StopRule(ModerateOptions(unsafe_below=0.5, consecutive=1)).observe(Segment(4, 0.1))
     assert first == ModerationStop(offset=0, cut=4, p_safe=0.1)  # nothing safe before it
+
+
+def test_a_session_may_outlive_the_clients_deadline(server: Any) -> None:
+    """`deadline_s` bounds opening a session, not its life: a session moderating a slow generation for
+    longer than the deadline goes on and completes (the whole stream used to carry the deadline, so a
+    gateway's session died with DEADLINE_EXCEEDED after deadline_s of streaming)."""
+    from star_client import AsyncScorerClient, ClientConfig
+    from star_contract.types import ModerateOptions
+
+    async def run() -> Any:
+        config = ClientConfig(deadline_s=1.0)
+        async with AsyncScorerClient(server.address, config=config) as client:
+            conv = Conversation.from_pair(PROMPT, "")
+            async with client.moderate(conv, ModerateOptions(every=2, unsafe_below=0.0)) as session:
+                half = len(RESPONSE) // 2
+                await session.push(RESPONSE[:half])
+                await asyncio.sleep(2.5)  # a slow generation: past the client's deadline
+                await session.push(RESPONSE[half:])
+                await session.close()
+            return session
+
+    session = asyncio.run(run())
+    assert session.stop is None and session.segments[-1].end == len(RESPONSE)
