@@ -146,6 +146,15 @@ class ModerationSession:
                 if self._lost is None and exc_type is None:
                     raise
 
+    def raise_for_failure(self) -> None:
+        """Raise what ended the session early, if anything did: `ModerationLost` when its replica went
+        away, or the status the server ended the stream with."""
+        if self._lost is not None:
+            raise self._lost
+        reader = self._reader
+        if reader is not None and reader.done() and not reader.cancelled() and reader.exception() is not None:
+            raise reader.exception()  # type: ignore[misc]
+
     async def push(self, text: str) -> None:
         """Send the next characters of the response (ignored once the session has stopped; raises
         `ModerationLost` while the session's replica is gone)."""

@@ -131,6 +131,8 @@ class GuardrailSessions:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no score for {want - len(session.segments)} cut(s) in {self.wait_s:g} s")
             await asyncio.sleep(0.002)
+        if len(session.segments) < want and _stop(entry) is None:
+            session.raise_for_failure()  # the stream ended early: a lost replica is no "NONE"
 
     async def _open(self, key: Key, conversation: Conversation, options: ModerateOptions) -> Entry:
         while len(self.entries) >= self.max_sessions:

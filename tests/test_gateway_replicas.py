@@ -8,6 +8,7 @@ The tests run in order and share the replicas: the first kills one of them, the 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from star_client import ScorerClient
 from star_contract.stop_rule import first_stop
 from star_contract.types import Conversation, CutSpec, ModerateOptions, ModerationStop, ScoreRequest
 from star_testing.http_process import HttpProcess
-from star_testing.scorer_process import ScorerProcess
+from star_testing.scorer_process import ScorerProcess, free_port
 from tests.gateway_parts import (
     API_KEY,
     BENIGN,
@@ -156,3 +157,67 @@ def test_without_reopen_the_stream_ends_unavailable_never_hangs(fleet: Fleet) ->
     assert info(got.last).get("unavailable") is True, info(got.last)
     assert full.startswith(got.text) and len(got.text) < len(full)
     assert got.after_kill_s < KILL_WAIT_S
+
+
+def test_a_guardrail_check_whose_replica_died_fails_closed_not_none(
+    tmp_path: Path, tiny_guard_dir: Path
+) -> None:
+    """LiteLLM's guardrail endpoint: the replica holding a response's session dies while a check waits
+    for its cuts' scores (the server holds its forwards: tests/gated_scorer.py). The check must fail (the
+    endpoint then answers BLOCKED, fail closed), never answer NONE for text nobody scored: a lost stream
+    used to end the wait as if every cut had come."""
+    from gated_scorer import HOLD_ENV
+
+    from star_client import AsyncScorerClient
+    from star_gateway.guardrail_sessions import GuardrailSessions
+    from star_gateway.metrics import GatewayMetrics
+    from star_testing.waiting import wait_until
+
+    hold = tmp_path / "hold"
+    args = ["--guard", str(tiny_guard_dir), "--preset", "llama-guard-3", "--no-warmup"]
+    script = str(Path(__file__).with_name("gated_scorer.py"))
+    server = ScorerProcess(
+        args, tmp_path / "server.log", free_port(), free_port(), env={HOLD_ENV: str(hold)}, script=script
+    ).start()
+    words = [
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+    ]
+
+    async def run() -> tuple[Any, BaseException | None]:
+        async with AsyncScorerClient(server.address) as client:
+            sessions = GuardrailSessions(client, GatewayMetrics(), idle_s=60, max_sessions=4, wait_s=30)
+            conv = Conversation.from_pair("tell me a story", "")
+            options = ModerateOptions(every=2, unsafe_below=0.0)
+            first = await sessions.check(("call", 0), conv, options, " ".join(words[:5]))
+            hold.touch()  # the next cuts are admitted and held, unscored
+            full = " ".join(words)
+            check = asyncio.ensure_future(sessions.check(("call", 0), conv, options, full))
+            entry = sessions.entries[("call", 0)]
+            await asyncio.to_thread(wait_until, lambda: entry.session.text == full, 20)
+            server.proc.kill()  # while the check waits for the held cuts
+            try:
+                await asyncio.wait_for(check, 30)
+            except BaseException as exc:  # what the endpoint turns into BLOCKED (or a test failure)
+                return first, exc
+            finally:
+                await sessions.close()
+            return first, None
+
+    try:
+        first, failure = asyncio.run(run())
+    finally:
+        hold.unlink(missing_ok=True)
+        server.stop(10)
+    assert first is None  # scored, no stop (unsafe_below 0)
+    assert failure is not None and not isinstance(failure, (AssertionError, TimeoutError)), failure
