@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from scorer_server.metrics import ServerMetrics
 from scorer_server.startup import as_start_error, check_port_free, read_tls
 from scorer_server.watchdog import EngineWatch, Watchdog
 from star_contract.errors import ConfigError
-from star_contract.logs import JsonFormatter
+from star_contract.logs import log_json_to_stderr
 from star_proto import scorer_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScorerService"].full_name
@@ -30,11 +29,8 @@ log = logging.getLogger("star.server")
 
 
 def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    """JSON lines on stderr (star_contract.logs), the libraries' chatter quieted."""
+    log_json_to_stderr(level)
     quiet_libraries()
 
 

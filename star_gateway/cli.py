@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from star_contract.logs import JsonFormatter
+from star_contract.logs import log_json_to_stderr
 from star_gateway.config import from_argv
 
 log = logging.getLogger("star.gateway")
@@ -14,11 +14,7 @@ log = logging.getLogger("star.gateway")
 
 def setup_logging(level: str) -> None:
     """JSON lines on stderr, as the scorer writes them (uvicorn's access log included)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    log_json_to_stderr(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,19 +66,17 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, harmful_chat_dir: Path) -> Iterator[Stack]:
-    """Everything is launched at once (the gateways need neither side up to start) while the chat model
-    is finetuned here, then waited for."""
+    """Everything is launched at once (the gateways need neither side up to start), then waited for; the
+    upstream serves the chat model conftest finetunes once per run."""
     logs = tmp_path_factory.mktemp("gateway-logs")
     dead = f"127.0.0.1:{free_port()}"
     scorer = start_scorer(logs)
-    upstream = upstream_process(Path("unset"), logs, token_delay_ms=5)
+    upstream = upstream_process(harmful_chat_dir, logs, token_delay_ms=5)
     gateway = gateway_process(upstream.url, scorer.address, logs, "--guardrail-idle-s", "2").launch()
     broken = gateway_process(f"http://{dead}", dead, logs).launch()
     open_gateway = gateway_process(upstream.url, dead, logs, "--fail-open").launch()
     started = [gateway, broken, open_gateway]
     try:
-        model = harmful_chat_dir  # built once per run (conftest)
-        upstream.cmd[upstream.cmd.index("--model") + 1] = str(model)
         started.append(upstream.launch())
         for proc in started:
             proc.wait()

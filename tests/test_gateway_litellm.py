@@ -67,18 +67,16 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, harmful_chat_dir: Path) -> Iterator[Stack]:
-    """The proxy (about 15 s to start), the gateway and the scorer start while the chat model is
-    finetuned; then the upstream."""
+    """The proxy (about 15 s to start), the gateway, the scorer and the upstream (the chat model conftest
+    finetunes once per run) start together."""
     logs = tmp_path_factory.mktemp("litellm")
     scorer = start_scorer(logs)
-    upstream = upstream_process(Path("unset"), logs, token_delay_ms=2)
+    upstream = upstream_process(harmful_chat_dir, logs, token_delay_ms=2)
     gateway = gateway_process(upstream.url, scorer.address, logs, "--guardrail-idle-s", "5").launch()
     config = LiteLLMConfig(MODEL, upstream.url, API_KEY, gateway.url)
     proxy = litellm_process(config, free_port(), logs).launch()
     started = [gateway, proxy]
     try:
-        model = harmful_chat_dir  # built once per run (conftest)
-        upstream.cmd[upstream.cmd.index("--model") + 1] = str(model)
         started.append(upstream.launch())
         for proc in started:
             proc.wait(90)

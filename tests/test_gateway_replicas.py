@@ -72,13 +72,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, harmful_chat_dir: Path) -> I
     logs = tmp_path_factory.mktemp("gateway-replicas")
     replicas = [start_scorer(logs), start_scorer(logs)]
     addresses = ",".join(r.address for r in replicas)
-    upstream = upstream_process(Path("unset"), logs, token_delay_ms=40)
+    upstream = upstream_process(harmful_chat_dir, logs, token_delay_ms=40)
     reopening = gateway_process(upstream.url, addresses, logs, "--reopen", "1").launch()
     closing = gateway_process(upstream.url, addresses, logs, "--reopen", "0").launch()
     started = [reopening, closing]
     try:
-        model = harmful_chat_dir  # built once per run (conftest)
-        upstream.cmd[upstream.cmd.index("--model") + 1] = str(model)
         started.append(upstream.launch())
         for proc in started:
             proc.wait()

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 ROOT = Path(__file__).resolve().parents[2]
-TOY = ROOT / "trainer_client" / "toy" / "models"
+TOY = ROOT / "star_toy" / "models"
 TOLERANCE = 1e-5
 """Largest |p_safe difference| allowed between two float32 CPU runs (batch composition moves the
 last bits; see README)."""
