@@ -133,6 +133,8 @@ def test_keeps_depth_batches_in_flight_and_records_waits() -> None:
         assert not pf.last_ready and pf.ready_batches == 0
         # The scorer is ahead (every call in flight answered): the next batch is there when asked.
         wait_until(lambda: fake.answered == 4, what="the scorer to answer every call in flight")
+        # answered is counted inside the scorer's call: wait for the prefetcher to hold the scores too
+        wait_until(lambda: pf.ready_ahead >= 1, what="the next batch's scores in the prefetcher")
         idx, _, _ = pf.next()
         assert idx == [1] and pf.last_ready and pf.ready_batches == 1
     finally:

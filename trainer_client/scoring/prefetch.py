@@ -234,6 +234,16 @@ class Prefetcher:
         self._queue.append((idx, fut))
         return True
 
+    @property
+    def ready_ahead(self) -> int:
+        """How many of the upcoming batches already have their scores, in order from the next one."""
+        n = 0
+        for _, fut in self._queue:
+            if not fut.done():
+                break
+            n += 1
+        return n
+
     def next(self) -> tuple[list[int], list[ExampleScores], float]:
         """The next batch's indices and scores, and the seconds this call waited for them."""
         if not self._queue:
