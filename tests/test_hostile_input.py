@@ -140,9 +140,9 @@ def test_the_log_is_one_json_object_per_line(server: Any) -> None:
 @pytest.mark.slow
 def test_soak_mixed_traffic_with_hostile_requests(start_server: Any) -> None:
     """STAR_SOAK_S seconds (default 20, as the fleet soak's, to keep CI short; a long run:
-    STAR_SOAK_S=600) of ordinary Score and Judge traffic from four threads with a huge or malformed request every few calls; then the reference
-    request scores exactly as at the start, RSS is within 1.5x of its level after warm-up, and SIGTERM
-    ends the process within its grace period."""
+    STAR_SOAK_S=600) of ordinary Score and Judge traffic from four threads with a huge or malformed
+    request every few calls; then the reference request scores exactly as at the start, RSS is within
+    1.5x of its level after warm-up, and SIGTERM ends the process within its grace period."""
     import os
     import threading
 
