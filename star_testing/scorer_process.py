@@ -126,19 +126,7 @@ class ScorerProcess:
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples named `name` (e.g. `star_requests_total`) whose labels include
         `labels`, read from the server's /metrics (0 when there is none)."""
-        import urllib.request
-
-        from prometheus_client.parser import text_string_to_metric_families
-
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
+        return page_metric(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
 
     def log(self) -> str:
         """The last 4000 characters of the server's log."""
@@ -165,3 +153,19 @@ class ScorerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
+
+
+def page_metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples `name` whose labels include `labels` on the Prometheus page at `url`."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

@@ -80,17 +80,3 @@ def gateway_process(upstream: str, scorer: str, logs: Path, *extra: str) -> Http
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of the samples `name` with `labels` on the Prometheus page at `url`."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )

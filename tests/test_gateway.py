@@ -22,6 +22,7 @@ from star_contract.stop_rule import first_stop
 from star_contract.types import Conversation, CutSpec, ModerateOptions, ScoreRequest
 from star_testing.http_process import HttpProcess
 from star_testing.scorer_process import ScorerProcess, free_port
+from star_testing.scorer_process import page_metric as metric
 from star_testing.waiting import wait_until
 from tests.gateway_parts import (
     API_KEY,
@@ -30,7 +31,6 @@ from tests.gateway_parts import (
     MODEL,
     gateway_process,
     get_json,
-    metric,
     start_scorer,
     upstream_process,
 )

@@ -26,13 +26,13 @@ from star_contract.types import Conversation, CutSpec, ModerateOptions, Moderati
 from star_testing.http_process import HttpProcess
 from star_testing.litellm_proxy import LITELLM, MASTER_KEY, LiteLLMConfig, litellm_process
 from star_testing.scorer_process import ScorerProcess, free_port
+from star_testing.scorer_process import page_metric as metric
 from tests.gateway_parts import (
     API_KEY,
     BENIGN,
     HARMFUL,
     MODEL,
     gateway_process,
-    metric,
     start_scorer,
     toy_guard,
     upstream_process,
