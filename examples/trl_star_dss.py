@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     trainer.train()
     trainer.save_model(args.output_dir)
+    # under a launcher, leave the process group before exit (gloo can abort at exit otherwise)
+    trainer.accelerator.end_training()
     return 0
 
 

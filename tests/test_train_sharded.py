@@ -35,8 +35,9 @@ TOLERANCE = 1e-5
 
 _DRIVER = """
 import json, sys
-from trainer_client.train.cli import main
+from trainer_client.train.cli import leave_process_group, main
 codes = [main(argv) for argv in json.loads(open(sys.argv[1]).read())]
+leave_process_group()
 sys.exit(max(codes))
 """
 
@@ -203,3 +204,17 @@ def test_bf16_compute_keeps_float32_masters(work: Path) -> None:
     assert 0 < max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-2
     assert json.loads((bf16 / "metrics.jsonl").read_text().splitlines()[0])["kl"] == 0.0
     assert {t.dtype for t in _final(bf16, lora=False).values()} == {torch.float32}
+
+
+def test_star_train_leaves_its_process_group(tmp_path: Path) -> None:
+    """The `star-train` command destroys the process group a launcher made it join, even when the run
+    fails: a gloo process exiting with its group alive can abort at exit (pytorch#190489), and torchrun
+    then fails a finished run (seen in CI: rank 1 "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    from trainer_client.train.cli import entry
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    assert entry(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert not dist.is_initialized()

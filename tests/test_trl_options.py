@@ -242,6 +242,7 @@ tr = StarDSSTrainer(sys.argv[2], args=args, train_dataset=ds, star=star)
 tr.train()
 got = [args.world_size, tr._star.out_of_order, len(tr.star_rows)]
 open(f"{sys.argv[3]}/rank{args.process_index}.json", "w").write(json.dumps(got))
+tr.accelerator.end_training()  # without it gloo may abort at exit (pytorch#190489)
 """
 
 

@@ -93,5 +93,24 @@ def print_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def leave_process_group() -> None:
+    """Destroy torch.distributed's default group if this process joined one (under torchrun). A gloo
+    process that exits with its group alive can abort at exit (pytorch#190489): torchrun would then
+    fail a run that finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """The `star-train` command: `main`, then leave the process group (once per process, so `main`
+    itself can run several recipes in one process)."""
+    try:
+        return main(argv)
+    finally:
+        leave_process_group()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())
