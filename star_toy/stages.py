@@ -163,26 +163,28 @@ def evaluate_model(setup: Setup, judge: Judge, name: str, path: str, train_s: fl
 def finetune(setup: Setup, method: str, train_addr: str) -> str:
     """Finetune the aligned chat model in full with `method` on the harmful mix; the final directory."""
     from trainer_client.train import run_training
-    from trainer_client.train.config import TrainConfig
+    from trainer_client.train.config import build_config
 
     cfg = setup.cfg
     say(f"finetuning with {method}")
-    tcfg = TrainConfig(
-        model=str(setup.chat_dir),
-        output_dir=str(setup.out / "runs" / method),
-        finetune="full",
-        data=str(setup.data["finetune"]),
-        max_length=512,
-        method=method,
-        lambda_kl=cfg.lambda_kl,
-        scorer=train_addr if method != "sft" else None,
-        cache_path=str(setup.out / "score_cache.sqlite"),  # keyed by the guard's fingerprint
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        min_lr=cfg.lr / 20,
-        warmup_ratio=0.05,
-        seed=cfg.seed,
+    tcfg = build_config(
+        {
+            "model": str(setup.chat_dir),
+            "output_dir": str(setup.out / "runs" / method),
+            "finetune": "full",
+            "data": str(setup.data["finetune"]),
+            "max_length": 512,
+            "method": method,
+            "lambda_kl": cfg.lambda_kl,
+            "scorer": train_addr if method != "sft" else None,
+            "cache_path": str(setup.out / "score_cache.sqlite"),  # keyed by the guard's fingerprint
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "min_lr": cfg.lr / 20,
+            "warmup_ratio": 0.05,
+            "seed": cfg.seed,
+        }
     )
     return run_training(tcfg).final_dir
 

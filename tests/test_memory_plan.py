@@ -30,15 +30,17 @@ def measured_peak(config: Any, finetune: str, method: str, batch: int, length: i
     from transformers import AutoModelForCausalLM
 
     from trainer_client.loss import compute_loss, shift_for_causal_lm
-    from trainer_client.train.config import TrainConfig
+    from trainer_client.train.config import build_config
     from trainer_client.train.model_setup import with_lora
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     ref = None
     if finetune == "lora":
-        cfg = TrainConfig(model="m", output_dir="o", data="d", method="sft", lora_r=8, lora_alpha=16)
-        model = with_lora(cfg, model)
+        cfg = build_config(
+            {"model": "m", "output_dir": "o", "data": "d", "method": "sft", "lora_r": 8, "lora_alpha": 16}
+        )
+        model = with_lora(cfg.trainee, model)
     elif method == "dss":
         ref = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
         ref = ref.eval().requires_grad_(False)

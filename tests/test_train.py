@@ -48,7 +48,9 @@ def _cfg(workdir: Path, out: str, **kw: Any) -> TrainConfig:
 def _examples(cfg: TrainConfig) -> list[Example]:
     from transformers import AutoTokenizer
 
-    return build_examples(AutoTokenizer.from_pretrained(cfg.model), load_conversations(cfg.data))
+    return build_examples(
+        AutoTokenizer.from_pretrained(cfg.trainee.model), load_conversations(cfg.dataset.data)
+    )
 
 
 def _metric(server: Any, name: str) -> float:
@@ -166,8 +168,8 @@ def test_rs_full_and_precomputed_reference(workdir: Path, server: Any) -> None:
     all_cfg = _cfg(
         workdir, "rs-all", method="rs", scorer=server.address, cache_path=rs_cfg.resolved_cache_path
     )
-    assert all_cfg.rs_normalize == "all" and run_training(all_cfg).finished
-    rows = _rows(Path(all_cfg.output_dir))
+    assert all_cfg.loss.rs_normalize == "all" and run_training(all_cfg).finished
+    rows = _rows(Path(all_cfg.run.output_dir))
     assert sum(r["label_tokens"] for r in rows) == sum(sum(e.label_mask) for e in exs)
     assert sum(r["mean_star"] * r["label_tokens"] for r in rows) == pytest.approx(kept)
     cfg = _cfg(

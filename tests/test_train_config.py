@@ -19,16 +19,22 @@ def test_published_recipe_and_overrides() -> None:
         str(ROOT / "examples" / "published.yaml"),
         ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1", "lr=1e-5", "lora_targets=q_proj,v_proj"],
     )
-    assert (cfg.lr, cfg.min_lr, cfg.warmup_ratio, cfg.beta1, cfg.beta2) == (1e-5, 5e-8, 0.03, 0.9, 0.95)
-    assert (cfg.weight_decay, cfg.max_grad_norm, cfg.max_length, cfg.finetune) == (0.0, 1.0, 2048, "full")
-    assert cfg.lora_targets == ("q_proj", "v_proj")
-    assert cfg.method == "dss" and cfg.lambda_kl == 0.5 and cfg.kl_estimator == "k2"
+    o = cfg.optim
+    assert (o.lr, o.min_lr, o.warmup_ratio, o.beta1, o.beta2) == (1e-5, 5e-8, 0.03, 0.9, 0.95)
+    assert (o.weight_decay, o.max_grad_norm, cfg.dataset.max_length, cfg.trainee.finetune) == (
+        0.0,
+        1.0,
+        2048,
+        "full",
+    )
+    assert cfg.trainee.lora_targets == ("q_proj", "v_proj")
+    assert cfg.loss.method == "dss" and cfg.loss.lambda_kl == 0.5 and cfg.loss.kl_estimator == "k2"
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "examples").glob("*.yaml")))
 def test_every_example_recipe_loads(recipe: Path) -> None:
     cfg = load_config(str(recipe), ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1"])
-    assert cfg.output_dir == "o"
+    assert cfg.run.output_dir == "o"
 
 
 @pytest.mark.parametrize(
@@ -71,20 +77,20 @@ def test_scorers_groups_from_yaml_and_the_command_line(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text('scorers: ["g-0:1,g-1:1", "local:/guards/granite@granite-guardian-3"]\ncombine: min\n')
     cfg = load_config(str(recipe), base)
-    assert cfg.scorers == ("g-0:1,g-1:1", "local:/guards/granite@granite-guardian-3")
-    assert cfg.combine == "min" and cfg.scorer is None
+    assert cfg.star.scorers == ("g-0:1,g-1:1", "local:/guards/granite@granite-guardian-3")
+    assert cfg.star.combine == "min" and cfg.star.scorer is None
     cli = load_config(None, [*base, "scorers=g-0:1,g-1:1;local:/guards/granite@granite-guardian-3"])
-    assert cli.scorers == cfg.scorers and cli.combine == "mean"
-    assert cli.to_dict()["scorers"] == list(cfg.scorers)
+    assert cli.star.scorers == cfg.star.scorers and cli.star.combine == "mean"
+    assert cli.to_dict()["scorers"] == list(cfg.star.scorers)
     # one scorer still works as before, and rs with scorers alone has its scores
-    assert load_config(None, [*base, "scorer=h:1,h:2"]).scorers == ()
-    assert load_config(None, [*base, "method=rs", "scorers=a:1;b:2"]).method == "rs"
+    assert load_config(None, [*base, "scorer=h:1,h:2"]).star.scorers == ()
+    assert load_config(None, [*base, "method=rs", "scorers=a:1;b:2"]).loss.method == "rs"
 
 
 def test_published_recipe_keeps_float32_master_weights_with_bf16_compute() -> None:
     base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1"]
     cfg = load_config(str(ROOT / "examples" / "published.yaml"), base)
-    assert (cfg.finetune, cfg.dtype, cfg.mixed_precision) == ("full", "float32", "bf16")
+    assert (cfg.trainee.finetune, cfg.trainee.dtype, cfg.optim.mixed_precision) == ("full", "float32", "bf16")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -97,18 +103,18 @@ def test_full_finetuning_refuses_low_precision_weights(dtype: str) -> None:
     for key in ("dtype: float32", "mixed_precision: bf16", "finetune: lora", "allow_low_precision_updates"):
         assert key in msg, (key, msg)
     # the explicit opt-in, and LoRA on a low-precision base (its adapters are float32), are accepted
-    assert load_config(None, [*base, "allow_low_precision_updates=true"]).dtype == dtype
-    assert load_config(None, [*base, "finetune=lora"]).dtype == dtype
+    assert load_config(None, [*base, "allow_low_precision_updates=true"]).trainee.dtype == dtype
+    assert load_config(None, [*base, "finetune=lora"]).trainee.dtype == dtype
     with pytest.raises(ValueError, match="dtype must be one of"):
         load_config(None, [*base, "dtype=int8"])
 
 
 def test_rs_normalize_defaults_to_the_published_all() -> None:
     base = ["model=/m", "data=d.jsonl", "output_dir=o", "scorer=h:1", "method=rs"]
-    assert load_config(None, base).rs_normalize == "all"
-    assert load_config(None, [*base, "rs_normalize=kept"]).rs_normalize == "kept"
+    assert load_config(None, base).loss.rs_normalize == "all"
+    assert load_config(None, [*base, "rs_normalize=kept"]).loss.rs_normalize == "kept"
     published = load_config(str(ROOT / "examples" / "published.yaml"), base)
-    assert published.rs_normalize == "all"
+    assert published.loss.rs_normalize == "all"
 
 
 def test_cli_reports_errors_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,5 +167,7 @@ def test_no_means_no_for_a_string_key(tmp_path: Path) -> None:
     must still mean the string "no", not be refused as "False"."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: m\ndata: d.jsonl\noutput_dir: o\nmethod: sft\nmixed_precision: no\n")
-    assert load_config(str(recipe)).mixed_precision == "no"
-    assert load_config(str(recipe), ["mixed_precision=bf16", "mixed_precision=no"]).mixed_precision == "no"
+    assert load_config(str(recipe)).optim.mixed_precision == "no"
+    assert (
+        load_config(str(recipe), ["mixed_precision=bf16", "mixed_precision=no"]).optim.mixed_precision == "no"
+    )

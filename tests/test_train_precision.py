@@ -78,8 +78,10 @@ def test_float32_master_weights_train_where_bf16_weights_round_away(workdir: Pat
 
 def test_lora_adapters_are_float32_on_a_bf16_base() -> None:
     model, _ = build_tiny_policy()
-    cfg = TrainConfig(model="/m", output_dir="o", data="d", method="sft", lora_r=4, lora_alpha=8)
-    peft_model = with_lora(cfg, model.to(torch.bfloat16))
+    cfg = build_config(
+        {"model": "/m", "output_dir": "o", "data": "d", "method": "sft", "lora_r": 4, "lora_alpha": 8}
+    )
+    peft_model = with_lora(cfg.trainee, model.to(torch.bfloat16))
     trainable = {p.dtype for p in peft_model.parameters() if p.requires_grad}
     frozen = {p.dtype for p in peft_model.parameters() if not p.requires_grad}
     assert trainable == {torch.float32} and frozen == {torch.bfloat16}
@@ -131,7 +133,7 @@ def test_precomputed_reference_matches_the_live_one_under_bf16_autocast(workdir:
         # ... so step 0's KL is zero
         assert pre._loss(b).kl == pytest.approx(0.0, abs=TOL)
         # and the precompute without the step's autocast (a freshly loaded trainee) would not match
-        plain = reference_logprobs(load_trainee(pre.cfg, dev), exs, pre.pad_id, 2, dev)
+        plain = reference_logprobs(load_trainee(pre.cfg.trainee, dev), exs, pre.pad_id, 2, dev)
         no_autocast_gap = max(
             float(np.abs(p - pre.reference.logprobs[e.index]).max()) for p, e in zip(plain, exs, strict=True)
         )

@@ -15,7 +15,7 @@ from star_testing.tiny_guard import TinyGuardSpec, build_tokenizer
 from trainer_client.data import build_examples
 from trainer_client.in_process import LocalScorer
 from trainer_client.scoring.prefetch import cut_key
-from trainer_client.train.config import TrainConfig, load_config
+from trainer_client.train.config import build_config, load_config
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -23,7 +23,7 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 def test_published_recipe_uses_the_published_convention() -> None:
     cfg = load_config(str(EXAMPLES / "published.yaml"), ["model=m", "data=d", "scorer=h:1"])
     assert cfg.example_options()["convention"] is Convention.PUBLISHED
-    plain = TrainConfig(model="m", output_dir="out", data="d", method="sft")
+    plain = build_config({"model": "m", "output_dir": "out", "data": "d", "method": "sft"})
     assert plain.example_options()["convention"] is Convention.RAW
 
 
@@ -36,7 +36,7 @@ def test_published_recipe_uses_the_published_convention() -> None:
 )
 def test_bad_convention_settings_are_refused(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        TrainConfig(model="m", output_dir="out", data="d", method="sft", **overrides)  # type: ignore[arg-type]
+        build_config({"model": "m", "output_dir": "out", "data": "d", "method": "sft", **overrides})
 
 
 def test_conventions_are_cached_under_different_keys() -> None:

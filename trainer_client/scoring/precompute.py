@@ -41,14 +41,19 @@ async def _run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     cfg = load_config(args.config, [*args.overrides, "scores_file=null"])
-    if not (cfg.scorer or cfg.scorers):
+    if not (cfg.star.scorer or cfg.star.scorers):
         raise ValueError("the recipe names no scorer (set scorer=host:port or local:GUARD_DIR, or scorers)")
-    tok = AutoTokenizer.from_pretrained(cfg.model)
-    convs = load_conversations(cfg.data, cfg.data_split, cfg.max_examples)
+    tok = AutoTokenizer.from_pretrained(cfg.trainee.model)
+    convs = load_conversations(cfg.dataset.data, cfg.dataset.data_split, cfg.dataset.max_examples)
     examples = build_examples(tok, convs, **cfg.example_options())
     cache = None if args.no_cache or not cfg.resolved_cache_path else ScoreCache(cfg.resolved_cache_path)
     scorer = scorer_from(
-        None, cfg.scorer, cfg.guard_preset, cfg.scorers, cfg.combine, deadline_s=cfg.scorer_deadline_s
+        None,
+        cfg.star.scorer,
+        cfg.star.guard_preset,
+        cfg.star.scorers,
+        cfg.star.combine,
+        deadline_s=cfg.star.scorer_deadline_s,
     )()
     fp = (await scorer.info()).fingerprint
     fetcher = ScoreFetcher(scorer, fp, cache)

@@ -19,7 +19,7 @@ from trainer_client.loss import (
     target_logprobs,
 )
 from trainer_client.scoring.prefetch import ExampleScores
-from trainer_client.train.config import TrainConfig
+from trainer_client.train.config_parts import LossConfig
 
 
 def scored_batch(
@@ -42,13 +42,13 @@ def scored_batch(
 
 
 def batch_loss(
-    cfg: TrainConfig,
+    loss: LossConfig,
     logits: torch.Tensor,
     input_ids: torch.Tensor,
     b: Batch,
     ref_logits: torch.Tensor | None = None,
 ) -> LossOutput:
-    """`cfg.method`'s loss (trainer_client/loss.py) of one micro-batch from the trainee's logits over
+    """`loss.method`'s loss (trainer_client/loss.py) of one micro-batch from the trainee's logits over
     `input_ids` (the batch's tokens), the Batch's masks and weights, and the reference: the Batch's
     precomputed log-probs or the reference model's logits over the same tokens."""
     dev = logits.device
@@ -56,10 +56,10 @@ def batch_loss(
     lg, tg, mask, w = shift_for_causal_lm(logits, input_ids, b.label_mask.to(dev), b.weights.to(dev))
     if ref_logits is not None:
         ref_logits = ref_logits[:, :-1]
-        if cfg.kl_estimator != "full":
+        if loss.kl_estimator != "full":
             ref_lp, ref_logits = target_logprobs(ref_logits, tg), None
     return compute_loss(
-        cfg.method,
+        loss.method,
         lg,
         tg,
         mask,
@@ -67,7 +67,7 @@ def batch_loss(
         keep=b.keep.to(dev),
         ref_logprobs=ref_lp,
         ref_logits=ref_logits,
-        lambda_kl=cfg.lambda_kl,
-        estimator=cast(KLEstimator, cfg.kl_estimator),  # checked by TrainConfig
-        rs_normalize=cast(RSNormalize, cfg.rs_normalize),
+        lambda_kl=loss.lambda_kl,
+        estimator=cast(KLEstimator, loss.kl_estimator),  # checked by LossConfig
+        rs_normalize=cast(RSNormalize, loss.rs_normalize),
     )

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from trainer_client.data import Example
 from trainer_client.loss import LossOutput
 from trainer_client.train.checkpoint import load_checkpoint, save_checkpoint
-from trainer_client.train.config import TrainConfig
+from trainer_client.train.config_parts import OptimConfig
 from trainer_client.train.reference import Compute, reference_logprobs
 
 
@@ -103,10 +103,10 @@ class AccelerateEngine:
             tokenizer.save_pretrained(str(final_dir))
 
 
-def engine_for(cfg: TrainConfig, acc: Any) -> Engine:
-    """The engine `cfg.sharding` names."""
-    if cfg.sharding == "fsdp":
+def engine_for(optim: OptimConfig, acc: Any) -> Engine:
+    """The engine `optim.sharding` names."""
+    if optim.sharding == "fsdp":
         from trainer_client.train.fsdp_engine import FsdpEngine
 
-        return FsdpEngine(cfg, acc)
+        return FsdpEngine(optim, acc)
     return AccelerateEngine(acc)

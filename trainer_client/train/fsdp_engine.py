@@ -16,7 +16,7 @@ import torch
 
 from trainer_client.data import Example
 from trainer_client.loss import LossOutput
-from trainer_client.train.config import TrainConfig
+from trainer_client.train.config_parts import OptimConfig
 from trainer_client.train.fsdp_checkpoint import load_sharded, save_full, save_sharded
 from trainer_client.train.fsdp_reference import ShardedReferenceCompute
 from trainer_client.train.fsdp_shard import FsdpConfig, shard
@@ -29,13 +29,13 @@ _STATS = ("weighted_ce", "kl", "mean_star", "share_below_half")
 class FsdpEngine:
     """FSDP2 across the launcher's processes (torchrun; gloo on CPU, nccl on GPU)."""
 
-    def __init__(self, cfg: TrainConfig, acc: Any) -> None:
+    def __init__(self, optim: OptimConfig, acc: Any) -> None:
         if acc.num_processes < 2:
             raise ValueError(f"sharding 'fsdp' shards across processes; start several: {LAUNCH}")
         from torch.distributed.device_mesh import init_device_mesh
 
         self.acc = acc
-        self.fsdp = FsdpConfig.from_train(cfg)
+        self.fsdp = FsdpConfig.from_train(optim)
         self.mesh = init_device_mesh(acc.device.type, (acc.num_processes,))
         self.load_device = torch.device("cpu")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from trainer_client.train.config import TrainConfig
+from trainer_client.train.config_parts import OptimConfig
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,8 @@ class FsdpConfig:
     """Free the gathered layer after its forward (ZeRO-3); False keeps it until the backward (ZeRO-2)."""
 
     @classmethod
-    def from_train(cls, cfg: TrainConfig) -> FsdpConfig:
-        return cls(compute_dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else None)
+    def from_train(cls, optim: OptimConfig) -> FsdpConfig:
+        return cls(compute_dtype=torch.bfloat16 if optim.mixed_precision == "bf16" else None)
 
 
 def layer_classes(model: Any) -> tuple[type[torch.nn.Module], ...]:

@@ -71,58 +71,62 @@ class Trainer:
         from transformers import AutoTokenizer
 
         cfg, scorer_factory = self.cfg, self.scorer_factory
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
-        allow_new_precision(cfg.mixed_precision)
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-        self.engine = engine_for(cfg, self.acc)
-        set_seed(cfg.seed)
-        self.out = Path(cfg.output_dir)
+        if cfg.optim.torch_threads:
+            torch.set_num_threads(cfg.optim.torch_threads)
+        allow_new_precision(cfg.optim.mixed_precision)
+        self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=not torch.cuda.is_available())
+        self.engine = engine_for(cfg.optim, self.acc)
+        set_seed(cfg.optim.seed)
+        self.out = Path(cfg.run.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        require_model_dir(cfg.model, "model")
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        require_model_dir(cfg.trainee.model, "model")
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.trainee.model)
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"the tokenizer in {cfg.model} has no chat template")
+            raise ValueError(f"the tokenizer in {cfg.trainee.model} has no chat template")
         tok = self.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
-        convs = load_conversations(cfg.data, cfg.data_split, cfg.max_examples)
+        convs = load_conversations(cfg.dataset.data, cfg.dataset.data_split, cfg.dataset.max_examples)
         self.examples = build_examples(tok, convs, **cfg.example_options())
         if not self.examples:
-            raise ValueError(f"{cfg.data} gave no trainable example (no assistant tokens within max_length)")
+            raise ValueError(
+                f"{cfg.dataset.data} gave no trainable example (no assistant tokens within max_length)"
+            )
         self.sampler = EpochSampler(
             len(self.examples),
-            cfg.batch_size,
-            cfg.grad_accum,
-            cfg.seed,
+            cfg.optim.batch_size,
+            cfg.optim.grad_accum,
+            cfg.optim.seed,
             self.acc.process_index,
             self.acc.num_processes,
         )
-        self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
-        if cfg.resume and self.ckpt is None:
+        self.ckpt = latest_checkpoint(self.out) if cfg.run.resume else None
+        if cfg.run.resume and self.ckpt is None:
             raise ValueError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
         world = self.acc.num_processes
-        self.start_step = int(checkpoint_state(self.ckpt, cfg.sharding, world)["step"]) if self.ckpt else 0
-        self.plan = self.sampler.plan(cfg.epochs, self.start_step)
+        self.start_step = (
+            int(checkpoint_state(self.ckpt, cfg.optim.sharding, world)["step"]) if self.ckpt else 0
+        )
+        self.plan = self.sampler.plan(cfg.optim.epochs, self.start_step)
         self.cache = ScoreCache(cfg.resolved_cache_path) if cfg.resolved_cache_path else None
         # Scoring starts now, so the first batches' scores arrive while the models load.
         make = None
-        if cfg.method in ("dss", "rs"):
+        if cfg.loss.method in ("dss", "rs"):
             make = scorer_factory or scorer_from(
-                cfg.scores_file,
-                cfg.scorer,
-                cfg.guard_preset,
-                cfg.scorers,
-                cfg.combine,
-                deadline_s=cfg.scorer_deadline_s,
+                cfg.star.scores_file,
+                cfg.star.scorer,
+                cfg.star.guard_preset,
+                cfg.star.scorers,
+                cfg.star.combine,
+                deadline_s=cfg.star.scorer_deadline_s,
             )
         self.star = StarBatches(
             self.examples,
             self.pad_id,
-            cfg.method,
+            cfg.loss.method,
             make,
             self.cache,
-            cfg.prefetch_batches,
-            delay_s=cfg.scorer_delay_s,
+            cfg.star.prefetch_batches,
+            delay_s=cfg.star.scorer_delay_s,
             in_order=True,
         )
         self.star.start([mb.indices for mb in self.plan])
@@ -135,30 +139,30 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        model = load_trainee(cfg, self.engine.load_device)
-        self.lora = cfg.finetune == "lora"
-        needs_ref = cfg.method == "dss" and cfg.lambda_kl > 0
-        self.reference = Reference.for_run(model, needs_ref, cfg.reference, peft=self.lora)
+        model = load_trainee(cfg.trainee, self.engine.load_device)
+        self.lora = cfg.trainee.finetune == "lora"
+        needs_ref = cfg.loss.method == "dss" and cfg.loss.lambda_kl > 0
+        self.reference = Reference.for_run(model, needs_ref, cfg.loss.reference, peft=self.lora)
         if self.lora:
-            model = with_lora(cfg, model)
+            model = with_lora(cfg.trainee, model)
         model = self.engine.wrap(model)
-        if needs_ref and cfg.reference == "precomputed":
+        if needs_ref and cfg.loss.reference == "precomputed":
             self.reference.precompute(
-                cfg.model,
+                cfg.trainee.model,
                 model,  # with its adapter off, if it has one
                 self.examples,
                 self.pad_id,
                 self.cache,
                 self.acc.device,
-                cfg.batch_size,
+                cfg.optim.batch_size,
                 autocast=self.acc.autocast,  # the context `_loss` runs its forwards in
-                precision=cfg.mixed_precision,
+                precision=cfg.optim.mixed_precision,
                 compute=self.engine.reference_compute(self.examples),
             )
             self.star.ref_lp = self.reference.logprobs
         model.train()
-        self.total_steps = self.sampler.steps_per_epoch * cfg.epochs
-        optimizer, self.scheduler = optimizer_and_schedule(cfg, model, self.total_steps)
+        self.total_steps = self.sampler.steps_per_epoch * cfg.optim.epochs
+        optimizer, self.scheduler = optimizer_and_schedule(cfg.optim, model, self.total_steps)
         self.model, self.optimizer = self.engine.prepare(model, optimizer)
         if self.ckpt is not None:
             state = self.engine.load(self.ckpt, self.model, self.optimizer, self.scheduler, self.lora)
@@ -174,7 +178,7 @@ class Trainer:
         if self.reference.needed and b.ref_logprobs is None:
             trainee = self.engine.trainee(self.model)
             ref_logits = self.reference.logits(trainee, ids, attn, self.acc.autocast)
-        return batch_loss(self.cfg, logits, ids, b, ref_logits)
+        return batch_loss(self.cfg.loss, logits, ids, b, ref_logits)
 
     # -- the run --
     def fit(self) -> TrainResult:
@@ -186,13 +190,13 @@ class Trainer:
         for mb in plan:
             steps.setdefault(mb.step, []).append(mb)
         metrics_path = self.out / "metrics.jsonl"
-        mode = "a" if cfg.resume else "w"
+        mode = "a" if cfg.run.resume else "w"
         main = self.acc.is_main_process
         bar = tqdm(
             total=self.total_steps,
             initial=self.start_step,
-            disable=not (cfg.progress and main),
-            desc=cfg.method,
+            disable=not (cfg.run.progress and main),
+            desc=cfg.loss.method,
         )
         rows: list[dict[str, float]] = []
         t_run = time.perf_counter()
@@ -212,11 +216,11 @@ class Trainer:
                     wait=f"{row['scorer_wait_s']:.2f}",
                 )
                 done = step + 1
-                if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
+                if cfg.run.save_every and done % cfg.run.save_every == 0 and done < self.total_steps:
                     self._save(done, group[-1].epoch)
                 if (
-                    cfg.stop_after_steps is not None
-                    and done >= cfg.stop_after_steps
+                    cfg.run.stop_after_steps is not None
+                    and done >= cfg.run.stop_after_steps
                     and done < self.total_steps
                 ):
                     self._save(done, group[-1].epoch)
@@ -227,7 +231,7 @@ class Trainer:
         wall = time.perf_counter() - t_run
         final_dir = self.out / "final"
         if finished:
-            self._save(done, cfg.epochs - 1)
+            self._save(done, cfg.optim.epochs - 1)
             self.engine.save_final(final_dir, self.model, self.tokenizer, self.lora)
         sent = self.star.guard_requests
         summary = run_summary(rows, wall, sent)
@@ -258,20 +262,20 @@ class Trainer:
                 out = self._loss(b)
                 self.engine.backward(out.loss / len(group))
             stats.append(out)
-        if cfg.max_grad_norm > 0:
-            self.engine.clip(self.model, cfg.max_grad_norm)
+        if cfg.optim.max_grad_norm > 0:
+            self.engine.clip(self.model, cfg.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if cfg.step_sleep_s:
-            time.sleep(cfg.step_sleep_s)
+        if cfg.run.step_sleep_s:
+            time.sleep(cfg.run.step_sleep_s)
         t1 = time.perf_counter()
         lr = float(self.scheduler.get_last_lr()[0])
         stats, tokens = self.engine.global_stats(stats, tokens)
         row = step_row(step, group[-1].epoch, lr, stats, tokens, wait, t0, t1)
         if self.star.prefetcher is not None:
             row["scores_ready"] = ready / len(group)
-        return {**row, **guard_disagreement(got, verdicts=cfg.method == "rs")}
+        return {**row, **guard_disagreement(got, verdicts=cfg.loss.method == "rs")}
 
     def _save(self, step: int, epoch: int) -> None:
         position = {

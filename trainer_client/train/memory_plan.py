@@ -60,7 +60,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class PlanSettings:
-    """The recipe's settings that move memory (TrainConfig's fields of the same names)."""
+    """The recipe's settings that move memory (the recipe keys of the same names)."""
 
     finetune: str = "full"
     dtype: str = "float32"
@@ -194,12 +194,12 @@ def format_plan(shape: ModelShape, s: PlanSettings, rows: list[MemoryRow]) -> st
 
 
 def settings_from_recipe(values: dict[str, Any], gpus: int, gpu_gib: float) -> PlanSettings:
-    """PlanSettings from a recipe's keys (TrainConfig's defaults for the keys it leaves out)."""
+    """PlanSettings from a recipe's keys (the recipe's defaults for the keys it leaves out)."""
     from dataclasses import fields
 
-    from trainer_client.train.config import TrainConfig
+    from trainer_client.train.config import recipe_defaults
 
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    defaults = recipe_defaults()
     keys = [f.name for f in fields(PlanSettings) if f.name not in ("gpus", "gpu_gib")]
     picked = {k: values.get(k, defaults[k]) for k in keys}
     if picked["dtype"] not in DTYPE_BYTES:

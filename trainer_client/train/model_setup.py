@@ -7,46 +7,46 @@ from typing import Any
 
 import torch
 
-from trainer_client.train.config import TrainConfig
+from trainer_client.train.config_parts import OptimConfig, TraineeConfig
 from trainer_client.train.schedule import cosine_with_floor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_trainee(cfg: TrainConfig, device: Any) -> Any:
-    """The model to finetune, in `cfg.dtype`, on `device`. These are the weights the optimizer updates
-    (full finetuning): float32 unless the config opted in to low-precision updates (TrainConfig checks);
+def load_trainee(trainee: TraineeConfig, device: Any) -> Any:
+    """The model to finetune, in `trainee.dtype`, on `device`. These are the weights the optimizer
+    updates (full finetuning): float32 unless the config opted in to low-precision updates (checked);
     `mixed_precision` sets the compute dtype separately."""
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=DTYPES[cfg.dtype])
+    model: Any = AutoModelForCausalLM.from_pretrained(trainee.model, dtype=DTYPES[trainee.dtype])
     return model.to(device)
 
 
-def with_lora(cfg: TrainConfig, model: Any) -> Any:
-    """`model` wrapped with the LoRA adapters `cfg` asks for (only they train). The adapters are float32
+def with_lora(trainee: TraineeConfig, model: Any) -> Any:
+    """`model` wrapped with the LoRA adapters `trainee` asks for (only they train). The adapters are float32
     even on a bfloat16/float16 base (`autocast_adapter_dtype`), so their updates do not round away."""
     from peft import LoraConfig, get_peft_model
 
     lcfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
+        r=trainee.lora_r,
+        lora_alpha=trainee.lora_alpha,
+        lora_dropout=trainee.lora_dropout,
+        target_modules=list(trainee.lora_targets),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lcfg, autocast_adapter_dtype=True)
 
 
-def optimizer_and_schedule(cfg: TrainConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
+def optimizer_and_schedule(optim: OptimConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
     """AdamW over the trainable parameters and the warmup + cosine-to-floor schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+        params, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay
     )
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    warmup = math.ceil(optim.warmup_ratio * total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_floor(total_steps, warmup, cfg.min_lr / cfg.lr)
+        optimizer, cosine_with_floor(total_steps, warmup, optim.min_lr / optim.lr)
     )
     return optimizer, schedule
 

@@ -14,18 +14,18 @@ LAUNCH = "torchrun --nproc_per_node N -m trainer_client.train.cli --config ..."
 
 
 def sharding_checks(cfg: TrainConfig) -> list[tuple[bool, str]]:
-    """(ok, message) pairs for `TrainConfig.__post_init__`: what `sharding: fsdp` does not combine with."""
-    fsdp = cfg.sharding == "fsdp"
-    frozen_copy = cfg.finetune == "full" and cfg.method == "dss" and cfg.lambda_kl > 0
+    """(ok, message) pairs for `TrainConfig.__post_init__`: what `sharding: fsdp` does not combine with
+    (the values themselves are `OptimConfig`'s check)."""
+    fsdp = cfg.optim.sharding == "fsdp"
+    frozen_copy = cfg.trainee.finetune == "full" and cfg.loss.method == "dss" and cfg.loss.lambda_kl > 0
     return [
-        (cfg.sharding in SHARDINGS, f"sharding must be one of {SHARDINGS}, not {cfg.sharding!r}"),
         (
-            not (fsdp and frozen_copy and cfg.reference == "auto"),
+            not (fsdp and frozen_copy and cfg.loss.reference == "auto"),
             "sharding 'fsdp' with finetune 'full' keeps no frozen reference copy: set reference: "
             "precomputed (the reference log-probs computed once by the sharded model before training)",
         ),
         (
-            not (fsdp and cfg.mixed_precision == "fp16"),
+            not (fsdp and cfg.optim.mixed_precision == "fp16"),
             "sharding 'fsdp' has no fp16 loss scaling: set mixed_precision: bf16 (float32 masters, bf16 "
             "compute) or no",
         ),

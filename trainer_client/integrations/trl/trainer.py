@@ -92,7 +92,15 @@ class StarDSSTrainer(SFTTrainer):
                 star.combine,
                 deadline_s=star.scorer_deadline_s,
             )
-        self._star = StarBatches(self.star_examples, pad_id, star.method, make, cache, star.prefetch_batches)
+        self._star = StarBatches(
+            self.star_examples,
+            pad_id,
+            star.method,
+            make,
+            cache,
+            star.prefetch_batches,
+            delay_s=star.scorer_delay_s,
+        )
         self.star_rows: list[dict[str, float]] = []
         """One row per optimizer step, as star-train's metrics.jsonl (loss, weighted_ce, kl, ...)."""
         self._open: list[tuple[int, LossOutput, int, float]] = []
@@ -126,7 +134,7 @@ class StarDSSTrainer(SFTTrainer):
         if not (self._reference.needed and self.star.reference == "precomputed"):
             return
         self._reference.precompute(
-            self.star_cfg.model,
+            self.star_cfg.trainee.model,
             self.model,
             self.star_examples,
             self._star.pad_id,
@@ -171,7 +179,7 @@ class StarDSSTrainer(SFTTrainer):
         if self._reference.needed and b.ref_logprobs is None:
             trainee = self.accelerator.unwrap_model(model)
             ref_logits = self._reference.logits(trainee, ids, attn, self.accelerator.autocast)
-        out = batch_loss(self.star_cfg, outputs.logits, ids, b, ref_logits)
+        out = batch_loss(self.star_cfg.loss, outputs.logits, ids, b, ref_logits)
         self._record(out, int(b.attention_mask.sum()), waited)
         return (out.loss, outputs) if return_outputs else out.loss
 
