@@ -4,12 +4,15 @@
 
 `train.jsonl` holds conversations: {"messages": [...]}, {"prompt": [...], "completion": [...]} (lists
 of messages, TRL's conversational prompt-completion) or {"prompt": "...", "response": "..."}.
-Several processes: `accelerate launch examples/trl_star_dss.py ...`. See docs/training.md.
+Several processes: `accelerate launch examples/trl_star_dss.py ...` (or `torchrun --nproc_per_node N`);
+add `--fsdp` to shard with FSDP2 (full finetuning with dss then needs `--reference precomputed`).
+See docs/training.md.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--no-bf16", action="store_true", help="float32 compute (SFTConfig's default is bf16)")
     ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--fsdp", action="store_true", help="shard across the processes with FSDP2 (accelerate)")
     return ap.parse_args(argv)
 
 
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer_client.integrations.trl import StarDSSConfig, StarDSSTrainer
 
     dataset = load_dataset("json", data_files=args.data, split="train")
+    sharded: dict[str, Any] = {"fsdp": True, "fsdp_config": {"version": 2}} if args.fsdp else {}
     config = SFTConfig(
         output_dir=args.output_dir,
         num_train_epochs=args.epochs,
@@ -54,27 +59,44 @@ def main(argv: list[str] | None = None) -> int:
         use_cpu=args.cpu,
         report_to=[],
         save_strategy="no",
+        **sharded,
     )
     peft_config = None
     if args.lora:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-    star = StarDSSConfig(
-        method=args.method,
-        scorer=args.scorer,
-        scores_file=args.scores_file,
-        reference=args.reference,
-        lambda_kl=args.lambda_kl,
-    )
-    trainer = StarDSSTrainer(
-        model=args.model, args=config, train_dataset=dataset, peft_config=peft_config, star=star
-    )
+    try:
+        star = StarDSSConfig(
+            method=args.method,
+            scorer=args.scorer,
+            scores_file=args.scores_file,
+            reference=args.reference,
+            lambda_kl=args.lambda_kl,
+        )
+        trainer = StarDSSTrainer(
+            model=args.model, args=config, train_dataset=dataset, peft_config=peft_config, star=star
+        )
+    except ValueError as e:  # a refused combination: one line (from the first process), no traceback
+        return _refused(str(e))
     trainer.train()
     trainer.save_model(args.output_dir)
     # under a launcher, leave the process group before exit (gloo can abort at exit otherwise)
     trainer.accelerator.end_training()
     return 0
+
+
+def _refused(message: str) -> int:
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trl_star_dss.py: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

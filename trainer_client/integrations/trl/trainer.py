@@ -10,7 +10,9 @@ hyperparameters (tests/test_trl_integration.py):
   the optimizer step (`loss_is_scaled_for_ga = False`), as in star-train. TRL's plain SFT instead
   divides the summed CE by the label tokens of the whole accumulation step (`num_items_in_batch`);
 - reference: a frozen copy made before TRL patches the model, the disabled adapter of a peft model,
-  a `ref_model` passed in, or log-probs precomputed once under the run's autocast.
+  a `ref_model` passed in, or log-probs precomputed once under the run's autocast;
+- FSDP2 through accelerate (fsdp.py): the precomputed reference is computed by the sharded model when
+  training starts, the examples split across the processes (star-train's `ShardedReferenceCompute`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from trainer_client.data import Example, build_examples
@@ -32,13 +35,15 @@ from trainer_client.integrations.trl.dataset import (
     conversations,
     tokenised_rows,
 )
+from trainer_client.integrations.trl.fsdp import check_fsdp, shard_cpu_processes
 from trainer_client.integrations.trl.sampler import StarEpochSampler, batch_order
 from trainer_client.loss import LossOutput, compute_loss, shift_for_causal_lm
 from trainer_client.scoring.cache import ScoreCache
 from trainer_client.scoring.select import scorer_from
 from trainer_client.train.batching import batch_loss
+from trainer_client.train.fsdp_reference import ShardedReferenceCompute
 from trainer_client.train.metrics import step_row
-from trainer_client.train.reference import Reference, is_peft
+from trainer_client.train.reference import Compute, Reference, is_peft, reference_logprobs
 from trainer_client.train.star_batches import StarBatches
 
 
@@ -71,6 +76,8 @@ class StarDSSTrainer(SFTTrainer):
         check_trl_options(args, data_collator)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
+        adapter = kwargs.get("peft_config") is not None or is_peft(model)
+        check_fsdp(args, star.method, star.lambda_kl, star.reference, adapter, ref_model)  # before loading
         model, tokenizer = _model_and_tokenizer(model, args, processing_class)
         tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
         pad_id = int(tokenizer.pad_token_id)
@@ -129,13 +136,26 @@ class StarDSSTrainer(SFTTrainer):
             self._star.close()
             raise
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if shard_cpu_processes(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True
+
     def _setup_reference(self) -> None:
         self._reference.to(self.args.device)
-        if not (self._reference.needed and self.star.reference == "precomputed"):
+        self._ref_pending = self._reference.needed and self.star.reference == "precomputed"
+        if not self._ref_pending:
             return
+        if self.is_fsdp_enabled:  # once the model is sharded (at train begin, or before a resume loads)
+            self.add_callback(_ReferenceAtTrainBegin(self))
+        else:
+            self._precompute_reference(self.model, reference_logprobs)
+
+    def _precompute_reference(self, model: Any, compute: Compute) -> None:
+        self._ref_pending = False
         self._reference.precompute(
             self.star_cfg.trainee.model,
-            self.model,
+            model,
             self.star_examples,
             self._star.pad_id,
             self._star.cache,
@@ -143,8 +163,20 @@ class StarDSSTrainer(SFTTrainer):
             self.args.per_device_train_batch_size,
             autocast=self.accelerator.autocast,  # the training forwards' context
             precision=str(self.accelerator.mixed_precision),
+            compute=compute,
         )
         self._star.ref_lp = self._reference.logprobs
+
+    def reference_on_shards(self, model: Any) -> None:
+        """Under FSDP: the pending precomputed reference, by the sharded `model` (every process runs it
+        together, each a share of the examples); a no-op once done."""
+        if self._ref_pending:
+            self._precompute_reference(model, ShardedReferenceCompute(self.star_examples))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if model is not None:  # FSDP: the reference comes from the starting weights, not the checkpoint's
+            self.reference_on_shards(model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # -- what TRL asks of us --
     def _set_signature_columns_if_needed(self) -> None:
@@ -211,6 +243,16 @@ class StarDSSTrainer(SFTTrainer):
             self._close_step()
             self.star_guard_requests = self._star.guard_requests
             self._star.close()
+
+
+class _ReferenceAtTrainBegin(TrainerCallback):
+    """Runs the FSDP run's pending reference precompute once the Trainer has sharded the model."""
+
+    def __init__(self, trainer: StarDSSTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.trainer.reference_on_shards(model)
 
 
 def _model_and_tokenizer(model: Any, args: SFTConfig, processing_class: Any) -> tuple[Any, Any]:
