@@ -39,7 +39,8 @@ from star_engine import SHAPES  # benchmarks/star_engine.py: the guard shapes, r
 from scorer_server.engine.engine import StarEngine
 from scorer_server.engine.incremental import IncrementalSession
 from scorer_server.engine.plain import forward_prompts
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from scorer_server.guards.verdict import p_safe
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
 from star_testing.sessions import run

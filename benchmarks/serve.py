@@ -66,7 +66,8 @@ def load_engine(guard_dir: Path, max_batch_tokens: int, threads: int) -> Any:
 
     from scorer_server.budget import TokenBudget
     from scorer_server.engine.engine import EngineConfig, StarEngine
-    from scorer_server.guards.loader import GuardConfig, load_guard
+    from scorer_server.guards.guard_config import GuardConfig
+    from scorer_server.guards.loader import load_guard
 
     torch.set_num_threads(threads)
     budget = TokenBudget(max_batch_tokens=max_batch_tokens)

@@ -21,7 +21,8 @@ import torch
 
 from scorer_server.budget import TokenBudget
 from scorer_server.engine.engine import EngineConfig, StarEngine, pack_rows
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from star_contract.types import Conversation, CutSpec, ScoreRequest
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 

@@ -37,7 +37,7 @@ from scorer_server.backends.prompts import load_prompt_guard  # noqa: E402
 from scorer_server.backends.remote import RemoteConfig  # noqa: E402
 from scorer_server.backends.vllm import VllmBackend  # noqa: E402
 from scorer_server.engine.engine import EngineConfig, StarEngine  # noqa: E402
-from scorer_server.guards.loader import GuardConfig  # noqa: E402
+from scorer_server.guards.guard_config import GuardConfig  # noqa: E402
 from star_contract.types import Conversation, CutSpec, ScoreRequest, StarScores  # noqa: E402
 from star_testing.scorer_process import free_port  # noqa: E402
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard  # noqa: E402

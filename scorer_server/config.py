@@ -19,7 +19,7 @@ from typing import Any
 from scorer_server.batcher import BatcherConfig
 from scorer_server.budget import TokenBudget
 from scorer_server.flags import add_flags, read_flags, sections_of
-from scorer_server.guards.loader import GuardConfig
+from scorer_server.guards.guard_config import GuardConfig
 from scorer_server.limits import Limits
 from scorer_server.tenants import TenantSettings, TenantToken, read_tenant_tokens
 

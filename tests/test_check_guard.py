@@ -18,7 +18,8 @@ import torch
 from scorer_server.check_guard import PROBES, ProbeReport, check_guard
 from scorer_server.cli import main
 from scorer_server.guards.guard import Guard
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from star_testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer
 
 LLAMA_EOS = "<|eot_id|>"

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from scorer_server.engine.cuts import plan_cuts
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from scorer_server.guards.presets import get_preset
 from scorer_server.guards.verdict import parse_categories
 from star_contract.errors import InvalidRequest

@@ -14,7 +14,8 @@ import pytest
 
 from scorer_server.engine.caches import HeadCache, template_head_ids
 from scorer_server.engine.engine import EngineConfig, StarEngine
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest, StarScores
 from star_testing.real_guards import REAL_GUARDS, save_named_real_guard
 from star_testing.tiny_guard import TinyGuardSpec, build_model, build_tokenizer

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from scorer_server.budget import TokenBudget
 from scorer_server.engine.engine import EngineConfig, StarEngine
 from scorer_server.engine.incremental import CutInput, IncrementalSession, SessionPush
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, Conversation, CutKind, CutSpec, ScoreRequest, Segment
 from star_testing.real_guards import save_named_real_guard

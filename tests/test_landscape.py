@@ -333,7 +333,8 @@ def _reference_unsafe(guard: Any, conv: Conversation) -> bool:
 def test_guard_judge_in_process(
     tiny: tuple[Any, Any], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from scorer_server.guards.loader import GuardConfig, load_guard
+    from scorer_server.guards.guard_config import GuardConfig
+    from scorer_server.guards.loader import load_guard
     from star_testing.tiny_guard import save_tiny_guard
     from trainer_client.landscape import in_process_guard_judge
 

@@ -22,7 +22,8 @@ from scorer_server.engine.caches import attention_layout
 from scorer_server.engine.engine import EngineConfig, StarEngine
 from scorer_server.engine.incremental import IncrementalSession
 from scorer_server.engine.work import Work
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from star_contract.types import Conversation, CutKind, CutSpec, ModerateOptions, ScoreRequest, Segment
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from scorer_server.budget import TokenBudget
 from scorer_server.engine.engine import EngineConfig, StarEngine, pack_rows
 from scorer_server.guards.guard import Guard
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from star_contract.types import Conversation, CutKind, CutSpec, Message, ScoreRequest
 from star_testing.tiny_guard import TinyGuardSpec, preset_for, save_tiny_guard
 

@@ -19,7 +19,8 @@ import torch
 
 from scorer_server.engine.engine import StarEngine
 from scorer_server.guards.guard import Guard
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from star_contract.convert import score_request_from_pb, score_request_to_pb
 from star_contract.errors import InvalidRequest
 from star_contract.types import Convention, Conversation, CutKind, CutSpec, ScoreRequest

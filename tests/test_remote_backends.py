@@ -19,7 +19,7 @@ from scorer_server.backends.remote import RemoteBackend, RemoteConfig
 from scorer_server.backends.tgi import TgiBackend, verdict_logprobs
 from scorer_server.backends.vllm import VllmBackend
 from scorer_server.engine.cuts import plan_cuts
-from scorer_server.guards.loader import GuardConfig
+from scorer_server.guards.guard_config import GuardConfig
 from scorer_server.limits import Limits
 from star_contract.errors import InvalidRequest
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest

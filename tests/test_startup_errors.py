@@ -193,3 +193,13 @@ def test_tls_file_not_pem(guard_dir: Path, tmp_path: Path) -> None:
     junk.write_text("hello")
     code, lines = serve("--guard", str(guard_dir), "--tls-cert", str(junk), "--tls-key", str(junk))
     assert_one_clean_error(code, lines, "is not a PEM file")
+
+
+def test_reading_the_flags_does_not_load_torch() -> None:
+    """`star-scorer serve` sets OMP_WAIT_POLICY after reading its flags and before the server module
+    imports torch: OpenMP reads it once, when torch loads it, so the flags' modules must not import torch
+    (scorer_server.config once did, through the guard loader, and the setting was silently lost). It
+    also keeps --help and flag mistakes instant."""
+    code = "import sys, scorer_server.cli as c, scorer_server.config; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from scorer_server.guards.template import auto_verdict_prefix
 from star_contract.errors import ConfigError
 from star_testing.tiny_guard import save_tiny_guard
@@ -203,7 +204,8 @@ def test_the_documented_answer_begins_with_a_verdict_class_where_the_preset_read
     the preset's forced text, followed by the documented answer, has a token of the first field's values
     (or of the verdict classes) right there, and the scorer renders what the guard's makers render."""
     name, path, oracle = family
-    from scorer_server.guards.loader import GuardConfig, load_guard
+    from scorer_server.guards.guard_config import GuardConfig
+    from scorer_server.guards.loader import load_guard
 
     guard = load_guard(GuardConfig(path=str(path), preset=name))
     messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": RESPONSE}]
@@ -356,7 +358,8 @@ def test_check_guard_follows_the_fields_written_before_the_verdict(real_guard_2_
     forced text, the value the guard finds most likely for each field (as the reader takes it), and the
     text after it."""
     from scorer_server.check_guard import check_guard
-    from scorer_server.guards.loader import GuardConfig, load_guard
+    from scorer_server.guards.guard_config import GuardConfig
+    from scorer_server.guards.loader import load_guard
 
     guard = load_guard(GuardConfig(path=str(real_guard_2_dir("wildguard")), preset="wildguard"))
     report = check_guard(guard, max_new_tokens=2)[0]
@@ -370,7 +373,8 @@ def test_check_guard_follows_the_fields_written_before_the_verdict(real_guard_2_
 def test_granite_guardian_in_think_mode_is_refused_naming_no_think(real_guard_2_dir: Any, name: str) -> None:
     """With think on, Granite Guardian writes a reasoning trace before its score: refused at load, with
     the no-think mode named (forcing an empty trace there would read a score the guard would not give)."""
-    from scorer_server.guards.loader import GuardConfig, load_guard
+    from scorer_server.guards.guard_config import GuardConfig
+    from scorer_server.guards.loader import load_guard
 
     kwargs = {"think": True, "guardian_config": {"criteria_id": "harm"}}
     config = GuardConfig(path=str(real_guard_2_dir(name)), preset=name, template_kwargs=kwargs)
@@ -382,7 +386,8 @@ def test_granite_guardian_4_1_criterion_turn_follows_the_conversation(real_guard
     """The criterion turn comes after the response, with the schema of the last message's role (IBM's
     prompt-only schema when a user message is judged), and a criterion of one's own through
     guardian_config; the conversation's text never enters it, so it is part of every cut's suffix."""
-    from scorer_server.guards.loader import GuardConfig, load_guard
+    from scorer_server.guards.guard_config import GuardConfig
+    from scorer_server.guards.loader import load_guard
     from star_testing import guard_formats as gf
 
     path = str(real_guard_2_dir("granite-guardian-4.1"))

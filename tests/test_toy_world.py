@@ -145,7 +145,8 @@ def untrained_toy_guard(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_toy_guard_directory_loads_as_llama_guard(untrained_toy_guard: Path) -> None:
     from scorer_server.engine.engine import StarEngine
-    from scorer_server.guards.loader import GuardConfig, load_guard
+    from scorer_server.guards.guard_config import GuardConfig
+    from scorer_server.guards.loader import load_guard
     from star_contract.types import Conversation, ScoreRequest
 
     guard = load_guard(GuardConfig(path=str(untrained_toy_guard), preset="llama-guard-3"))

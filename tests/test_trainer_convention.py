@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from scorer_server.engine.engine import StarEngine
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import load_guard
 from star_contract.types import Convention, Conversation, CutKind, CutSpec, ScoreRequest
 from star_testing.tiny_chat import CHAT_TEMPLATE
 from star_testing.tiny_guard import TinyGuardSpec, build_tokenizer

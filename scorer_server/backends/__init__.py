@@ -8,7 +8,7 @@ from scorer_server.backends.base import ScoringBackend
 from scorer_server.backends.http import RetryPolicy
 from scorer_server.backends.prompts import PromptGuard, load_prompt_guard
 from scorer_server.backends.remote import RemoteBackend, RemoteConfig
-from scorer_server.guards.loader import GuardConfig
+from scorer_server.guards.guard_config import GuardConfig
 
 REMOTE_KINDS = ("vllm", "tgi")
 

@@ -19,7 +19,8 @@ from scorer_server.backends.base import ScorePart
 from scorer_server.backends.sessions import LiveSession, SessionObserver, SessionPool
 from scorer_server.batcher import Batcher, BatchObserver
 from scorer_server.config import BatchingSettings
-from scorer_server.guards.loader import GuardConfig, describe_guard
+from scorer_server.guards.guard_config import GuardConfig
+from scorer_server.guards.loader import describe_guard
 from scorer_server.limits import Limits
 from scorer_server.tenants import ANONYMOUS, TenantSettings
 from star_contract.errors import NotReady

@@ -16,8 +16,9 @@ from scorer_server.engine.plain import forward_prompts
 from scorer_server.engine.plan import ResponsePlan, WorkItem, plan_response, split_plan
 from scorer_server.engine.work import Read, Row, Work
 from scorer_server.guards.guard import Guard
+from scorer_server.guards.guard_config import GuardConfig
 from scorer_server.guards.head import full_logits, head_logits
-from scorer_server.guards.loader import GuardConfig, load_guard
+from scorer_server.guards.loader import load_guard
 from scorer_server.guards.published import processed_p_safe
 from scorer_server.guards.verdict import classes_p_safe, read_verdict
 from scorer_server.limits import Limits

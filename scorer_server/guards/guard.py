@@ -12,7 +12,7 @@ from scorer_server.guards.reader import VerdictReader
 from scorer_server.guards.template import GuardTemplate
 
 if TYPE_CHECKING:
-    from scorer_server.guards.loader import GuardConfig
+    from scorer_server.guards.guard_config import GuardConfig
 
 
 @dataclass

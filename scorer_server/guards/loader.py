@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ from scorer_server.errors import TemplateRenderError
 from scorer_server.guards.checks import check_reasoning, check_thinking_switch, check_verdict_words
 from scorer_server.guards.formats import read_format
 from scorer_server.guards.guard import Guard
+from scorer_server.guards.guard_config import GuardConfig
 from scorer_server.guards.head import check_head
-from scorer_server.guards.presets import GuardPreset, get_preset
+from scorer_server.guards.presets import GuardPreset
 from scorer_server.guards.reader import VerdictReader
 from scorer_server.guards.template import GuardTemplate, auto_verdict_prefix
 from star_contract.errors import ConfigError
@@ -26,53 +26,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PROBE = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast.")
 
 
-@dataclass(frozen=True)
-class GuardConfig:
-    """Which guard to load and how to drive it."""
-
-    path: str
-    """A local guard directory (config, weights, tokenizer with a chat template). Never a hub id."""
-    preset: str = "llama-guard-3"
-    """A preset name (see `scorer_server.guards.presets.PRESETS`) or 'custom'."""
-    dtype: str = "float32"
-    device: str = "cpu"
-    attn_implementation: str | None = None
-    """'eager' or 'sdpa'; None = the preset's choice (eager for Gemma 2 guards), else sdpa."""
-    template_file: str | None = None
-    """A Jinja chat template that overrides the tokenizer's own."""
-    template_kwargs: dict[str, Any] | None = None
-    """Template keyword arguments; replaces the preset's (a policy, a category list, a risk name)."""
-    safe_word: str | None = None
-    unsafe_word: str | None = None
-    verdict_prefix: str | None = None
-    category_pattern: str | None = None
-    safe_classes: tuple[str, ...] = ()
-    """Verdict classes that also count as safe (Qwen3Guard's "Controversial" read loose)."""
-    earlier_mode: str = "argmax"
-    """How fields written before the verdict are taken: argmax or marginal (guards/reader.py)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for `from_pretrained` (e.g. trust_remote_code is never set for you)."""
-
-    def resolved_preset(self) -> GuardPreset:
-        if self.preset == "custom":
-            if not (self.safe_word and self.unsafe_word):
-                raise ConfigError("preset 'custom' needs --safe-word and --unsafe-word")
-            base = GuardPreset(name="custom", safe_word=self.safe_word, unsafe_word=self.unsafe_word)
-        else:
-            base = get_preset(self.preset)
-        preset = base.with_overrides(
-            safe_word=self.safe_word,
-            unsafe_word=self.unsafe_word,
-            template_kwargs=self.template_kwargs,
-            verdict_prefix=self.verdict_prefix,
-            category_pattern=self.category_pattern,
-        )
-        if self.earlier_mode not in ("argmax", "marginal"):
-            raise ConfigError(f"--earlier-fields must be argmax or marginal, not {self.earlier_mode!r}")
-        preset = replace(preset, earlier_mode=self.earlier_mode)
-        return preset.counting_safe(self.safe_classes) if self.safe_classes else preset
-
-
 def load_guard(config: GuardConfig) -> Guard:
     """Load a guard directory. Every way it can fail is a ConfigError that says what to change.
 
@@ -81,8 +34,6 @@ def load_guard(config: GuardConfig) -> Guard:
     """
     from transformers import AutoModelForCausalLM
 
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(sorted(DTYPES))}, not {config.dtype!r}")
     preset = config.resolved_preset()
     tokenizer = load_tokenizer(config.path)
     template_text = template_source(config.template_file, preset)
