@@ -97,6 +97,8 @@ def leave_process_group() -> None:
     """Destroy torch.distributed's default group if this process joined one (under torchrun). A gloo
     process that exits with its group alive can abort at exit (pytorch#190489): torchrun would then
     fail a run that finished."""
+    if "torch.distributed" not in sys.modules:  # never imported: no group (and --help stays instant)
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
