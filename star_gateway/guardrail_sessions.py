@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from star_client import AsyncScorerClient, ModerationSession
 from star_contract.stop_rule import StopRule
 from star_contract.types import Conversation, CutKind, ModerateOptions, ModerationStop
+from star_gateway.config import UNBOUNDED
 from star_gateway.metrics import GatewayMetrics
+from star_gateway.release import words_end
 
 
 def final_word_cuts(text: str, every: int) -> int:
@@ -118,6 +120,17 @@ class GuardrailSessions:
                 await session.close()
             entry.used = time.monotonic()  # idle from the end of its last call, not the start
             return _stop(entry)
+
+    def held_chars(self, key: Key, hold_back_words: int) -> int:
+        """How many trailing characters of the session's text the caller should withhold from its client
+        for now (LiteLLM's `stream_holdback_chars`): those past the release bound, `hold_back_words`
+        words beyond the end of the last cut scored safe (star_gateway/release.py's rule). 0 once the
+        session has ended, or with no bound (-1)."""
+        entry = self.entries.get(key)
+        if entry is None or entry.closed or hold_back_words == UNBOUNDED:
+            return 0
+        safe_end = entry.rule.safe_end if entry.rule is not None else 0
+        return len(entry.text) - words_end(entry.text, safe_end, hold_back_words)
 
     async def _wait_for_cuts(self, entry: Entry) -> None:
         """Until the scorer has answered for the cuts this text made final (or stopped); word cuts only:

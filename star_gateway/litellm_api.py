@@ -6,7 +6,9 @@ LiteLLM posts `{"input_type": "request" | "response", "texts": [...], "litellm_c
 
 - `response` (a `post_call` guardrail; on a stream, called with the whole answer so far, one text per
   choice): each text goes through the choice's Moderate session (guardrail_sessions.py); BLOCKED once
-  the stop rule has fired, naming the offset and score.
+  the stop rule has fired, naming the offset and score. NONE carries `stream_holdback_chars`, per text
+  the unscored tail past the hold-back window (`--hold-back-words`), which LiteLLM withholds from its
+  client in `streaming_transform_mode: incremental_diff` until a later check covers it.
 - `request` (`pre_call`): the last text is judged (Judge) when input moderation is on for the call;
   the prompt is remembered for the call's response checks (their conversation), as LiteLLM sends the
   same `litellm_call_id` on both.
@@ -70,6 +72,11 @@ class GuardrailEndpoint:
                 if stop is not None:
                     reply = {"action": BLOCKED, "blocked_reason": _reason(stop, index)}
                     break
+            if reply["action"] == NONE:  # honoured by LiteLLM's streaming_transform_mode incremental_diff
+                hold = self.config.hold_back_words
+                reply["stream_holdback_chars"] = [
+                    self.sessions.held_chars((call_id, i), hold) for i in range(len(texts))
+                ]
         self.metrics.guardrail_calls.labels(input_type, reply["action"]).inc()
         return reply
 

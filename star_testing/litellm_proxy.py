@@ -30,6 +30,10 @@ class LiteLLMConfig:
     """pre_call sends the prompt (same litellm_call_id), post_call checks the answer."""
     sampling_rate: int = 1
     """`streaming_sampling_rate`: check every Nth streamed chunk (1: every chunk)."""
+    transform_mode: str | None = None
+    """`streaming_transform_mode`: None leaves LiteLLM's default (block_only); 'incremental_diff' withholds
+    chunks until a check releases them (honouring `stream_holdback_chars`) and checks once more at the
+    end of the stream."""
 
     def yaml(self) -> str:
         """The config file (JSON is YAML)."""
@@ -53,6 +57,7 @@ class LiteLLMConfig:
                         "api_base": self.guardrail_base,
                         "default_on": True,
                         "streaming_sampling_rate": self.sampling_rate,
+                        **({"streaming_transform_mode": self.transform_mode} if self.transform_mode else {}),
                     },
                 }
             ],

@@ -370,6 +370,31 @@ def test_litellm_guardrail_computes_each_token_about_once(stack: Stack) -> None:
                what="idle guardrail sessions closed")  # fmt: skip
 
 
+def test_litellm_guardrail_holds_back_what_no_safe_score_covers(stack: Stack) -> None:
+    """Every NONE carries `stream_holdback_chars`: the characters past the hold-back window (0 words by
+    default: past the end of the last cut scored safe), which LiteLLM's incremental_diff mode withholds
+    from its client; 0 once the repeated text has closed the session. What is released (text minus the
+    held tail) never passes the stop offset of the harmful answer."""
+    full = stack.direct(HARMFUL)
+    want = stack.stop_of(HARMFUL, full)
+    assert want is not None
+    call_id, text, held = f"call-{free_port()}", "", []
+    for delta in _deltas(stack, HARMFUL):
+        text += delta
+        reply = _guardrail(stack, call_id, "response", text)
+        if reply["action"] == "BLOCKED":
+            break
+        (n,) = reply["stream_holdback_chars"]
+        held.append(n)
+        assert 0 <= n <= len(text) and len(text) - n <= want.offset
+    assert max(held) > 0
+    benign = "".join(_deltas(stack, BENIGN))
+    call_id = f"call-{free_port()}"
+    assert _guardrail(stack, call_id, "request", BENIGN)["action"] == "NONE"
+    assert _guardrail(stack, call_id, "response", benign)["stream_holdback_chars"][0] > 0
+    assert _guardrail(stack, call_id, "response", benign)["stream_holdback_chars"] == [0]  # closed
+
+
 def test_litellm_guardrail_refuses_a_malformed_call(stack: Stack) -> None:
     url = stack.gateway.url + "/beta/litellm_basic_guardrail_api"
     r = httpx.post(url, json={"texts": ["x"]}, timeout=10)

@@ -6,9 +6,11 @@ the model to our upstream (star_testing/chat_upstream.py, the finetuned toy chat
 guardrail calling our `POST /beta/litellm_basic_guardrail_api` with the bodies it builds (`pre_call` with
 the prompt, then `post_call` at every streamed chunk with the whole answer so far: `streaming_sampling_rate:
 1`), holding each chunk until the call answers and ending the stream itself on BLOCKED; and the scorer
-(`star-scorer serve` on the shipped toy guard), whose metrics count the guard tokens it computed. LiteLLM
-1.108.7 sends no check after the last chunk (docs/gateway.md), so these tests do not rely on one. Nothing
-is mocked. Skipped, naming the script, where the venv is absent (CI builds it)."""
+(`star-scorer serve` on the shipped toy guard), whose metrics count the guard tokens it computed. Two
+proxies: LiteLLM's default streaming mode (block_only: no check after the last chunk, docs/gateway.md)
+and `streaming_transform_mode: incremental_diff` (the gateway's `stream_holdback_chars` honoured, one
+last check at the end). Nothing is mocked. Skipped, naming the script, where the venv is absent (CI
+builds it)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,12 @@ class Stack:
     upstream: HttpProcess
     gateway: HttpProcess
     litellm: HttpProcess
+    """LiteLLM's default streaming mode (block_only)."""
+    litellm_diff: HttpProcess
+    """The same guardrail with `streaming_transform_mode: incremental_diff`."""
+
+    def cuts_scored(self) -> float:
+        return metric(f"http://127.0.0.1:{self.scorer.metrics_port}/metrics", "star_cuts_scored_total")
 
     def trunk_tokens(self) -> float:
         return metric(
@@ -75,13 +83,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, harmful_chat_dir: Path) -> I
     gateway = gateway_process(upstream.url, scorer.address, logs, "--guardrail-idle-s", "5").launch()
     config = LiteLLMConfig(MODEL, upstream.url, API_KEY, gateway.url)
     proxy = litellm_process(config, free_port(), logs).launch()
-    started = [gateway, proxy]
+    diff = LiteLLMConfig(MODEL, upstream.url, API_KEY, gateway.url, transform_mode="incremental_diff")
+    proxy_diff = litellm_process(diff, free_port(), logs).launch()
+    started = [gateway, proxy, proxy_diff]
     try:
         started.append(upstream.launch())
         for proc in started:
             proc.wait(90)
         scorer.wait_serving()
-        yield Stack(scorer, upstream, gateway, proxy)
+        yield Stack(scorer, upstream, gateway, proxy, proxy_diff)
     finally:
         for proc in started:
             proc.stop()
@@ -97,8 +107,9 @@ class Streamed:
     """LiteLLM's block message (its content_filter chunk) or in-stream error, if any."""
 
 
-def stream_through_litellm(stack: Stack, prompt: str) -> Streamed:
-    client = openai.OpenAI(base_url=stack.litellm.url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+def stream_through_litellm(stack: Stack, prompt: str, proxy: HttpProcess | None = None) -> Streamed:
+    url = (proxy or stack.litellm).url
+    client = openai.OpenAI(base_url=url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
     deltas: list[str] = []
     finish, blocked = None, None
     try:
@@ -154,3 +165,38 @@ def test_litellm_passes_a_benign_stream_computing_each_token_about_once(stack: S
     print(f"{checks:.0f} checks, {len(got.deltas)} chunks: {computed:.0f} trunk tokens for {tokens} tokens")
     assert checks >= len(got.deltas) >= 20
     assert computed / tokens <= 1.5
+
+
+def test_incremental_diff_checks_the_last_cut_and_passes_a_benign_answer_whole(stack: Stack) -> None:
+    """With `streaming_transform_mode: incremental_diff` LiteLLM checks once more at the end of the stream
+    (the same text again), so the session closes and its last cut is scored: the scorer scores as many
+    cuts as Score does on the whole answer (block_only, LiteLLM's default, sends no end-of-stream check
+    and leaves the last cut unscored). The tail the endpoint held back is released then: the client gets
+    the upstream's answer unchanged."""
+    full = stack.direct(BENIGN)
+    with ScorerClient(stack.scorer.address) as client:
+        cuts = len(client.score(ScoreRequest(Conversation.from_pair(BENIGN, full), CutSpec())).segments)
+    before = stack.cuts_scored()
+    got = stream_through_litellm(stack, BENIGN, stack.litellm_diff)
+    scored = stack.cuts_scored() - before
+    assert got.blocked is None and got.finish_reason == "stop", got
+    assert "".join(got.deltas) == full
+    assert scored == cuts, (scored, cuts)
+    before = stack.cuts_scored()
+    assert "".join(stream_through_litellm(stack, BENIGN).deltas) == full
+    assert stack.cuts_scored() - before == cuts - 1  # block_only: no check after the last chunk
+
+
+def test_incremental_diff_withholds_what_no_safe_score_covers(stack: Stack) -> None:
+    """`stream_holdback_chars` (the gateway's hold-back window, 0 words by default) keeps every unscored
+    character from the client: on a harmful answer the client receives nothing past the end of the last
+    cut scored safe (the stop's offset), where block_only lets through the firing cut itself."""
+    full = stack.direct(HARMFUL)
+    want = stack.stop_of(HARMFUL, full)
+    assert want is not None and 0 < want.offset < len(full), full
+    got = stream_through_litellm(stack, HARMFUL, stack.litellm_diff)
+    shown = "".join(got.deltas)
+    assert got.blocked is not None, got
+    assert full.startswith(shown)
+    assert len(shown) <= want.offset, (len(shown), want)
+    assert "veltrax" not in shown
