@@ -22,7 +22,9 @@ from trainer_client.train.memory_plan import (
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def measured_peak(config: Any, finetune: str, method: str, batch: int, length: int, tmp: Path) -> int:
+def measured_peak(
+    config: Any, finetune: str, method: str, batch: int, length: int, tmp: Path, ac: bool = False
+) -> int:
     """The peak of live CPU tensor bytes over one training step after a warm-up step (weights, AdamW's
     moments, activations, gradients), as torch's memory profiler records it, for a step built from
     star-train's own pieces: the trainee (LoRA adapters from `with_lora`), a frozen reference copy for
@@ -31,7 +33,7 @@ def measured_peak(config: Any, finetune: str, method: str, batch: int, length: i
 
     from trainer_client.loss import compute_loss, shift_for_causal_lm
     from trainer_client.train.config import build_config
-    from trainer_client.train.model_setup import with_lora
+    from trainer_client.train.model_setup import enable_activation_checkpointing, with_lora
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
@@ -44,6 +46,9 @@ def measured_peak(config: Any, finetune: str, method: str, batch: int, length: i
     elif method == "dss":
         ref = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
         ref = ref.eval().requires_grad_(False)
+    if ac:
+        enable_activation_checkpointing(model)
+        model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config.vocab_size, (batch, length))
     attn = torch.ones_like(ids)
@@ -91,22 +96,25 @@ def tiny(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int) -> Any
 
 
 @pytest.mark.parametrize(
-    ("config", "finetune", "method", "batch", "length", "row"),
+    ("config", "finetune", "method", "batch", "length", "row", "ac"),
     [
-        (tiny(2000, 128, 2, 4, 2), "full", "dss", 4, 256, "single"),  # logits-heavy
-        (tiny(512, 256, 3, 8, 2), "full", "dss", 2, 384, "single"),  # layer-heavy
-        (tiny(4000, 128, 2, 4, 4), "full", "sft", 4, 128, "single"),
-        (tiny(2000, 128, 2, 4, 2), "lora", "dss", 4, 256, "lora"),
+        (tiny(2000, 128, 2, 4, 2), "full", "dss", 4, 256, "single", False),  # logits-heavy
+        (tiny(512, 256, 3, 8, 2), "full", "dss", 2, 384, "single", False),  # layer-heavy
+        (tiny(512, 256, 3, 8, 2), "full", "dss", 2, 384, "single", True),  # the same, checkpointed
+        (tiny(4000, 128, 2, 4, 4), "full", "sft", 4, 128, "single", False),
+        (tiny(2000, 128, 2, 4, 2), "lora", "dss", 4, 256, "lora", False),
     ],
-    ids=["full-dss-logits", "full-dss-layers", "full-sft", "lora-dss"],
+    ids=["full-dss-logits", "full-dss-layers", "full-dss-layers-checkpointed", "full-sft", "lora-dss"],
 )
 def test_plan_is_within_20_percent_of_the_measured_peak(
-    config: Any, finetune: str, method: str, batch: int, length: int, row: str, tmp_path: Path
+    config: Any, finetune: str, method: str, batch: int, length: int, row: str, ac: bool, tmp_path: Path
 ) -> None:
     torch.set_num_threads(1)
-    measured = measured_peak(config, finetune, method, batch, length, tmp_path)
+    measured = measured_peak(config, finetune, method, batch, length, tmp_path, ac)
     shape = model_shape(config, "tiny", lora_r=8, lora_targets=TARGETS)
-    settings = PlanSettings(finetune=finetune, method=method, batch_size=batch, max_length=length)
+    settings = PlanSettings(
+        finetune=finetune, method=method, batch_size=batch, max_length=length, activation_checkpointing=ac
+    )
     planned = next(r for r in plan_rows(shape, settings) if r.strategy == row)
     print(f"planned / measured = {planned.total / measured:.3f}")
     assert 0.8 <= planned.total / measured <= 1.2, (planned, measured)

@@ -220,3 +220,36 @@ def test_full_vocab_kl_bf16_autocast_and_every_turn(workdir: Path, server: Any, 
     assert res.metrics["guard_requests"] == 2
     row = _rows(Path(res.output_dir))[0]
     assert row["kl"] >= 0.0 and 0.0 < row["mean_star"] < 1.0
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_activation_checkpointing_changes_memory_not_the_run(
+    workdir: Path, server: Any, finetune: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`activation_checkpointing: true` recomputes each layer in the backward pass: the same per-step
+    losses and final weights as without it (within 1e-6; tests/test_memory_plan.py measures the memory
+    it saves). LoRA checks the frozen base: non-reentrant checkpointing needs no input with grad."""
+    kw: dict[str, Any] = dict(method="dss", scorer=server.address, finetune=finetune, grad_accum=2)
+    kw.update(cache_path=str(workdir / f"ac-{finetune}.sqlite"))  # one score cache: the trainer is tested
+    import transformers.modeling_utils as mu
+
+    calls: list[int] = []
+    real = mu.checkpoint
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mu, "checkpoint", counted)  # transformers binds it when checkpointing is enabled
+    plain = run_training(_cfg(workdir, f"plain-{finetune}", **kw))
+    assert not calls
+    ac = run_training(_cfg(workdir, f"ac-{finetune}", activation_checkpointing=True, **kw))
+    assert len(calls) >= 2 * ac.steps  # every layer of every micro-batch ran checkpointed
+    a, b = _rows(Path(plain.output_dir)), _rows(Path(ac.output_dir))
+    assert len(a) == len(b) == plain.steps > 0
+    for ra, rb in zip(a, b, strict=True):
+        assert abs(ra["loss"] - rb["loss"]) <= 1e-6 and abs(ra["kl"] - rb["kl"]) <= 1e-6, (ra, rb)
+    lora = finetune == "lora"
+    wa, wb = _final_weights(Path(plain.output_dir), lora), _final_weights(Path(ac.output_dir), lora)
+    assert wa.keys() == wb.keys() and len(wa) > 0
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-6

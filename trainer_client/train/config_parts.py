@@ -247,6 +247,11 @@ class OptimConfig:
     """'none' (each process a whole copy: one process, or DDP under a launcher) or 'fsdp' (parameters,
     gradients and AdamW states sharded across the processes with FSDP2; launch with torchrun, see
     docs/training.md). With 'fsdp', full finetuning with dss needs reference: precomputed."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (transformers' activation checkpointing, non-reentrant): the kept activations drop to each layer's
+    input plus one layer's intermediates, for about one more forward per step; losses and gradients are
+    unchanged. `star-train --plan` counts it."""
     torch_threads: int = 0
     """torch intra-op threads on CPU (0: torch's default). On a small shared CPU box, 1 avoids
     oversubscription when the scorer or other jobs run beside the trainer."""

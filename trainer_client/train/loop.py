@@ -29,6 +29,7 @@ from trainer_client.train.engine import engine_for
 from trainer_client.train.metrics import guard_disagreement, run_summary, step_row
 from trainer_client.train.model_setup import (
     allow_new_precision,
+    enable_activation_checkpointing,
     load_trainee,
     optimizer_and_schedule,
     with_lora,
@@ -145,6 +146,8 @@ class Trainer:
         self.reference = Reference.for_run(model, needs_ref, cfg.loss.reference, peft=self.lora)
         if self.lora:
             model = with_lora(cfg.trainee, model)
+        if cfg.optim.activation_checkpointing:
+            enable_activation_checkpointing(model)
         model = self.engine.wrap(model)
         if needs_ref and cfg.loss.reference == "precomputed":
             self.reference.precompute(

@@ -9,8 +9,9 @@ architecture, no memory). What is counted per GPU:
   model with its adapter off: free); none when precomputed, the default when sharded;
 - activations kept for the backward pass of one micro-batch of `batch_size` x `max_length` tokens,
   counted tensor by tensor for a Llama-style decoder layer as transformers runs it (sdpa with a padding
-  mask, so keys and values are repeated to every query head; no activation checkpointing, as star-train
-  runs), plus the logits: the trainee's logits and log-softmax in float32 and their two gradients at the
+  mask, so keys and values are repeated to every query head; with `activation_checkpointing` only each
+  layer's input is kept, plus one layer's intermediates while it is recomputed), plus the logits: the
+  trainee's logits and log-softmax in float32 and their two gradients at the
   start of the backward pass (the reference's logits and log-softmax take their place while the loss is
   computed). Mixed precision (bf16/fp16) keeps the layer activations in 2 bytes and the logits in 4;
 - per strategy: one process (`single`); DDP (every GPU holds everything, plus DDP's gradient buckets, a
@@ -68,6 +69,7 @@ class PlanSettings:
     method: str = "dss"
     reference: str = "auto"
     kl_estimator: str = "k2"
+    activation_checkpointing: bool = False
     batch_size: int = 4
     max_length: int = 2048
     gpus: int = 1
@@ -140,7 +142,10 @@ def activation_bytes(shape: ModelShape, s: PlanSettings) -> int:
     # q and k after RoPE, v, k and v repeated to every head, sdpa's output and its contiguous copy (the
     # o_proj input), and the MLP's gate, up, silu(gate) and their product
     per_layer = 4 * shape.hidden + 5 * shape.q_dim + 2 * shape.kv_dim + 4 * shape.intermediate
-    layers = tokens * (shape.layers * per_layer + 2 * shape.hidden) * c
+    if s.activation_checkpointing:  # every layer's input, and one layer's intermediates while recomputed
+        layers = tokens * (shape.layers * shape.hidden + per_layer + 2 * shape.hidden) * c
+    else:
+        layers = tokens * (shape.layers * per_layer + 2 * shape.hidden) * c
     logits_copies = 4 + (3 if s.kl_estimator == "full" and s.method == "dss" else 0)
     logits = tokens * shape.vocab * 4 * logits_copies
     if c == 2:
@@ -178,7 +183,8 @@ def format_plan(shape: ModelShape, s: PlanSettings, rows: list[MemoryRow]) -> st
     lines = [
         f"memory plan for {shape.name}: {shape.params / 1e9:.2f} B parameters, {s.gpus} GPU(s) of "
         f"{s.gpu_gib:g} GiB, micro-batch {s.batch_size} x {s.max_length} tokens, dtype {s.dtype}, "
-        f"mixed precision {s.mixed_precision}, method {s.method}",
+        f"mixed precision {s.mixed_precision}, method {s.method}"
+        + (", activation checkpointing" if s.activation_checkpointing else ""),
         f"{'strategy':<8} {'GPUs':>4} {'weights':>8} {'grads':>8} {'AdamW':>8} {'ref':>8} {'activ.':>8} "
         f"{'total':>8}  fits",
     ]

@@ -38,6 +38,16 @@ def with_lora(trainee: TraineeConfig, model: Any) -> Any:
     return get_peft_model(model, lcfg, autocast_adapter_dtype=True)
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute every decoder layer in the backward pass (`activation_checkpointing: true`), on the
+    model under any LoRA wrapper. Non-reentrant checkpointing: it needs no input that requires grad (a
+    frozen LoRA base) and recomputes under FSDP2's hooks (each block gathered again)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"activation_checkpointing: {type(base).__name__} does not support it")
+    base.activation_checkpointing_enable({"use_reentrant": False})
+
+
 def optimizer_and_schedule(optim: OptimConfig, model: Any, total_steps: int) -> tuple[Any, Any]:
     """AdamW over the trainable parameters and the warmup + cosine-to-floor schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
