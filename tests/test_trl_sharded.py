@@ -41,16 +41,18 @@ from accelerate.state import AcceleratorState
 from tests.test_trl_sharded import trainer
 for run in json.loads(open(sys.argv[1]).read()):
     AcceleratorState._reset_state()  # each run its own plugin and precision (the process group stays)
-    tr = trainer(run["work"], run["out"], run["finetune"], run["method"], 2, fsdp=True, bf16=run["bf16"])
+    tr = trainer(run["work"], run["out"], run["finetune"], run["method"], 2, fsdp=True, bf16=run["bf16"],
+                 **run.get("extra", {}))
     seen = []
     fetch = tr._star.batch
     tr._star.batch = lambda idx: (seen.append(list(idx)), fetch(idx))[1]
-    tr.train()
+    tr.train(resume_from_checkpoint=run.get("resume"))
     tr.save_model(run["out"])
     p = dict(tr.model.named_parameters())
     sharded = {n: [list(t.to_local().shape), list(t.shape)] for n, t in p.items() if hasattr(t, "to_local")}
     got = dict(rows=tr.star_rows, seen=seen, out_of_order=tr._star.out_of_order, sharded=sharded,
-               fsdp=tr.is_fsdp_enabled, dtypes=sorted({str(t.dtype) for t in p.values()}))
+               fsdp=tr.is_fsdp_enabled, dtypes=sorted({str(t.dtype) for t in p.values()}),
+               ref={i: a.tolist() for i, a in (tr._star.ref_lp or {}).items()})
     rank = tr.args.process_index
     open(f"{run['out']}/rank{rank}.json", "w").write(json.dumps(got))
 tr.accelerator.end_training()  # without it gloo may abort at exit (pytorch#190489)
@@ -58,11 +60,20 @@ tr.accelerator.end_training()  # without it gloo may abort at exit (pytorch#1904
 
 
 def trainer(
-    work: str, out: str, finetune: str, method: str, grad_accum: int, fsdp: bool = False, bf16: bool = False
+    work: str,
+    out: str,
+    finetune: str,
+    method: str,
+    grad_accum: int,
+    fsdp: bool = False,
+    bf16: bool = False,
+    **extra: Any,
 ) -> StarDSSTrainer:
-    """The run of one combination: star-train's schedule and AdamW, batch 1, 2 epochs over 8 examples."""
+    """The run of one combination: star-train's schedule and AdamW, batch 1, 2 epochs over 8 examples
+    (`extra`: SFTConfig arguments over these)."""
     rows = [json.loads(x) for x in (Path(work) / "data.jsonl").read_text().splitlines()]
     sharded: dict[str, Any] = {"fsdp": True, "fsdp_config": {"version": 2}} if fsdp else {}
+    opts: dict[str, Any] = dict(save_strategy="no") | sharded | extra
     args = SFTConfig(
         output_dir=out,
         per_device_train_batch_size=1,
@@ -77,9 +88,8 @@ def trainer(
         bf16=bf16,
         use_cpu=True,
         report_to=[],
-        save_strategy="no",
         disable_tqdm=True,
-        **sharded,
+        **opts,
     )
     star = StarDSSConfig(method="sft", cache_path="")
     if method == "dss":
@@ -95,10 +105,35 @@ def trainer(
     return StarDSSTrainer(model, args=args, train_dataset=ds, star=star, peft_config=peft)
 
 
+SAVE_EVERY_STEP = {"save_strategy": "steps", "save_steps": 1}
+SHARDED_SD = {"fsdp_config": {"version": 2, "state_dict_type": "SHARDED_STATE_DICT"}}
+RESUMED = {  # the runs resumed from their step-1 checkpoint: (finetune, method, SFTConfig arguments)
+    "full-dss": ("full", "dss", {}),
+    "lora-dss": ("lora", "dss", {}),
+    "sharded": ("full", "dss", SHARDED_SD),
+}
+
+
 def _runs(work: Path) -> list[dict[str, Any]]:
     runs = [dict(finetune=f, method=m, bf16=False, out=str(work / f"two-{f}-{m}")) for f, m in COMBOS]
     runs.append(dict(finetune="full", method="dss", bf16=True, out=str(work / "two-bf16")))
+    runs.append(
+        dict(finetune="full", method="dss", bf16=False, out=str(work / "two-sharded"), extra=SHARDED_SD)
+    )
+    for r in runs:  # the checkpoints the resumed runs start from
+        if Path(r["out"]).name.removeprefix("two-") in RESUMED:
+            r["extra"] = r.get("extra", {}) | SAVE_EVERY_STEP
     return [r | {"work": str(work)} for r in runs]
+
+
+def _launch(work: Path, name: str, runs: list[dict[str, Any]]) -> None:
+    """One torchrun of two processes running `runs` in turn (torch, transformers and TRL imported once)."""
+    (work / f"{name}.json").write_text(json.dumps(runs))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(free_port()), str(work / "driver.py"), str(work / f"{name}.json")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +151,23 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_guard_dir: Path) -> Path
     )
     (work / "score.json").write_text(json.dumps(recipe))
     assert precompute_main(["--config", str(work / "score.json"), "--out", str(work / "scores.jsonl")]) == 0
-    (work / "runs.json").write_text(json.dumps(_runs(work)))
     (work / "driver.py").write_text(_DRIVER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", str(free_port()), str(work / "driver.py"), str(work / "runs.json")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    _launch(work, "runs", _runs(work))
+    return work
+
+
+@pytest.fixture(scope="module")
+def resumed(work: Path) -> Path:
+    """A second launch, as after a stop: each of RESUMED from its run's checkpoint-1 to the end."""
+    runs = []
+    for name, (finetune, method, extra) in RESUMED.items():
+        ckpt = str(work / f"two-{name}" / "checkpoint-1")
+        extra = extra | (
+            {"save_strategy": "steps", "save_steps": 4} if extra else {}
+        )  # sharded: no save_model
+        out = str(work / f"resumed-{name}")
+        runs.append(dict(finetune=finetune, method=method, bf16=False, out=out, extra=extra, resume=ckpt))
+    _launch(work, "resumed", [r | {"work": str(work)} for r in runs])
     return work
 
 
@@ -138,6 +183,11 @@ def _global_losses(ranks: list[dict[str, Any]]) -> list[float]:
 
 
 def _final(out: Path, lora: bool) -> dict[str, torch.Tensor]:
+    if (out / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir():  # SHARDED_STATE_DICT: a DCP directory
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        dcp_to_torch_save(out / "checkpoint-4" / "pytorch_model_fsdp_0", out / "final.pt")
+        return dict(torch.load(out / "final.pt", weights_only=True)["model"])
     return load_file(str(out / ("adapter_model.safetensors" if lora else "model.safetensors")))
 
 
@@ -183,6 +233,25 @@ def test_bf16_compute_keeps_float32_masters(work: Path) -> None:
     assert 0 < max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-2
     assert all(r["rows"][0]["kl"] == 0.0 and r["dtypes"] == ["torch.float32"] for r in bf16)
     assert {t.dtype for t in _final(work / "two-bf16", lora=False).values()} == {torch.float32}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RESUMED))
+def test_resumed_run_equals_the_uninterrupted_one(resumed: Path, name: str) -> None:
+    """Stopped after step 1 (mid-epoch) and resumed in a new launch: steps 2-4 and the final weights as
+    the uninterrupted run's; the precomputed reference is the starting weights' (computed before the
+    checkpoint is loaded), and the scores are prefetched from the resume point, in order."""
+    whole, again = _ranks(resumed / f"two-{name}"), _ranks(resumed / f"resumed-{name}")
+    a, b = _global_losses(whole)[1:], _global_losses(again)
+    assert [r["step"] for r in again[0]["rows"]] == [2, 3, 4]
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < TOLERANCE, (a, b)
+    lora = RESUMED[name][0] == "lora"
+    wa, wb = _final(resumed / f"two-{name}", lora), _final(resumed / f"resumed-{name}", lora)
+    assert wa.keys() == wb.keys() and len(wa) > 0
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < TOLERANCE
+    for w, r in zip(whole, again, strict=True):
+        assert r["ref"] == w["ref"] and bool(r["ref"]) == (not lora)
+        assert r["out_of_order"] == 0 and r["seen"] == w["seen"][2:]
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,10 @@
 
 An FSDP forward is a collective: every process runs the same number of forwards. Each process asks for
 the examples it lacks (its cache may differ from another's); the union is split by rank, a process
-whose part is done runs its first example again, and the results are exchanged."""
+whose part is done runs its first example again, and the results are exchanged. The model is left
+resharded: FSDP2 keeps the root module's parameters unsharded after a forward (it expects the backward
+next), and a checkpoint load then copies full tensors into plain-tensor parameters (a resume failed so:
+"aten.copy_.default got mixed torch.Tensor and DTensor")."""
 
 from __future__ import annotations
 
@@ -48,7 +51,17 @@ class ShardedReferenceCompute:
             with torch.no_grad():
                 lps = label_logprobs(model, exs, pad_id, batch_size, device, autocast)
             got.update(zip(part, lps, strict=True))
+        _reshard(model)
         everyone: list[dict[int, np.ndarray]] = [{} for _ in range(world)]
         dist.all_gather_object(everyone, {i: got[i] for i in mine})
         merged = {i: a for part in everyone for i, a in part.items()}
         return [merged[e.index] for e in asked]
+
+
+def _reshard(model: Any) -> None:
+    """Free every FSDP2 module's gathered parameters (what a forward without backward leaves behind)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()

@@ -175,8 +175,14 @@ class StarDSSTrainer(SFTTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if model is not None:  # FSDP: the reference comes from the starting weights, not the checkpoint's
-            self.reference_on_shards(model)
+            self.reference_on_shards(model)  # (it leaves the model resharded, as the load needs)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _init_training_state(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        epochs, batches = super()._init_training_state(*args, **kwargs)
+        if self.state.global_step > 0:  # a resume: prefetch from where the Trainer's data starts again
+            self._star.start(_order(len(self.star_examples), cast(SFTConfig, self.args), epochs, batches))
+        return epochs, batches
 
     # -- what TRL asks of us --
     def _set_signature_columns_if_needed(self) -> None:
@@ -269,15 +275,20 @@ def _model_and_tokenizer(model: Any, args: SFTConfig, processing_class: Any) -> 
     return model, tok
 
 
-def _order(n: int, args: SFTConfig) -> list[list[int]]:
-    """The micro-batches this process will see over the whole run (see `batch_order`)."""
+def _order(n: int, args: SFTConfig, epochs_done: int = 0, batches_done: int = 0) -> list[list[int]]:
+    """The micro-batches this process will see over the whole run (see `batch_order`); on a resume,
+    after the `epochs_done` epochs and the `batches_done` micro-batches of the next that the Trainer
+    skips."""
     bs, world = args.per_device_train_batch_size, max(1, args.world_size)
     per_epoch = math.ceil(math.ceil(n / bs / world) / args.gradient_accumulation_steps)
     epochs = math.ceil(args.max_steps / per_epoch) if args.max_steps > 0 else math.ceil(args.num_train_epochs)
     acc = args.accelerator_config
     even = bool(getattr(acc, "even_batches", True)) if acc is not None else True
     drop = bool(args.dataloader_drop_last)
-    return list(batch_order(n, args.seed, bs, max(1, epochs), args.process_index, world, drop, even))
+    shard = (args.process_index, world, drop, even)
+    order = list(batch_order(n, args.seed, bs, max(1, epochs, epochs_done + 1), *shard))
+    skip = epochs_done * len(list(batch_order(n, args.seed, bs, 1, *shard))) + batches_done
+    return order[skip:]
 
 
 def _eval_rows(eval_dataset: Any, tokenizer: Any, opts: Mapping[str, Any]) -> Any:
