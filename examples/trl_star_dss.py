@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl import SFTConfig
 
     from trainer_client.integrations.trl import StarDSSConfig, StarDSSTrainer
+    from trainer_client.process_group import leave_process_group, release_trainer
 
     dataset = load_dataset("json", data_files=args.data, split="train")
     sharded: dict[str, Any] = {"fsdp": True, "fsdp_config": {"version": 2}} if args.fsdp else {}
@@ -81,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return _refused(str(e))
     trainer.train()
     trainer.save_model(args.output_dir)
-    # under a launcher, leave the process group before exit (gloo can abort at exit otherwise)
-    trainer.accelerator.end_training()
+    # under a launcher, leave the process group before exit (gloo can abort at exit otherwise): first
+    # drop every reference to the trained model, which holds the group
+    release_trainer(trainer)
+    del trainer
+    leave_process_group()
     return 0
 
 

@@ -233,6 +233,7 @@ import json, sys
 from datasets import Dataset
 from trl import SFTConfig
 from trainer_client.integrations.trl import StarDSSConfig, StarDSSTrainer
+from trainer_client.process_group import leave_process_group, release_trainer
 rows = [json.loads(x) for x in open(sys.argv[1])]
 ds = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "response")})
 args = SFTConfig(output_dir=sys.argv[3], per_device_train_batch_size=2, num_train_epochs=2, bf16=False,
@@ -242,7 +243,9 @@ tr = StarDSSTrainer(sys.argv[2], args=args, train_dataset=ds, star=star)
 tr.train()
 got = [args.world_size, tr._star.out_of_order, len(tr.star_rows)]
 open(f"{sys.argv[3]}/rank{args.process_index}.json", "w").write(json.dumps(got))
-tr.accelerator.end_training()  # without it gloo may abort at exit (pytorch#190489)
+release_trainer(tr)  # then nothing keeps the group alive: gloo may abort at exit (pytorch#190489)
+del tr
+leave_process_group()
 """
 
 

@@ -39,6 +39,7 @@ import json, sys
 import torch
 from accelerate.state import AcceleratorState
 from tests.test_trl_sharded import trainer
+from trainer_client.process_group import leave_process_group, release_trainer
 for run in json.loads(open(sys.argv[1]).read()):
     AcceleratorState._reset_state()  # each run its own plugin and precision (the process group stays)
     tr = trainer(run["work"], run["out"], run["finetune"], run["method"], 2, fsdp=True, bf16=run["bf16"],
@@ -55,7 +56,9 @@ for run in json.loads(open(sys.argv[1]).read()):
                ref={i: a.tolist() for i, a in (tr._star.ref_lp or {}).items()})
     rank = tr.args.process_index
     open(f"{run['out']}/rank{rank}.json", "w").write(json.dumps(got))
-tr.accelerator.end_training()  # without it gloo may abort at exit (pytorch#190489)
+release_trainer(tr)  # then nothing keeps the group alive: gloo may abort at exit (pytorch#190489)
+del tr
+leave_process_group()
 """
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from star_contract.cli_errors import USER_ERRORS, fail
+from trainer_client.process_group import leave_process_group
 from trainer_client.train.config import add_recipe_arguments, load_config, read_recipe
 
 EPILOG = """examples:
@@ -93,25 +94,14 @@ def print_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def leave_process_group() -> None:
-    """Destroy torch.distributed's default group if this process joined one (under torchrun). A gloo
-    process that exits with its group alive can abort at exit (pytorch#190489): torchrun would then
-    fail a run that finished."""
-    if "torch.distributed" not in sys.modules:  # never imported: no group (and --help stays instant)
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def entry(argv: list[str] | None = None) -> int:
-    """The `star-train` command: `main`, then leave the process group (once per process, so `main`
-    itself can run several recipes in one process)."""
-    try:
-        return main(argv)
-    finally:
+    """The `star-train` command: `main`, then, when it succeeded, leave the process group (once per
+    process, so `main` itself can run several recipes in one process). A failed process leaves it
+    alone: its peers may be inside a collective, and torchrun ends them."""
+    code = main(argv)
+    if code == 0:
         leave_process_group()
+    return code
 
 
 if __name__ == "__main__":
