@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from star_testing import fork_server
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "star.v1.ScorerService"
 SERVING = 1
@@ -52,14 +54,16 @@ class ScorerProcess:
     metrics_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     """Added to this process's environment (STAR_THREADS defaults to 1)."""
-    preexec_fn: Callable[[], None] | None = None
     host: str = "127.0.0.1"
     """Any loopback address (127.0.0.0/8): replicas on 127.0.0.2, 127.0.0.3, ... share one port, as the
     pods behind a headless Service do."""
     script: str | None = None
     """A Python file to run instead of `python -m scorer_server.cli`: a test harness around the real CLI
     (tests/gated_scorer.py)."""
-    proc: subprocess.Popen[bytes] | None = None
+    fresh: bool = False
+    """Start a new interpreter even where the test suite's fork server could fork it."""
+    proc: fork_server.Process | None = None
+    """subprocess.Popen, or a child of the test suite's fork server (star_testing.fork_server)."""
 
     @property
     def address(self) -> str:
@@ -71,10 +75,8 @@ class ScorerProcess:
         cmd = [sys.executable, *entry, "serve", *self.args]
         cmd += ["--host", self.host, "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "STAR_THREADS": "1", **self.env}
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=log, env=env, cwd=ROOT, preexec_fn=self.preexec_fn
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = fork_server.popen(cmd, stdout=log, stderr=log, env=env, cwd=ROOT, fresh=self.fresh)
         return self
 
     def start(self, timeout: float = 90.0, credentials: object | None = None) -> ScorerProcess:

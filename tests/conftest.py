@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from star_testing import fork_server
 from star_testing.real_guards import require_guard_templates
 from star_testing.scorer_process import ScorerProcess, free_port
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
@@ -20,7 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, each worker's torch (and the processes it starts) gets its share of the cores
     instead of all of them: two workers with two threads each on two cores spend their time switching.
-    Servers started by the tests already run with one thread (STAR_THREADS=1)."""
+    Servers started by the tests already run with one thread (STAR_THREADS=1).
+
+    Then the fork server starts in the background (star_testing.fork_server: the servers and CLIs the
+    tests launch are forked from a process that imported torch and transformers once, instead of each
+    paying about 4 CPU-seconds for it; `STAR_FORK_SERVER=0` starts every process fresh)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1 and os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
@@ -28,6 +33,10 @@ def pytest_configure(config: pytest.Config) -> None:
         share = max(1, (os.cpu_count() or 1) // workers)
         torch.set_num_threads(share)
         os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    os.environ.setdefault(fork_server.ENABLE, "1")
+    xdist_controller = not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", 0))
+    if not xdist_controller:  # it runs no tests
+        fork_server.prestart()
 
 
 @pytest.fixture(scope="session")

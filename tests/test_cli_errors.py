@@ -3,24 +3,18 @@ exit code 2, one `PROG: error: ...` line that names what to change, no traceback
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from star_testing import fork_server
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(module: str, *args: str) -> tuple[int, list[str]]:
-    done = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    done = fork_server.run([sys.executable, "-m", module, *args], cwd=ROOT, timeout=120)
     return done.returncode, [line for line in done.stderr.splitlines() if line.strip()]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from star_testing import fork_server
 from star_testing.scorer_process import free_port
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard
 
@@ -30,9 +31,7 @@ def serve(*args: str, timeout: float = 120.0) -> tuple[int, list[str]]:
         cmd += ["--port", str(free_port())]
     if "--metrics-port" not in args:
         cmd += ["--metrics-port", "0"]
-    done = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
+    done = fork_server.run(cmd, cwd=ROOT, timeout=timeout)
     return done.returncode, [line for line in done.stderr.splitlines() if line.strip()]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from scorer_server.budget import TokenBudget
 from scorer_server.engine.caches import KVState
 from scorer_server.errors import LimitReached
 from scorer_server.tenants import ANONYMOUS, derived_name, read_tenant_tokens
+from star_testing import fork_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,22 +73,8 @@ def test_a_bad_line_is_refused_naming_where_but_never_the_token(
 def test_a_bad_tokens_file_stops_the_server_with_one_line(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("acme:SeCrEt\nacme:other\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scorer_server.cli",
-            "serve",
-            "--guard",
-            str(tmp_path),
-            "--auth-tokens-file",
-            str(path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cmd = [sys.executable, "-m", "scorer_server.cli", "serve", "--guard", str(tmp_path)]
+    done = fork_server.run([*cmd, "--auth-tokens-file", str(path)], cwd=ROOT, timeout=120)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("star-scorer serve: error: --auth-tokens-file"), lines

@@ -14,7 +14,6 @@ import json
 import math
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from gated_scorer import GATE_ENV
 from safetensors.torch import load_file
 
 from star_client import ClientConfig
+from star_testing import fork_server
 from star_testing.scorer_process import ScorerProcess, free_port
 from star_testing.tiny_chat import save_tiny_run
 
@@ -90,7 +90,7 @@ class Trainer:
             cmd += ["--set", f"{k}={v}"]
         self.log = out.with_suffix(".log")
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = fork_server.popen(cmd, cwd=ROOT, stdout=log, stderr=log)
 
     def steps(self) -> int:
         path = self.out / "metrics.jsonl"

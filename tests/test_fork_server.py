@@ -1,0 +1,136 @@
+"""The test suite's fork server (star_testing.fork_server) gives the processes tests start everything a
+fresh `python` would: argv, environment, working directory, stdio, exit codes, signals, atexit and
+thread joins at exit, and falls back to a fresh interpreter where a fork could differ."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from star_testing import fork_server
+from star_testing.scorer_process import ScorerProcess, free_port
+
+SCRIPT = """
+import atexit, json, os, sys, threading, time
+mode = sys.argv[1]
+atexit.register(lambda: print("atexit ran", flush=True))
+if mode == "report":
+    import numpy
+    print(json.dumps({
+        "argv": sys.argv, "cwd": os.getcwd(), "env": os.environ.get("STAR_PROBE"),
+        "torch_loaded_before_us": TORCH_AT_START, "pid": os.getpid(), "path0": sys.path[0],
+        "name": __name__, "draw": float(numpy.random.random()),
+    }))
+elif mode == "exit":
+    print("to stderr", file=sys.stderr)
+    sys.exit(int(sys.argv[2]))
+elif mode == "raise":
+    raise ValueError("boom")
+elif mode == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()
+elif mode == "sleep":
+    print("sleeping", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fork") / "child.py"
+    path.write_text("import sys\nTORCH_AT_START = 'torch' in sys.modules\n" + SCRIPT)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _fork_server_on() -> None:
+    if not fork_server.enabled():
+        pytest.skip("STAR_FORK_SERVER=0: every process starts fresh")
+
+
+def report(script: Path, tmp_path: Path, **env: str) -> dict[str, object]:
+    import json
+
+    done = fork_server.run(
+        [sys.executable, str(script), "report", "x y"], env={**os.environ, **env}, cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "atexit ran"
+    return dict(json.loads(lines[0]))
+
+
+def test_a_forked_child_has_its_own_argv_environment_and_directory(script: Path, tmp_path: Path) -> None:
+    first = report(script, tmp_path, STAR_PROBE="one")
+    second = report(script, tmp_path, STAR_PROBE="two")
+    assert first["torch_loaded_before_us"] is True  # forked: torch came with the fork server
+    assert first["argv"] == [str(script), "report", "x y"] and first["name"] == "__main__"
+    assert first["cwd"] == str(tmp_path) and first["path0"] == str(script.parent)
+    assert (first["env"], second["env"]) == ("one", "two")
+    assert first["pid"] not in (second["pid"], os.getpid())
+    assert first["draw"] != second["draw"]  # numpy's global generator is reseeded, as in a new process
+
+
+def test_an_environment_the_preloaded_modules_could_read_gets_a_fresh_interpreter(
+    script: Path, tmp_path: Path
+) -> None:
+    fresh = report(script, tmp_path, OMP_NUM_THREADS="7", STAR_PROBE="p")
+    assert fresh["torch_loaded_before_us"] is False and fresh["env"] == "p"
+
+
+def test_exit_codes_stderr_and_uncaught_exceptions_are_those_of_a_fresh_process(
+    script: Path, tmp_path: Path
+) -> None:
+    done = fork_server.run([sys.executable, str(script), "exit", "3"], cwd=tmp_path, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (3, "to stderr\n", "atexit ran\n")
+    done = fork_server.run([sys.executable, str(script), "raise"], cwd=tmp_path, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and done.stderr.rstrip().endswith("ValueError: boom")
+    done = fork_server.run([sys.executable, str(script), "thread"], cwd=tmp_path, timeout=60)
+    assert done.stdout.splitlines() == ["thread done", "atexit ran"]  # non-daemon threads are joined
+
+
+def test_signals_reach_the_child_and_its_end_is_reported(script: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("wb") as log:
+        proc = fork_server.popen([sys.executable, str(script), "sleep"], cwd=tmp_path, stdout=log)
+    assert isinstance(proc, fork_server.ForkedProcess)
+    end = time.monotonic() + 30
+    while out.read_text() != "sleeping\n" and time.monotonic() < end:
+        time.sleep(0.02)
+    assert proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL and proc.poll() == -signal.SIGKILL
+    proc.kill()  # a no-op once it has ended, as with Popen
+
+
+def test_a_forked_scorer_answers_as_a_fresh_one(tiny_guard_dir: Path, tmp_path: Path) -> None:
+    """The fork server's reason to exist is the scorer: the same Score request to a forked and to a
+    freshly started `star-scorer serve` gets the same segments."""
+    from star_client import ScorerClient
+    from star_contract.types import Conversation, CutSpec, ScoreRequest
+
+    conv = Conversation.from_pair("How do I bake bread?", "Mix flour, water and yeast, then wait.")
+    request = ScoreRequest(conv, CutSpec(every=2))
+    results = []
+    for fresh in (False, True):
+        args = ["--guard", str(tiny_guard_dir), "--preset", "llama-guard-3"]
+        srv = ScorerProcess(args, tmp_path / f"{fresh}.log", free_port(), free_port(), fresh=fresh)
+        try:
+            srv.start()
+            assert isinstance(srv.proc, fork_server.ForkedProcess) != fresh
+            client = ScorerClient(srv.address)
+            try:
+                results.append(client.score(request))
+            finally:
+                client.close()
+        finally:
+            assert srv.stop(10) == 0
+    assert results[0] == results[1] and len(results[0].segments) > 2
