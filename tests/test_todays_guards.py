@@ -6,6 +6,7 @@ a thinking mode), so no number is ever read at a position where the guard writes
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,12 @@ class Oracle:
         self.forced, self.fields, self.classes = forced, fields, classes
         self.specials = name == "wildguard"  # its library tokenises with the BOS token added
 
+    def variant(self, forced: str, fields: Fields, classes: tuple[tuple[str, bool], ...]) -> Oracle:
+        """The same guard (model and tokenizer shared) read with another spec."""
+        other = copy.copy(self)
+        other.forced, other.fields, other.classes = forced, fields, classes
+        return other
+
     def prompt(self, response: str | None) -> str:
         """The guard's prompt for PROMPT and `response`; None: the prompt alone is judged."""
         from star_testing import guard_formats
@@ -163,7 +170,8 @@ class Oracle:
 
     def last_logits(self, text: str) -> Any:
         with self.torch.inference_mode():
-            return self.model(input_ids=self.torch.tensor([self.encode(text)])).logits[0, -1].double()
+            ids = self.torch.tensor([self.encode(text)])
+            return self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].double()
 
     def p_safe_of_the_prompt(self) -> float:
         """The prompt alone judged: its own verdict, the first field when the guard writes fields
@@ -267,18 +275,14 @@ def test_score_score_stream_judge_and_moderate_equal_the_oracle(
 
 def test_the_oracle_notices_a_wrong_forced_text_or_class_set(family: tuple[str, Path, Oracle]) -> None:
     """Mutations of the spec change the numbers, so the conformance test above would fail on them."""
-    name, path, oracle = family
+    name, _, oracle = family
     forced, fields, classes, _ = FAMILIES[name]
     right = [oracle.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
     # a class dropped (Qwen3Guard's Controversial), or the safe and unsafe words swapped
     other_classes = classes[:2] if len(classes) > 2 else ((classes[0][0], False), (classes[1][0], True))
-    art = oracle.artefacts
-    mutants = [
-        Oracle(name, path, art, "", fields, classes),
-        Oracle(name, path, art, forced, fields, other_classes),
-    ]
+    mutants = [oracle.variant("", fields, classes), oracle.variant(forced, fields, other_classes)]
     if fields:  # an earlier field left out: the verdict read where the guard writes the field
-        mutants.append(Oracle(name, path, art, forced, (), classes))
+        mutants.append(oracle.variant(forced, (), classes))
     for mutant in mutants:
         wrong = [mutant.p_safe(RESPONSE[:n]) for n in (5, 30, len(RESPONSE))]
         assert max(abs(a - b) for a, b in zip(right, wrong, strict=True)) > 1e-3
@@ -326,7 +330,7 @@ def test_a_request_can_read_qwen3guards_controversial_as_safe(
     forced, fields, classes, _ = FAMILIES["qwen3guard-gen"]
     loose = tuple((w, safe or w.strip() == "Controversial") for w, safe in classes)
     strict_oracle = Oracle("qwen3guard-gen", path, guard_templates, forced, fields, classes)
-    loose_oracle = Oracle("qwen3guard-gen", path, guard_templates, forced, fields, loose)
+    loose_oracle = strict_oracle.variant(forced, fields, loose)
     server = start_server("--guard", str(path), "--preset", "qwen3guard-gen", "--no-warmup")
     conv = Conversation.from_pair(PROMPT, RESPONSE)
     spec = CutSpec(CutKind.WORDS, 4)
