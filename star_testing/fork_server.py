@@ -17,7 +17,7 @@ What a forked child does not get, and when a fresh interpreter is used instead:
 - tests about start-up itself (what is imported, how long it takes) start their processes directly.
 
 On only when `STAR_FORK_SERVER=1` (tests/conftest.py sets it; `STAR_FORK_SERVER=0 pytest` runs every
-process fresh). Benchmarks never use it."""
+process fresh). Only benchmarks/process_launch.py, which measures it, uses it outside the tests."""
 
 from __future__ import annotations
 

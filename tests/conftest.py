@@ -34,6 +34,9 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(share)
         os.environ.setdefault("OMP_NUM_THREADS", str(share))
     os.environ.setdefault(fork_server.ENABLE, "1")
+    # star-demo, run in-process by the toy-world tests, sets this for good; set before the fork server
+    # starts, it does not make the worker's later launches differ from the fork server's environment.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     xdist_controller = not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", 0))
     if not xdist_controller:  # it runs no tests
         fork_server.prestart()
@@ -137,19 +140,28 @@ XDIST_GROUPS = {
 SLOW_FIRST = (
     "test_toy_demo.py",
     "test_landscape_toy.py",
-    "test_train_faults.py",
-    "test_fleet_soak.py",
     "test_vllm_real.py",
-    "test_real_guard_templates.py",
-    "test_incremental.py",
-    "test_hostile_input.py",
+    "test_one_engine.py",
     "test_toy_fooled.py",
+    "test_real_guards_2.py",
+    "test_todays_guards.py",
+    "test_train_faults.py",
+    "test_gateway.py",
+    "test_train_sharded.py",
+    "test_trl_sharded.py",
+    "test_gateway_vllm.py",
+    "test_fleet_soak.py",
+    "test_hostile_input.py",
+    "test_trl_options.py",
+    "test_real_guard_templates.py",
+    "test_gateway_litellm.py",
+    "test_moderate_example.py",
     "test_one_pass_equivalence.py",
-    "test_train.py",
-    "test_client_failover.py",
+    "test_incremental.py",
+    "test_multinode_launch.py",
 )
-"""Long-running modules, started first so that two workers finish together (a scheduling hint only:
-a stale list costs wall time, never correctness)."""
+"""Long-running modules, longest first (as measured 2026-12-07), started first so that the workers finish
+together (a scheduling hint only: a stale list costs wall time, never correctness)."""
 
 
 @pytest.hookimpl(tryfirst=True)
