@@ -62,6 +62,8 @@ class ScorerProcess:
     (tests/gated_scorer.py)."""
     fresh: bool = False
     """Start a new interpreter even where the test suite's fork server could fork it."""
+    preexec_fn: Callable[[], None] | None = None
+    """Run in the child before the scorer starts (e.g. CPU pinning); implies a fresh interpreter."""
     proc: fork_server.Process | None = None
     """subprocess.Popen, or a child of the test suite's fork server (star_testing.fork_server)."""
 
@@ -76,7 +78,14 @@ class ScorerProcess:
         cmd += ["--host", self.host, "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "STAR_THREADS": "1", **self.env}
         with self.log_path.open("ab") as log:
-            self.proc = fork_server.popen(cmd, stdout=log, stderr=log, env=env, cwd=ROOT, fresh=self.fresh)
+            if self.preexec_fn is None:
+                self.proc = fork_server.popen(
+                    cmd, stdout=log, stderr=log, env=env, cwd=ROOT, fresh=self.fresh
+                )
+            else:
+                self.proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=log, env=env, cwd=ROOT, preexec_fn=self.preexec_fn
+                )
         return self
 
     def start(self, timeout: float = 90.0, credentials: object | None = None) -> ScorerProcess:
