@@ -37,6 +37,9 @@ from typing import IO, Any, Protocol
 FREE_TO_DIFFER = ("STAR_", "PYTEST_", "GRPC_")
 """Environment variables no preloaded module reads at import time."""
 ENABLE = "STAR_FORK_SERVER"
+MAX_SERVERS = 3
+"""Fork servers per test process at most: a test that flips its own environment back and forth gets
+fresh interpreters after that, not a fork server per flip."""
 REPORT = "STAR_FORK_SERVER_REPORT"
 """A file each test process appends its launch counts to at exit (forked, and why others were not)."""
 
@@ -169,10 +172,11 @@ class ForkServer:
 
 
 class Launcher:
-    """This process's fork servers: the current one, and those retired when this process's own
-    environment changed (a test run in-process may set a variable for good). A retired server stays
+    """This process's fork servers: the first, and one more (up to MAX_SERVERS) each time this process's
+    own environment has changed in what the preloaded modules read (a test run in-process may set a
+    variable for good). A launch goes to a server whose environment it matches; every server stays
     until the end, as its children report their exit through it. Counts what was forked and why the
-    rest started fresh (`report`)."""
+    rest started fresh (STAR_FORK_SERVER_REPORT)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -195,22 +199,27 @@ class Launcher:
         new_session: bool,
     ) -> ForkedProcess | None:
         """A forked child, or None where `cmd` must start fresh (counted with the reason)."""
+        module = len(cmd) > 2 and cmd[1] == "-m"
         script = len(cmd) > 1 and not cmd[1].startswith("-") and cmd[1].endswith(".py")
-        if not (len(cmd) > 2 and cmd[0] == sys.executable and (cmd[1] == "-m" or script)):
+        if not (cmd[0] == sys.executable and (module or script)):
             self._count("fresh: not `python -m module` or `python script.py`")
             return None
-        server = self.servers[-1]
-        if not server.ready():
+        if not self.servers[0].ready():
             self._count("fresh: the fork server did not start (see its log)")
             return None
-        differ = server.differences(env)
-        if differ and differ == server.differences(os.environ):  # ours changed, not just the child's
+        server = next((s for s in self.servers if s.ready() and not s.differences(env)), None)
+        changed = {k for k in {*env, *os.environ} if env.get(k) != os.environ.get(k)}
+        like_ours = all(k.startswith(FREE_TO_DIFFER) for k in changed)
+        # this process's own environment changed since its fork servers started: one more
+        if server is None and like_ours and len(self.servers) < MAX_SERVERS:
             folder = self.folder / str(len(self.servers))
             folder.mkdir()
-            self.servers.append(server := ForkServer(folder, os.environ))
-            self._count("new fork server: " + ", ".join(sorted(differ)))
-            differ = server.differences(env) if server.ready() else {"(it did not start)"}
-        if differ:
+            self.servers.append(ForkServer(folder, os.environ))
+            self._count("new fork server: " + ", ".join(sorted(self.servers[0].differences(env))))
+            if self.servers[-1].ready() and not self.servers[-1].differences(env):
+                server = self.servers[-1]
+        if server is None:
+            differ = self.servers[0].differences(env)
             self._count("fresh: the environment differs in " + ", ".join(sorted(differ)))
             return None
         child = server.spawn(cmd, env, cwd, stdio, new_session)

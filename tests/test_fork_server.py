@@ -134,3 +134,43 @@ def test_a_forked_scorer_answers_as_a_fresh_one(tiny_guard_dir: Path, tmp_path: 
         finally:
             assert srv.stop(10) == 0
     assert results[0] == results[1] and len(results[0].segments) > 2
+
+
+def test_a_process_whose_own_environment_changed_gets_one_more_fork_server(
+    script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test run in-process may set a variable for good (star-demo sets TOKENIZERS_PARALLELISM): later
+    launches get a fork server started under the new environment, and launches under the old one go
+    back to the first; a child's own difference still starts it fresh."""
+    import json
+
+    launcher = fork_server.Launcher(tmp_path / "servers")
+    launcher.start()
+
+    def launch(env: dict[str, str]) -> bool:
+        out = tmp_path / "out.json"
+        with out.open("wb") as fh, open(os.devnull, "rb") as devnull:
+            cmd = [sys.executable, str(script), "report"]
+            child = launcher.spawn(cmd, env, tmp_path, (devnull.fileno(), fh.fileno(), fh.fileno()), False)
+        if child is None:
+            return False
+        assert child.wait(60) == 0
+        report = json.loads(out.read_text().splitlines()[0])
+        assert report["env"] == env.get("STAR_PROBE") and report["torch_loaded_before_us"] is True
+        return True
+
+    try:
+        assert launch({**os.environ, "STAR_PROBE": "first"})
+        monkeypatch.setenv("FORK_SERVER_TEST_VARIABLE", "1")
+        assert launch({**os.environ, "STAR_PROBE": "changed"})
+        monkeypatch.delenv("FORK_SERVER_TEST_VARIABLE")
+        assert launch({**os.environ, "STAR_PROBE": "back"})
+        assert not launch({**os.environ, "OMP_NUM_THREADS": "7"})
+    finally:
+        launcher.close()
+    assert launcher.counts == {
+        "forked": 3,
+        "new fork server: FORK_SERVER_TEST_VARIABLE": 1,
+        "fresh: the environment differs in OMP_NUM_THREADS": 1,
+    }
+    assert len(launcher.servers) == 2
