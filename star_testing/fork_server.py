@@ -148,14 +148,13 @@ class ForkServer:
         env: Mapping[str, str],
         cwd: Path | str,
         stdio: tuple[int, int, int],
-        new_session: bool,
     ) -> ForkedProcess | None:
         """A forked child running `cmd` under `env`; None if the server is gone."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.connect(str(self.path))
             env = {**(self._set_by_preload or {}), **env}
-            request = {"argv": list(cmd[1:]), "env": env, "cwd": str(cwd), "new_session": new_session}
+            request = {"argv": list(cmd[1:]), "env": env, "cwd": str(cwd)}
             socket.send_fds(sock, [json.dumps(request).encode()], list(stdio))
             reply = sock.recv(4096)
         except OSError:
@@ -196,7 +195,6 @@ class Launcher:
         env: Mapping[str, str],
         cwd: Path | str,
         stdio: tuple[int, int, int],
-        new_session: bool,
     ) -> ForkedProcess | None:
         """A forked child, or None where `cmd` must start fresh (counted with the reason)."""
         module = len(cmd) > 2 and cmd[1] == "-m"
@@ -222,7 +220,7 @@ class Launcher:
             differ = self.servers[0].differences(env)
             self._count("fresh: the environment differs in " + ", ".join(sorted(differ)))
             return None
-        child = server.spawn(cmd, env, cwd, stdio, new_session)
+        child = server.spawn(cmd, env, cwd, stdio)
         self._count("forked" if child is not None else "fresh: the fork server is gone")
         return child
 
@@ -263,7 +261,6 @@ def popen(
     cwd: Path | str | None = None,
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
-    start_new_session: bool = False,
     fresh: bool = False,
 ) -> Process:
     """subprocess.Popen(cmd, ...), forked from the fork server where that behaves the same (never with
@@ -273,13 +270,12 @@ def popen(
     if _LAUNCHER is not None and enabled() and not fresh:
         with open(os.devnull, "rb") as devnull:
             fds = (devnull.fileno(), _fd(stdout, 1), _fd(stderr, 2))
-            forked = _LAUNCHER.spawn(cmd, env, cwd, fds, start_new_session)
+            forked = _LAUNCHER.spawn(cmd, env, cwd, fds)
         if forked is not None:
             return forked
     return subprocess.Popen(
-        list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
-        start_new_session=start_new_session,
-    )  # fmt: skip
+        list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd
+    )
 
 
 def run(

@@ -108,9 +108,7 @@ def serve(path: str) -> _Job:
 
 
 def _become(request: dict[str, Any], fds: list[int]) -> None:
-    """In the child: the session, stdio, working directory and environment a fresh process would have."""
-    if request["new_session"]:
-        os.setsid()
+    """In the child: the stdio, working directory and environment a fresh process would have."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     for fd in fds:

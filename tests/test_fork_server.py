@@ -151,7 +151,7 @@ def test_a_process_whose_own_environment_changed_gets_one_more_fork_server(
         out = tmp_path / "out.json"
         with out.open("wb") as fh, open(os.devnull, "rb") as devnull:
             cmd = [sys.executable, str(script), "report"]
-            child = launcher.spawn(cmd, env, tmp_path, (devnull.fileno(), fh.fileno(), fh.fileno()), False)
+            child = launcher.spawn(cmd, env, tmp_path, (devnull.fileno(), fh.fileno(), fh.fileno()))
         if child is None:
             return False
         assert child.wait(60) == 0
