@@ -41,7 +41,7 @@ from scorer_server.guards.guard_config import GuardConfig  # noqa: E402
 from star_contract.types import Conversation, CutSpec, ScoreRequest, StarScores  # noqa: E402
 from star_testing.scorer_process import free_port  # noqa: E402
 from star_testing.tiny_guard import TinyGuardSpec, save_tiny_guard  # noqa: E402
-from star_testing.vllm_server import VLLM_PYTHON, start_vllm  # noqa: E402
+from star_testing.vllm_server import VLLM_PYTHON, VllmProcess  # noqa: E402
 
 WORDS = [
     "the",
@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         no_head.score(reqs)
         no_head_s = time.perf_counter() - t0
         port = free_port()
-        proc = start_vllm(guard_dir, port, Path(tmp) / "vllm.log", threads=args.threads, kv_cache_gib=2)
+        vllm = VllmProcess(guard_dir, port, Path(tmp) / "vllm.log", threads=args.threads, kv_cache_gib=2)
         try:
+            vllm.start()
             guard = load_prompt_guard(GuardConfig(path=str(guard_dir), template_kwargs=kwargs), "vllm")
             backend = VllmBackend(guard, RemoteConfig(urls=(f"http://127.0.0.1:{port}",), max_concurrency=64))
 
@@ -131,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
             vllm_s, theirs = asyncio.run(run())
         finally:
-            proc.terminate()
-            proc.wait(30)
+            vllm.stop()
     diff = max(
         abs(a.p_safe - b)
         for s, t in zip(ours, theirs, strict=True)

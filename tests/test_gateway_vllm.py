@@ -19,7 +19,7 @@ from star_client import ScorerClient
 from star_contract.stop_rule import first_stop
 from star_contract.types import Conversation, CutSpec, ModerateOptions, ScoreRequest
 from star_testing.scorer_process import ScorerProcess, free_port
-from star_testing.vllm_server import VLLM_PYTHON, start_vllm
+from star_testing.vllm_server import VLLM_PYTHON, VllmProcess
 from tests.gateway_parts import BENIGN, HARMFUL, MODEL, gateway_process, start_scorer
 
 pytestmark = [
@@ -36,19 +36,16 @@ def urls(
     scorer = start_scorer(logs)
     port = free_port()
     gateway = gateway_process(f"http://127.0.0.1:{port}", scorer.address, logs).launch()
-    vllm = None
+    vllm = VllmProcess(harmful_chat_dir, port, logs / "vllm.log", max_model_len=1024,
+                       extra=("--served-model-name", MODEL))  # fmt: skip
     try:
-        model = harmful_chat_dir  # built once per run (conftest)
-        vllm = start_vllm(model, port, logs / "vllm.log", max_model_len=1024,
-                          extra=("--served-model-name", MODEL))  # fmt: skip
+        vllm.start()
         gateway.wait()
         scorer.wait_serving()
         yield gateway.url, f"http://127.0.0.1:{port}", scorer
     finally:
         gateway.stop()
-        if vllm is not None:
-            vllm.terminate()
-            vllm.wait(30)
+        vllm.stop()
         scorer.stop(10)
 
 

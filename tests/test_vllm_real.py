@@ -6,7 +6,6 @@ One vLLM process serves the tiny Llama-Guard-shaped guard for the module; our sc
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from star_client import ScorerClient
 from star_contract.types import Conversation, CutKind, CutSpec, ScoreRequest
 from star_testing.scorer_process import free_port
-from star_testing.vllm_server import VLLM_PYTHON, start_vllm
+from star_testing.vllm_server import VLLM_PYTHON, VllmProcess
 
 TOLERANCE = 1e-4
 """Largest |p_safe| difference accepted between vLLM's CPU kernels and our engine on the same float32
@@ -41,34 +40,12 @@ def guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-class Engine:
-    """One vLLM process on a fixed port that a test may kill and start again."""
-
-    def __init__(self, model: Path, log: Path) -> None:
-        self.model, self.log, self.port = model, log, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = start_vllm(model, self.port, log)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(30)
-
-    def restart(self) -> None:
-        self.proc = start_vllm(self.model, self.port, self.log)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 @pytest.fixture(scope="module")
-def vllm(guard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    engine = Engine(guard_dir, tmp_path_factory.mktemp("vllm") / "vllm.log")
-    yield engine
-    engine.stop()
+def vllm(guard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmProcess]:
+    """One vLLM on a fixed port that a test may kill and start again."""
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with VllmProcess(guard_dir, free_port(), log) as engine:
+        yield engine
 
 
 REQUESTS = [
@@ -83,7 +60,9 @@ REQUESTS = [
 ]
 
 
-def test_scores_and_verdicts_match_the_local_engine(vllm: Engine, start_server: Any, guard_dir: Path) -> None:
+def test_scores_and_verdicts_match_the_local_engine(
+    vllm: VllmProcess, start_server: Any, guard_dir: Path
+) -> None:
     from scorer_server.engine.engine import StarEngine
 
     url = vllm.url
@@ -106,7 +85,7 @@ def test_scores_and_verdicts_match_the_local_engine(vllm: Engine, start_server: 
 
 
 def test_a_real_vllm_chat_stream_is_guarded_chunk_for_chunk(
-    vllm: Engine, start_server: Any, guard_dir: Path
+    vllm: VllmProcess, start_server: Any, guard_dir: Path
 ) -> None:
     """Live moderation of a real OpenAI-compatible stream: vLLM's /v1/chat/completions with
     stream=True, read with huggingface_hub's client, passed through `session.guard` to our scorer
@@ -148,7 +127,7 @@ def test_a_real_vllm_chat_stream_is_guarded_chunk_for_chunk(
     srv.stop()
 
 
-def test_engine_killed_then_restarted(vllm: Engine, start_server: Any, guard_dir: Path) -> None:
+def test_engine_killed_then_restarted(vllm: VllmProcess, start_server: Any, guard_dir: Path) -> None:
     """Callers get UNAVAILABLE while the engine is gone and health turns NOT_SERVING; once it is back,
     health and scoring recover without a restart of ours. (Runs last: it kills the module's engine.)"""
     import grpc
@@ -174,13 +153,16 @@ def test_engine_killed_then_restarted(vllm: Engine, start_server: Any, guard_dir
 
     with ScorerClient(srv.address) as client:
         assert client.score(REQUESTS[0]).segments
+    group = vllm.processes()
+    assert len(group) >= 3, group  # the API server, the engine core and its worker
     vllm.kill()
+    assert not vllm.processes()  # none of them left running (reparented, a share of a core each)
     config = ClientConfig(addresses=(srv.address,), deadline_s=6.0)
     with ScorerClient(config=config) as client, pytest.raises(ScorerCallError) as err:
         client.score(REQUESTS[0])
     assert err.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     wait_health(health_pb2.HealthCheckResponse.NOT_SERVING, 10)
-    vllm.restart()
+    vllm.start()
     wait_health(health_pb2.HealthCheckResponse.SERVING, 30)
     with ScorerClient(srv.address) as client:
         assert client.score(REQUESTS[0]).segments
