@@ -174,3 +174,45 @@ def test_a_process_whose_own_environment_changed_gets_one_more_fork_server(
         "fresh: the environment differs in OMP_NUM_THREADS": 1,
     }
     assert len(launcher.servers) == 2
+
+
+RANK_SCRIPT = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+total = torch.tensor([float(rank + 1)])
+dist.all_reduce(total)
+env = {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+out = {"argv": sys.argv[1:], "sum": float(total), "env": env, "name": __name__}
+open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w").write(json.dumps(out))
+dist.destroy_process_group()
+if len(sys.argv) > 2 and rank == 1:
+    sys.exit(int(sys.argv[2]))
+"""
+
+
+def test_forked_ranks_meet_as_torchrun_ranks_do_and_a_failed_rank_fails_the_launch(tmp_path: Path) -> None:
+    """star_testing.fork_ranks: two ranks with torchrun's environment meet in a gloo group (an
+    all_reduce over both); a rank that exits non-zero makes the launch exit 1, naming the rank."""
+    import json
+
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+
+    def launch(*args: str) -> subprocess.CompletedProcess[str]:
+        port = str(free_port())
+        cmd = [sys.executable, "-m", "star_testing.fork_ranks", "--nproc", "2", "--master-port", port]
+        return fork_server.run([*cmd, str(script), *args], cwd=root, timeout=120)
+
+    done = launch(str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["sum"] for r in ranks] == [3.0, 3.0]
+    assert [r["env"]["RANK"] for r in ranks] == ["0", "1"] and ranks[0]["env"]["WORLD_SIZE"] == "2"
+    assert ranks[0]["argv"] == [str(tmp_path)] and ranks[0]["name"] == "__main__"
+    failed = launch(str(tmp_path), "3")
+    assert failed.returncode == 1
+    assert "exited with 3" in failed.stderr and "rank" in failed.stderr.lower(), failed.stderr[-3000:]

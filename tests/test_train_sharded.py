@@ -1,5 +1,6 @@
-"""`sharding: fsdp` on CPU: two real processes (torchrun, gloo) against one process with the same global
-batch, for full finetuning and LoRA, dss and sft; resume from a sharded checkpoint; the refusals.
+"""`sharding: fsdp` on CPU: two real processes (gloo; torch's elastic launcher with forked ranks, and
+torchrun for the documented resume command) against one process with the same global batch, for full
+finetuning and LoRA, dss and sft; resume from a sharded checkpoint; the refusals.
 
 The global batch: 2 processes x batch_size 1 x grad_accum 2 against 1 process x batch_size 1 x
 grad_accum 4. The sampler deals an epoch's permutation round-robin over the processes, so both runs
@@ -21,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from star_testing import fork_server
 from star_testing.scorer_process import free_port
 from star_testing.tiny_chat import save_tiny_run
 from trainer_client.scoring.precompute import main as precompute_main
@@ -71,7 +73,16 @@ def _argv(recipe: dict[str, Any], **kw: Any) -> list[str]:
     return [a for k, v in {**recipe, **kw}.items() for a in ("--set", f"{k}={v}")]
 
 
+def _forked_ranks(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    """Two processes under torch's elastic launcher as torchrun runs them, the ranks forked from one
+    that imported torch and transformers once (star_testing.fork_ranks)."""
+    cmd = [sys.executable, "-m", "star_testing.fork_ranks", "--nproc", "2"]
+    cmd += ["--master-port", str(free_port()), "--preload", "trainer_client.train.cli", *args]
+    return fork_server.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=timeout)
+
+
 def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    """torchrun itself, two fresh interpreters: for the documented commands."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_port", str(free_port()), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -81,9 +92,8 @@ def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory, tiny_guard_dir: Path) -> Path:
     """Tiny trainee, 8 conversations, their STAR scores from the tiny guard, and the sharded runs: every
-    combination, plus one stopped after 3 of its 4 steps, in one launch of two processes (the
-    processes import torch and transformers once); then the stopped run resumed by the documented
-    command, a second launch."""
+    combination, plus one stopped after 3 of its 4 steps, in one launch of two forked processes; then
+    the stopped run resumed by the documented command under torchrun, a second launch."""
     work = save_tiny_run(tmp_path_factory.mktemp("sharded"), examples=8)
     recipe = _recipe(work, "full", "dss") | {"scorer": f"local:{tiny_guard_dir}", "scores_file": None}
     recipe_file = work / "score.json"
@@ -99,7 +109,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_guard_dir: Path) -> Path
     runs.append(_argv(bf16, sharding="fsdp", grad_accum=2, output_dir=work / "two-bf16"))
     (work / "runs.json").write_text(json.dumps(runs))
     (work / "driver.py").write_text(_DRIVER)
-    done = _torchrun([str(work / "driver.py"), str(work / "runs.json")])
+    done = _forked_ranks([str(work / "driver.py"), str(work / "runs.json")])
     assert done.returncode == 0, done.stderr[-4000:]
     resume = ["-m", "trainer_client.train.cli", *stopped, "--set", "save_every=2", "--resume"]
     done = _torchrun(resume)

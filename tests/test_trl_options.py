@@ -251,28 +251,28 @@ leave_process_group()
 
 @pytest.mark.slow
 def test_two_processes_prefetch_their_own_shards_in_order(workdir: Path, tiny_guard_dir: Path) -> None:
-    """torchrun with two CPU processes (gloo): each process's batches come in the predicted order
-    (accelerate's batch sharding, the last round completed from the epoch's start)."""
+    """Two CPU processes (gloo) under torch's elastic launcher, as torchrun runs them (forked ranks:
+    star_testing.fork_ranks): each process's batches come in the predicted order (accelerate's batch
+    sharding, the last round completed from the epoch's start)."""
     import os
-    import subprocess
     import sys
+
+    from star_testing import fork_server
+    from star_testing.scorer_process import free_port
 
     script = workdir / "two_ranks.py"
     script.write_text(_TWO_RANKS)
     root = Path(__file__).resolve().parents[1]
-    from star_testing.scorer_process import free_port
-
     port = str(free_port())  # not torchrun's fixed default, which another job may hold
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    cmd += [str(script)]
+    cmd = [sys.executable, "-m", "star_testing.fork_ranks", "--nproc", "2", "--master-port", port]
+    cmd += ["--preload", "trainer_client.integrations.trl", str(script)]
     cmd += [
         str(workdir / "data.jsonl"),
         str(workdir / "trainee"),
         str(workdir / "two"),
         f"local:{tiny_guard_dir}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    done = fork_server.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     # 6 examples, 2 per batch, 2 ranks: 3 batches an epoch, rank 1's second one completed from the start;
     # per rank: world 2, no batch out of the predicted order, 4 optimizer steps in 2 epochs

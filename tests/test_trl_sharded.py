@@ -1,5 +1,6 @@
-"""StarDSSTrainer under FSDP2 through accelerate on CPU: two real processes (torchrun, gloo) against one
-process with the same global batch, for full finetuning and LoRA, dss and sft; and the refusals.
+"""StarDSSTrainer under FSDP2 through accelerate on CPU: two real processes (gloo, under torch's elastic
+launcher as torchrun runs them, the ranks forked: star_testing.fork_ranks) against one process with the
+same global batch, for full finetuning and LoRA, dss and sft; and the refusals.
 
 The global batch, as in tests/test_train_sharded.py: 2 processes x batch 1 x gradient accumulation 2
 against 1 process x batch 1 x accumulation 4. accelerate deals the micro-batches round-robin to the
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from trl import SFTConfig
 
+from star_testing import fork_server
 from star_testing.scorer_process import free_port
 from star_testing.tiny_chat import save_tiny_run
 from trainer_client.integrations.trl import StarDSSConfig, StarDSSTrainer
@@ -130,12 +131,18 @@ def _runs(work: Path) -> list[dict[str, Any]]:
 
 
 def _launch(work: Path, name: str, runs: list[dict[str, Any]]) -> None:
-    """One torchrun of two processes running `runs` in turn (torch, transformers and TRL imported once)."""
+    """One launch of two processes running `runs` in turn, under torch's elastic launcher as torchrun
+    runs them, the ranks forked from a process that imported torch, transformers and TRL once
+    (star_testing.fork_ranks)."""
     (work / f"{name}.json").write_text(json.dumps(runs))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", str(free_port()), str(work / "driver.py"), str(work / f"{name}.json")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    cmd = [sys.executable, "-m", "star_testing.fork_ranks", "--nproc", "2", "--master-port", str(free_port())]
+    cmd += [
+        "--preload",
+        "trainer_client.integrations.trl",
+        str(work / "driver.py"),
+        str(work / f"{name}.json"),
+    ]
+    done = fork_server.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
 
