@@ -34,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from star_testing.fork_server_process import PRELOAD
+
 FREE_TO_DIFFER = ("STAR_", "PYTEST_", "GRPC_")
 """Environment variables no preloaded module reads at import time."""
 ENABLE = "STAR_FORK_SERVER"
@@ -102,8 +104,9 @@ class ForkedProcess:
 class ForkServer:
     """One fork server process, started with a fixed environment (the client side)."""
 
-    def __init__(self, folder: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, folder: Path, env: Mapping[str, str], preload: Sequence[str] = PRELOAD) -> None:
         self.env = dict(env)
+        self.preload = tuple(preload)
         self.path = folder / "fork-server.sock"
         self._proc: subprocess.Popen[bytes] | None = None
         self._set_by_preload: dict[str, str] | None = None
@@ -114,7 +117,13 @@ class ForkServer:
         if self._proc is None:
             self.path.unlink(missing_ok=True)
             with self.path.with_suffix(".log").open("ab") as log:
-                cmd = [sys.executable, "-m", "star_testing.fork_server_process", str(self.path)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "star_testing.fork_server_process",
+                    str(self.path),
+                    *self.preload,
+                ]
                 root = Path(__file__).resolve().parents[1]
                 self._proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, cwd=root
@@ -177,9 +186,10 @@ class Launcher:
     until the end, as its children report their exit through it. Counts what was forked and why the
     rest started fresh (STAR_FORK_SERVER_REPORT)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, preload: Sequence[str] = PRELOAD) -> None:
         self.folder = folder
-        self.servers = [ForkServer(folder / "0", os.environ)]
+        self.preload = tuple(preload)
+        self.servers = [ForkServer(folder / "0", os.environ, self.preload)]
         self.counts: dict[str, int] = {}
 
     def start(self) -> None:
@@ -212,7 +222,7 @@ class Launcher:
         if server is None and like_ours and len(self.servers) < MAX_SERVERS:
             folder = self.folder / str(len(self.servers))
             folder.mkdir()
-            self.servers.append(ForkServer(folder, os.environ))
+            self.servers.append(ForkServer(folder, os.environ, self.preload))
             self._count("new fork server: " + ", ".join(sorted(self.servers[0].differences(env))))
             if self.servers[-1].ready() and not self.servers[-1].differences(env):
                 server = self.servers[-1]

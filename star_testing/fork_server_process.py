@@ -1,7 +1,8 @@
 """The fork server's own process (star_testing.fork_server starts it): imports PRELOAD once, then forks
 one child per request and reports each child's exit code to whoever asked for it.
 
-Run as `python -m star_testing.fork_server_process SOCKET`. The fork happens inside `serve`, which
+Run as `python -m star_testing.fork_server_process SOCKET [MODULE ...]` (the modules to preload; PRELOAD
+without any). The fork happens inside `serve`, which
 returns only in the child; the child then runs its command from the top level of this module, so the
 command's SystemExit, uncaught exception or normal end finishes the interpreter the usual way."""
 
@@ -52,13 +53,13 @@ class _Job:
             runpy.run_path(script, run_name="__main__")
 
 
-def serve(path: str) -> _Job:
-    """Import PRELOAD, then fork a child per request; returns only in a child, set up as asked."""
+def serve(path: str, preload: tuple[str, ...] = PRELOAD) -> _Job:
+    """Import `preload`, then fork a child per request; returns only in a child, set up as asked."""
     import gc
     import importlib
 
     before = dict(os.environ)
-    for name in PRELOAD:
+    for name in preload:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     parent = os.getppid()
@@ -138,4 +139,4 @@ def _reap(waiting: dict[int, socket.socket]) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1]).run()
+    serve(sys.argv[1], tuple(sys.argv[2:]) or PRELOAD).run()

@@ -16,6 +16,9 @@ import pytest
 from star_testing import fork_server
 from star_testing.scorer_process import ScorerProcess, free_port
 
+LIGHT_PRELOAD = "xml.dom.minidom"
+"""A standard module a fresh interpreter does not import: what a fork server preloads where torch would
+only cost time."""
 SCRIPT = """
 import atexit, json, os, sys, threading, time
 mode = sys.argv[1]
@@ -24,7 +27,7 @@ if mode == "report":
     import numpy
     print(json.dumps({
         "argv": sys.argv, "cwd": os.getcwd(), "env": os.environ.get("STAR_PROBE"),
-        "torch_loaded_before_us": TORCH_AT_START, "pid": os.getpid(), "path0": sys.path[0],
+        "loaded_before_us": LOADED_AT_START, "pid": os.getpid(), "path0": sys.path[0],
         "name": __name__, "draw": float(numpy.random.random()),
     }))
 elif mode == "exit":
@@ -43,7 +46,8 @@ elif mode == "sleep":
 @pytest.fixture(scope="module")
 def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fork") / "child.py"
-    path.write_text("import sys\nTORCH_AT_START = 'torch' in sys.modules\n" + SCRIPT)
+    probe = f"LOADED_AT_START = sorted(m for m in ('torch', {LIGHT_PRELOAD!r}) if m in sys.modules)\n"
+    path.write_text("import sys\n" + probe + SCRIPT)
     return path
 
 
@@ -68,7 +72,7 @@ def report(script: Path, tmp_path: Path, **env: str) -> dict[str, object]:
 def test_a_forked_child_has_its_own_argv_environment_and_directory(script: Path, tmp_path: Path) -> None:
     first = report(script, tmp_path, STAR_PROBE="one")
     second = report(script, tmp_path, STAR_PROBE="two")
-    assert first["torch_loaded_before_us"] is True  # forked: torch came with the fork server
+    assert first["loaded_before_us"] == ["torch"]  # forked: torch came with the fork server
     assert first["argv"] == [str(script), "report", "x y"] and first["name"] == "__main__"
     assert first["cwd"] == str(tmp_path) and first["path0"] == str(script.parent)
     assert (first["env"], second["env"]) == ("one", "two")
@@ -80,7 +84,7 @@ def test_an_environment_the_preloaded_modules_could_read_gets_a_fresh_interprete
     script: Path, tmp_path: Path
 ) -> None:
     fresh = report(script, tmp_path, OMP_NUM_THREADS="7", STAR_PROBE="p")
-    assert fresh["torch_loaded_before_us"] is False and fresh["env"] == "p"
+    assert fresh["loaded_before_us"] == [] and fresh["env"] == "p"
 
 
 def test_exit_codes_stderr_and_uncaught_exceptions_are_those_of_a_fresh_process(
@@ -141,10 +145,11 @@ def test_a_process_whose_own_environment_changed_gets_one_more_fork_server(
 ) -> None:
     """A test run in-process may set a variable for good (star-demo sets TOKENIZERS_PARALLELISM): later
     launches get a fork server started under the new environment, and launches under the old one go
-    back to the first; a child's own difference still starts it fresh."""
+    back to the first; a child's own difference still starts it fresh. (Its fork servers preload one
+    small module instead of torch: what is tested is which server a launch goes to.)"""
     import json
 
-    launcher = fork_server.Launcher(tmp_path / "servers")
+    launcher = fork_server.Launcher(tmp_path / "servers", preload=(LIGHT_PRELOAD,))
     launcher.start()
 
     def launch(env: dict[str, str]) -> bool:
@@ -156,7 +161,7 @@ def test_a_process_whose_own_environment_changed_gets_one_more_fork_server(
             return False
         assert child.wait(60) == 0
         report = json.loads(out.read_text().splitlines()[0])
-        assert report["env"] == env.get("STAR_PROBE") and report["torch_loaded_before_us"] is True
+        assert report["env"] == env.get("STAR_PROBE") and report["loaded_before_us"] == [LIGHT_PRELOAD]
         return True
 
     try:
