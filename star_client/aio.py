@@ -136,9 +136,12 @@ class AsyncScorerClient:
             for t in tasks:
                 t.cancel()
 
-    async def judge(self, conversations: Sequence[Conversation]) -> list[Verdict]:
-        """Whole-response verdicts, in input order."""
-        req = convert.judge_request_to_pb(conversations)
+    async def judge(
+        self, conversations: Sequence[Conversation], p_unsafe_only: bool = False
+    ) -> list[Verdict]:
+        """Whole-response verdicts, in input order; `p_unsafe_only`: the probabilities alone, without the
+        guard's verdict text and categories (about half the work on a local guard)."""
+        req = convert.judge_request_to_pb(conversations, p_unsafe_only)
         resp = await self._unary(lambda r, t: r.stub.Judge(req, timeout=t, metadata=r.metadata))
         return [convert.verdict_from_pb(v) for v in resp.verdicts]
 

@@ -37,8 +37,9 @@ class ScorerClient:
     def score_many(self, requests: Sequence[ScoreRequest], priority: int = 0) -> list[StarScores]:
         return self._run(self._client.score_many(requests, priority))
 
-    def judge(self, conversations: Sequence[Conversation]) -> list[Verdict]:
-        return self._run(self._client.judge(conversations))
+    def judge(self, conversations: Sequence[Conversation], p_unsafe_only: bool = False) -> list[Verdict]:
+        """Whole-response verdicts (AsyncScorerClient.judge)."""
+        return self._run(self._client.judge(conversations, p_unsafe_only))
 
     def close(self) -> None:
         """Close the connections, finish every task on the client's loop, then stop the loop."""

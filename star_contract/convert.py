@@ -160,8 +160,12 @@ def verdict_from_pb(msg: pb.Verdict) -> Verdict:
     return Verdict(p_unsafe=msg.p_unsafe, categories=tuple(msg.categories), text=msg.text)
 
 
-def judge_request_to_pb(conversations: Iterable[Conversation]) -> pb.JudgeRequest:
-    return pb.JudgeRequest(conversations=[conversation_to_pb(c) for c in conversations])
+def judge_request_to_pb(
+    conversations: Iterable[Conversation], p_unsafe_only: bool = False
+) -> pb.JudgeRequest:
+    return pb.JudgeRequest(
+        conversations=[conversation_to_pb(c) for c in conversations], p_unsafe_only=p_unsafe_only
+    )
 
 
 def judge_request_from_pb(msg: pb.JudgeRequest) -> list[Conversation]:

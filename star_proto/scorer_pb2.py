@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14star/v1/scorer.proto\x12\x07star.v1\"7\n\x07Message\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.star.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"2\n\x0c\x43onversation\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.star.v1.Message\"I\n\x07\x43utSpec\x12\x1e\n\x04kind\x18\x01 \x01(\x0e\x32\x10.star.v1.CutKind\x12\r\n\x05\x65very\x18\x02 \x01(\r\x12\x0f\n\x07offsets\x18\x03 \x03(\r\"&\n\x07Segment\x12\x0b\n\x03\x65nd\x18\x01 \x01(\r\x12\x0e\n\x06p_safe\x18\x02 \x01(\x01\"\xda\x01\n\x0cScoreRequest\x12+\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.star.v1.Conversation\x12\x1e\n\x04\x63uts\x18\x02 \x01(\x0b\x32\x10.star.v1.CutSpec\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12+\n\nconvention\x18\x05 \x01(\x0e\x32\x17.star.v1.StarConvention\x12\x14\n\x0csafe_classes\x18\x06 \x03(\tB\x0e\n\x0c_temperature\"x\n\rScoreResponse\x12\"\n\x08segments\x18\x01 \x03(\x0b\x32\x10.star.v1.Segment\x12\x0c\n\x04part\x18\x02 \x01(\r\x12\r\n\x05parts\x18\x03 \x01(\r\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\x12\x14\n\x0cguard_tokens\x18\x05 \x01(\r\"C\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x03 \x01(\x01\"`\n\x12ScoreStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x07request\x18\x02 \x01(\x0b\x32\x15.star.v1.ScoreRequest\x12\x0e\n\x06\x63\x61ncel\x18\x03 \x01(\x08\"p\n\x13ScoreStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.star.v1.ScoreResponse\x12\x1d\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.star.v1.Error\"<\n\x0cJudgeRequest\x12,\n\rconversations\x18\x01 \x03(\x0b\x32\x15.star.v1.Conversation\"=\n\x07Verdict\x12\x10\n\x08p_unsafe\x18\x01 \x01(\x01\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"3\n\rJudgeResponse\x12\"\n\x08verdicts\x18\x01 \x03(\x0b\x32\x10.star.v1.Verdict\"\x10\n\x0eGetInfoRequest\"\x93\x02\n\x0fGetInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12\x11\n\tsafe_word\x18\x03 \x01(\t\x12\x13\n\x0bunsafe_word\x18\x04 \x01(\t\x12\x15\n\rsafe_token_id\x18\x05 \x01(\r\x12\x17\n\x0funsafe_token_id\x18\x06 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\t\x12\x1f\n\x17max_conversation_tokens\x18\x08 \x01(\r\x12\x10\n\x08max_cuts\x18\t \x01(\r\x12\x16\n\x0eserver_version\x18\n \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x12\x19\n\x11max_message_bytes\x18\x0c \x01(\x04\"z\n\x0fModerateRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.star.v1.ModerateOpenH\x00\x12\x0f\n\x05\x64\x65lta\x18\x02 \x01(\tH\x00\x12\'\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x16.star.v1.ModerateCloseH\x00\x42\x06\n\x04kind\"\x9c\x02\n\x0cModerateOpen\x12+\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.star.v1.Conversation\x12\r\n\x05\x65very\x18\x02 \x01(\r\x12\x19\n\x0cunsafe_below\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0b\x63onsecutive\x18\x04 \x01(\r\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\"\n\x08\x63ut_kind\x18\x06 \x01(\x0e\x32\x10.star.v1.CutKind\x12+\n\nconvention\x18\x07 \x01(\x0e\x32\x17.star.v1.StarConvention\x12\x14\n\x0csafe_classes\x18\x08 \x03(\tB\x0f\n\r_unsafe_belowB\x0e\n\x0c_temperature\"\x0f\n\rModerateClose\"x\n\x10ModerateResponse\x12#\n\x07segment\x18\x01 \x01(\x0b\x32\x10.star.v1.SegmentH\x00\x12%\n\x04stop\x18\x02 \x01(\x0b\x32\x15.star.v1.ModerateStopH\x00\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x42\x06\n\x04kind\";\n\x0cModerateStop\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12\x0b\n\x03\x63ut\x18\x02 \x01(\r\x12\x0e\n\x06p_safe\x18\x03 \x01(\x01*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*h\n\x07\x43utKind\x12\x18\n\x14\x43UT_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43UT_KIND_WORDS\x10\x01\x12\x19\n\x15\x43UT_KIND_GUARD_TOKENS\x10\x02\x12\x14\n\x10\x43UT_KIND_OFFSETS\x10\x03*i\n\x0eStarConvention\x12\x1f\n\x1bSTAR_CONVENTION_UNSPECIFIED\x10\x00\x12\x17\n\x13STAR_CONVENTION_RAW\x10\x01\x12\x1d\n\x19STAR_CONVENTION_PUBLISHED\x10\x02\x32\xd2\x02\n\rScorerService\x12\x38\n\x05Score\x12\x15.star.v1.ScoreRequest\x1a\x16.star.v1.ScoreResponse0\x01\x12L\n\x0bScoreStream\x12\x1b.star.v1.ScoreStreamRequest\x1a\x1c.star.v1.ScoreStreamResponse(\x01\x30\x01\x12\x36\n\x05Judge\x12\x15.star.v1.JudgeRequest\x1a\x16.star.v1.JudgeResponse\x12<\n\x07GetInfo\x12\x17.star.v1.GetInfoRequest\x1a\x18.star.v1.GetInfoResponse\x12\x43\n\x08Moderate\x12\x18.star.v1.ModerateRequest\x1a\x19.star.v1.ModerateResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14star/v1/scorer.proto\x12\x07star.v1\"7\n\x07Message\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.star.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"2\n\x0c\x43onversation\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.star.v1.Message\"I\n\x07\x43utSpec\x12\x1e\n\x04kind\x18\x01 \x01(\x0e\x32\x10.star.v1.CutKind\x12\r\n\x05\x65very\x18\x02 \x01(\r\x12\x0f\n\x07offsets\x18\x03 \x03(\r\"&\n\x07Segment\x12\x0b\n\x03\x65nd\x18\x01 \x01(\r\x12\x0e\n\x06p_safe\x18\x02 \x01(\x01\"\xda\x01\n\x0cScoreRequest\x12+\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.star.v1.Conversation\x12\x1e\n\x04\x63uts\x18\x02 \x01(\x0b\x32\x10.star.v1.CutSpec\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12+\n\nconvention\x18\x05 \x01(\x0e\x32\x17.star.v1.StarConvention\x12\x14\n\x0csafe_classes\x18\x06 \x03(\tB\x0e\n\x0c_temperature\"x\n\rScoreResponse\x12\"\n\x08segments\x18\x01 \x03(\x0b\x32\x10.star.v1.Segment\x12\x0c\n\x04part\x18\x02 \x01(\r\x12\r\n\x05parts\x18\x03 \x01(\r\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\x12\x14\n\x0cguard_tokens\x18\x05 \x01(\r\"C\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x03 \x01(\x01\"`\n\x12ScoreStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x07request\x18\x02 \x01(\x0b\x32\x15.star.v1.ScoreRequest\x12\x0e\n\x06\x63\x61ncel\x18\x03 \x01(\x08\"p\n\x13ScoreStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.star.v1.ScoreResponse\x12\x1d\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.star.v1.Error\"S\n\x0cJudgeRequest\x12,\n\rconversations\x18\x01 \x03(\x0b\x32\x15.star.v1.Conversation\x12\x15\n\rp_unsafe_only\x18\x02 \x01(\x08\"=\n\x07Verdict\x12\x10\n\x08p_unsafe\x18\x01 \x01(\x01\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"3\n\rJudgeResponse\x12\"\n\x08verdicts\x18\x01 \x03(\x0b\x32\x10.star.v1.Verdict\"\x10\n\x0eGetInfoRequest\"\x93\x02\n\x0fGetInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12\x11\n\tsafe_word\x18\x03 \x01(\t\x12\x13\n\x0bunsafe_word\x18\x04 \x01(\t\x12\x15\n\rsafe_token_id\x18\x05 \x01(\r\x12\x17\n\x0funsafe_token_id\x18\x06 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\t\x12\x1f\n\x17max_conversation_tokens\x18\x08 \x01(\r\x12\x10\n\x08max_cuts\x18\t \x01(\r\x12\x16\n\x0eserver_version\x18\n \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x12\x19\n\x11max_message_bytes\x18\x0c \x01(\x04\"z\n\x0fModerateRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.star.v1.ModerateOpenH\x00\x12\x0f\n\x05\x64\x65lta\x18\x02 \x01(\tH\x00\x12\'\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x16.star.v1.ModerateCloseH\x00\x42\x06\n\x04kind\"\x9c\x02\n\x0cModerateOpen\x12+\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.star.v1.Conversation\x12\r\n\x05\x65very\x18\x02 \x01(\r\x12\x19\n\x0cunsafe_below\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0b\x63onsecutive\x18\x04 \x01(\r\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\"\n\x08\x63ut_kind\x18\x06 \x01(\x0e\x32\x10.star.v1.CutKind\x12+\n\nconvention\x18\x07 \x01(\x0e\x32\x17.star.v1.StarConvention\x12\x14\n\x0csafe_classes\x18\x08 \x03(\tB\x0f\n\r_unsafe_belowB\x0e\n\x0c_temperature\"\x0f\n\rModerateClose\"x\n\x10ModerateResponse\x12#\n\x07segment\x18\x01 \x01(\x0b\x32\x10.star.v1.SegmentH\x00\x12%\n\x04stop\x18\x02 \x01(\x0b\x32\x15.star.v1.ModerateStopH\x00\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x42\x06\n\x04kind\";\n\x0cModerateStop\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12\x0b\n\x03\x63ut\x18\x02 \x01(\r\x12\x0e\n\x06p_safe\x18\x03 \x01(\x01*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*h\n\x07\x43utKind\x12\x18\n\x14\x43UT_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43UT_KIND_WORDS\x10\x01\x12\x19\n\x15\x43UT_KIND_GUARD_TOKENS\x10\x02\x12\x14\n\x10\x43UT_KIND_OFFSETS\x10\x03*i\n\x0eStarConvention\x12\x1f\n\x1bSTAR_CONVENTION_UNSPECIFIED\x10\x00\x12\x17\n\x13STAR_CONVENTION_RAW\x10\x01\x12\x1d\n\x19STAR_CONVENTION_PUBLISHED\x10\x02\x32\xd2\x02\n\rScorerService\x12\x38\n\x05Score\x12\x15.star.v1.ScoreRequest\x1a\x16.star.v1.ScoreResponse0\x01\x12L\n\x0bScoreStream\x12\x1b.star.v1.ScoreStreamRequest\x1a\x1c.star.v1.ScoreStreamResponse(\x01\x30\x01\x12\x36\n\x05Judge\x12\x15.star.v1.JudgeRequest\x1a\x16.star.v1.JudgeResponse\x12<\n\x07GetInfo\x12\x17.star.v1.GetInfoRequest\x1a\x18.star.v1.GetInfoResponse\x12\x43\n\x08Moderate\x12\x18.star.v1.ModerateRequest\x1a\x19.star.v1.ModerateResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'star.v1.scorer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1966
-  _globals['_ROLE']._serialized_end=2046
-  _globals['_CUTKIND']._serialized_start=2048
-  _globals['_CUTKIND']._serialized_end=2152
-  _globals['_STARCONVENTION']._serialized_start=2154
-  _globals['_STARCONVENTION']._serialized_end=2259
+  _globals['_ROLE']._serialized_start=1989
+  _globals['_ROLE']._serialized_end=2069
+  _globals['_CUTKIND']._serialized_start=2071
+  _globals['_CUTKIND']._serialized_end=2175
+  _globals['_STARCONVENTION']._serialized_start=2177
+  _globals['_STARCONVENTION']._serialized_end=2282
   _globals['_MESSAGE']._serialized_start=33
   _globals['_MESSAGE']._serialized_end=88
   _globals['_CONVERSATION']._serialized_start=90
@@ -56,25 +56,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORESTREAMRESPONSE']._serialized_start=767
   _globals['_SCORESTREAMRESPONSE']._serialized_end=879
   _globals['_JUDGEREQUEST']._serialized_start=881
-  _globals['_JUDGEREQUEST']._serialized_end=941
-  _globals['_VERDICT']._serialized_start=943
-  _globals['_VERDICT']._serialized_end=1004
-  _globals['_JUDGERESPONSE']._serialized_start=1006
-  _globals['_JUDGERESPONSE']._serialized_end=1057
-  _globals['_GETINFOREQUEST']._serialized_start=1059
-  _globals['_GETINFOREQUEST']._serialized_end=1075
-  _globals['_GETINFORESPONSE']._serialized_start=1078
-  _globals['_GETINFORESPONSE']._serialized_end=1353
-  _globals['_MODERATEREQUEST']._serialized_start=1355
-  _globals['_MODERATEREQUEST']._serialized_end=1477
-  _globals['_MODERATEOPEN']._serialized_start=1480
-  _globals['_MODERATEOPEN']._serialized_end=1764
-  _globals['_MODERATECLOSE']._serialized_start=1766
-  _globals['_MODERATECLOSE']._serialized_end=1781
-  _globals['_MODERATERESPONSE']._serialized_start=1783
-  _globals['_MODERATERESPONSE']._serialized_end=1903
-  _globals['_MODERATESTOP']._serialized_start=1905
-  _globals['_MODERATESTOP']._serialized_end=1964
-  _globals['_SCORERSERVICE']._serialized_start=2262
-  _globals['_SCORERSERVICE']._serialized_end=2600
+  _globals['_JUDGEREQUEST']._serialized_end=964
+  _globals['_VERDICT']._serialized_start=966
+  _globals['_VERDICT']._serialized_end=1027
+  _globals['_JUDGERESPONSE']._serialized_start=1029
+  _globals['_JUDGERESPONSE']._serialized_end=1080
+  _globals['_GETINFOREQUEST']._serialized_start=1082
+  _globals['_GETINFOREQUEST']._serialized_end=1098
+  _globals['_GETINFORESPONSE']._serialized_start=1101
+  _globals['_GETINFORESPONSE']._serialized_end=1376
+  _globals['_MODERATEREQUEST']._serialized_start=1378
+  _globals['_MODERATEREQUEST']._serialized_end=1500
+  _globals['_MODERATEOPEN']._serialized_start=1503
+  _globals['_MODERATEOPEN']._serialized_end=1787
+  _globals['_MODERATECLOSE']._serialized_start=1789
+  _globals['_MODERATECLOSE']._serialized_end=1804
+  _globals['_MODERATERESPONSE']._serialized_start=1806
+  _globals['_MODERATERESPONSE']._serialized_end=1926
+  _globals['_MODERATESTOP']._serialized_start=1928
+  _globals['_MODERATESTOP']._serialized_end=1987
+  _globals['_SCORERSERVICE']._serialized_start=2285
+  _globals['_SCORERSERVICE']._serialized_end=2623
 # @@protoc_insertion_point(module_scope)

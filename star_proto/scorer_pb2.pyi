@@ -131,10 +131,12 @@ class ScoreStreamResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., result: _Optional[_Union[ScoreResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class JudgeRequest(_message.Message):
-    __slots__ = ("conversations",)
+    __slots__ = ("conversations", "p_unsafe_only")
     CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    P_UNSAFE_ONLY_FIELD_NUMBER: _ClassVar[int]
     conversations: _containers.RepeatedCompositeFieldContainer[Conversation]
-    def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ...) -> None: ...
+    p_unsafe_only: bool
+    def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., p_unsafe_only: _Optional[bool] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("p_unsafe", "categories", "text")

@@ -150,11 +150,11 @@ def run(cfg: DemoConfig, command: str = "star-demo") -> dict[str, Any]:
             tclient = stack.enter_context(ScorerClient(train_addr))
             say(f"training signal from {setup.train_guard} at {train_addr}")
 
-        def judge(convs: list[Any]) -> list[Any]:
-            return list(client.judge(convs))
+        def judge(convs: list[Any]) -> list[Any]:  # every stage reads `unsafe` alone
+            return list(client.judge(convs, p_unsafe_only=True))
 
         guard_acc = guard_accuracy(judge)
-        notes["rs_kept"] = rs_kept(lambda convs: list(tclient.judge(convs)), setup.mix)
+        notes["rs_kept"] = rs_kept(lambda convs: list(tclient.judge(convs, p_unsafe_only=True)), setup.mix)
         trajs = trajectories(tclient, setup.mix)
         results["aligned"], rows["aligned"] = evaluate_model(
             setup, judge, "aligned", str(setup.chat_dir), 0.0

@@ -122,6 +122,12 @@ def test_info_judge_health_reflection(server: Any, channel: grpc.Channel, engine
     want = engine.judge([r.conversation for r in requests()[:3]])
     assert [v.p_unsafe for v in verdicts] == pytest.approx([w.p_unsafe for w in want], abs=1e-5)
     assert [(v.text, v.categories) for v in verdicts] == [(w.text, w.categories) for w in want]
+    assert any(v.text for v in verdicts)
+    # p_unsafe_only: the same probabilities, and the guard writes nothing
+    with ScorerClient(server.address) as client:
+        bare = client.judge([r.conversation for r in requests()[:3]], p_unsafe_only=True)
+    assert [v.p_unsafe for v in bare] == pytest.approx([w.p_unsafe for w in want], abs=1e-5)
+    assert [(v.text, v.categories) for v in bare] == [("", ())] * 3
     health = health_pb2_grpc.HealthStub(channel)
     for name in ("", "star.v1.ScorerService"):
         assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == 1  # SERVING

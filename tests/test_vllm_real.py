@@ -73,6 +73,7 @@ def test_scores_and_verdicts_match_the_local_engine(
     with ScorerClient(srv.address) as client:
         got = [client.score(r) for r in REQUESTS]
         verdicts = client.judge([r.conversation for r in REQUESTS])
+        bare = client.judge([r.conversation for r in REQUESTS], p_unsafe_only=True)  # one token each
     diff = 0.0
     for g, w in zip(got, want, strict=True):
         assert [s.end for s in g.segments] == [s.end for s in w.segments]
@@ -81,6 +82,8 @@ def test_scores_and_verdicts_match_the_local_engine(
     print(f"max |p_safe| difference vLLM vs local: {diff:.2e}; verdicts {vdiff:.2e}")
     assert diff <= TOLERANCE and vdiff <= TOLERANCE
     assert [v.unsafe for v in verdicts] == [v.unsafe for v in want_verdicts]
+    assert [v.p_unsafe for v in bare] == pytest.approx([v.p_unsafe for v in verdicts], abs=TOLERANCE)
+    assert all(v.text == "" and not v.categories for v in bare) and any(v.text for v in verdicts)
     srv.stop()
 
 

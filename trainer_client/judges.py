@@ -82,7 +82,12 @@ def guard_service_judge(addresses: Sequence[str], batch_size: int = 64, **client
     # Named by the guard it serves, not by address: a run resumes against another replica of it.
     info = client.info()
     name = f"guard:{info.name}:{info.fingerprint}"
-    return VerdictJudge(client.judge, name=name, batch_size=batch_size, close=client.close)
+    return VerdictJudge(
+        lambda convs: client.judge(convs, p_unsafe_only=True),  # only `unsafe` is read
+        name=name,
+        batch_size=batch_size,
+        close=client.close,
+    )
 
 
 def in_process_guard_judge(

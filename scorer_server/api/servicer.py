@@ -94,7 +94,7 @@ class ScorerServicer(pb_grpc.ScorerServiceServicer):
         validate_judge(conversations, self.limits)
         self._enter()
         try:
-            verdicts = await self.backend.judge(conversations)
+            verdicts = await self.backend.judge(conversations, decode=not request.p_unsafe_only)
         finally:
             self._leave()
         return pb.JudgeResponse(verdicts=[convert.verdict_to_pb(v) for v in verdicts])

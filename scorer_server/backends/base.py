@@ -50,8 +50,8 @@ class ScoringBackend(Protocol):
         caller's (scorer_server/tenants.py): its work counts against that tenant's limits."""
         ...
 
-    async def judge(self, conversations: list[Conversation]) -> list[Verdict]:
-        """Whole-response verdicts."""
+    async def judge(self, conversations: list[Conversation], decode: bool = True) -> list[Verdict]:
+        """Whole-response verdicts; without `decode`, p_unsafe only (no verdict text or categories)."""
         ...
 
     def open_session(

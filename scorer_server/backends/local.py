@@ -7,6 +7,7 @@ next requests are tokenised while the model runs; the event loop only moves resu
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -209,11 +210,11 @@ class LocalBackend:
         finally:
             ticket.cancel()  # no-op when every part finished; drops queued parts otherwise
 
-    async def judge(self, conversations: list[Conversation]) -> list[Verdict]:
+    async def judge(self, conversations: list[Conversation], decode: bool = True) -> list[Verdict]:
         if self._engine is None:
             raise NotReady("the guard is still loading")
         loop = asyncio.get_running_loop()
-        judge = self._engine.judge
+        judge = functools.partial(self._engine.judge, decode=decode)
         verdicts: list[Verdict] = await loop.run_in_executor(self._forward_pool, judge, conversations)
         return verdicts
 

@@ -186,11 +186,11 @@ class RemoteBackend(ABC):
             "not expose; serve it with --backend local"
         )
 
-    async def judge(self, conversations: list[Conversation]) -> list[Verdict]:
+    async def judge(self, conversations: list[Conversation], decode: bool = True) -> list[Verdict]:
         if not self._started:
             raise NotReady("the remote backend is not started")
         preset = self.guard.preset
-        steps = max(1, preset.judge_max_new_tokens)
+        steps = max(1, preset.judge_max_new_tokens) if decode else 1  # 1: the verdict's log-probs only
         prompts = [self.guard.template.render(c) for c in conversations]
         for i, p in enumerate(prompts):
             self.config.limits.check_tokens(len(self.guard.encode(p)), f"conversations[{i}]")
@@ -203,4 +203,7 @@ class RemoteBackend(ABC):
             )
         )
         safe = self.guard.safe_classes
-        return [read_verdict(classes_p_safe(out.logprobs, safe), out.text, preset) for out in outs]
+        return [
+            read_verdict(classes_p_safe(out.logprobs, safe), out.text if decode else "", preset)
+            for out in outs
+        ]
