@@ -37,7 +37,7 @@ def urls(
     port = free_port()
     gateway = gateway_process(f"http://127.0.0.1:{port}", scorer.address, logs).launch()
     vllm = VllmProcess(harmful_chat_dir, port, logs / "vllm.log", max_model_len=1024,
-                       extra=("--served-model-name", MODEL))  # fmt: skip
+                       extra=("--served-model-name", MODEL), uni=True)  # fmt: skip
     try:
         vllm.start()
         gateway.wait()

@@ -44,7 +44,7 @@ def guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vllm(guard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmProcess]:
     """One vLLM on a fixed port that a test may kill and start again."""
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    with VllmProcess(guard_dir, free_port(), log) as engine:
+    with VllmProcess(guard_dir, free_port(), log, uni=True) as engine:
         yield engine
 
 
@@ -157,7 +157,7 @@ def test_engine_killed_then_restarted(vllm: VllmProcess, start_server: Any, guar
     with ScorerClient(srv.address) as client:
         assert client.score(REQUESTS[0]).segments
     group = vllm.processes()
-    assert len(group) >= 3, group  # the API server, the engine core and its worker
+    assert len(group) >= 2, group  # the API server and the engine core (which runs the model)
     vllm.kill()
     assert not vllm.processes()  # none of them left running (reparented, a share of a core each)
     config = ClientConfig(addresses=(srv.address,), deadline_s=6.0)
