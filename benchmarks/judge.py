@@ -4,8 +4,8 @@ default) against p_unsafe alone (`JudgeRequest.p_unsafe_only`, what evaluations 
     python benchmarks/judge.py [--quick] [--conversations N] [--threads T]
 
 Both are measured in the same run, on the shipped toy guard (a trained Llama-shaped guard that writes a
-real verdict: "safe", or "unsafe" and a category) and the toy world's finetuning mix, in this process
-through the scorer's engine. The JSON on the last line reports the ratio of their times.
+real verdict: "safe", or "unsafe" and a category) and its held-out judged response prefixes, in this
+process through the scorer's engine. The JSON on the last line reports the ratio of their times.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from scorer_server.engine.engine import StarEngine
 from scorer_server.guards.guard_config import GuardConfig
 from scorer_server.guards.loader import load_guard
 from star_contract.types import Conversation
-from star_toy import datasets
 from star_toy.build import shipped_models
+from star_toy.guard import GuardBuildConfig, guard_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
 
-    mix = datasets.finetune_mix(datasets.WorldConfig(finetune_size=n, harmful_ratio=0.5))
-    convs = [Conversation.from_pair(e.prompt, e.response) for e in mix]
+    _, held = guard_data(GuardBuildConfig())  # the toy guard's held-out judged response prefixes
+    convs = [Conversation.from_pair(p.prompt, p.prefix) for p in held[:n]]
     guard = load_guard(GuardConfig(path=str(shipped_models() / "guard"), preset="llama-guard-3"))
     engine = StarEngine(guard)
     engine.judge(convs[:8])  # warm-up

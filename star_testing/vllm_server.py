@@ -82,11 +82,18 @@ class VllmProcess:
         self.kill()
         raise RuntimeError(f"vLLM did not answer within {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
 
-    def kill(self) -> None:
-        """SIGKILL every process of the group at once (vLLM dying as a pod dies)."""
-        if self.proc is not None:
-            _signal_group(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
+    def kill(self, timeout_s: float = 30.0) -> None:
+        """SIGKILL every process of the group at once (vLLM dying as a pod dies); returns once none is
+        left running (a killed process takes a moment to die)."""
+        if self.proc is None:
+            return
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout_s)
+        end = time.monotonic() + timeout_s
+        while (left := self.processes()) and time.monotonic() < end:
+            time.sleep(0.05)
+        if left:
+            raise RuntimeError(f"vLLM processes {left} outlived SIGKILL for {timeout_s:.0f} s")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (vLLM shuts its engine down), then SIGKILL whatever of the group is left."""

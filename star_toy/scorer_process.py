@@ -7,9 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 
 def _free_port() -> int:
@@ -18,19 +19,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def launch(args: list[str], log: IO[str]) -> Any:
+    """Start `star-scorer ARGS` with its output to `log`; returns the Popen."""
+    exe = shutil.which("star-scorer")
+    cmd = [exe] if exe else [sys.executable, "-m", "scorer_server.cli"]
+    return subprocess.Popen([*cmd, *args], stdout=log, stderr=subprocess.STDOUT)
+
+
+LAUNCH: Callable[[list[str], IO[str]], Any] = launch
+"""How `scorer_process` starts the scorer. The tests start it through their fork server instead (the
+same command, a process that did not import torch again): tests/conftest.py, `forked_toy_scorers`."""
+
+
 @contextmanager
 def scorer_process(guard_dir: Path, threads: int, log_path: Path, timeout_s: float = 120.0) -> Iterator[str]:
     """Run `star-scorer serve` on the guard as a subprocess; yields its address once it answers."""
     from star_client import ScorerClient
 
     port = _free_port()
-    exe = shutil.which("star-scorer")
-    cmd = [exe] if exe else [sys.executable, "-m", "scorer_server.cli"]
-    cmd += ["serve", "--guard", str(guard_dir), "--preset", "llama-guard-3", "--host", "127.0.0.1",
+    args = ["serve", "--guard", str(guard_dir), "--preset", "llama-guard-3", "--host", "127.0.0.1",
             "--port", str(port), "--metrics-port", "0", "--threads", str(threads)]  # fmt: skip
     addr = f"127.0.0.1:{port}"
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = LAUNCH(args, log)
         try:
             deadline = time.time() + timeout_s
             while True:

@@ -90,7 +90,25 @@ def default_server(start_server: Any) -> ScorerProcess:
 
 
 @pytest.fixture(scope="session")
-def toy_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+def forked_toy_scorers() -> Iterator[None]:
+    """The scorers star_toy starts (`star-demo`, `star-suffix-demo`, run in-process by the tests) are
+    the same `star-scorer serve` command, started through the fork server (star_toy.scorer_process's
+    LAUNCH)."""
+    import sys
+
+    import star_toy.scorer_process as toy
+
+    def launch(args: list[str], log: Any) -> Any:
+        cmd = [sys.executable, "-m", "scorer_server.cli", *args]
+        return fork_server.popen(cmd, stdout=log, stderr=log)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toy, "LAUNCH", launch)
+        yield
+
+
+@pytest.fixture(scope="session")
+def toy_demo(tmp_path_factory: pytest.TempPathFactory, forked_toy_scorers: None) -> tuple[int, Path]:
     """One default `star-demo` run (finetuning, evaluation, landscapes), shared by the slow toy-world
     tests: (exit code, report directory). Run once per pytest run, also under pytest-xdist: the first
     worker to need it runs it in the run's shared temporary directory under a file lock, and the others

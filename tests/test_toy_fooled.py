@@ -121,6 +121,7 @@ def test_cli_missing_fooled_guard(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("forked_toy_scorers")
 def test_suffix_experiment_dss_below_rs(tmp_path: Path) -> None:
     """The paper's misleading-suffix result at a reduced size (one seed, 160 examples, 6 epochs; about
     1.5 min on 2 cores): rs keeps every suffixed harmful example, dss's policy-judged harmful rate is

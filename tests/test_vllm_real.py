@@ -106,6 +106,16 @@ def test_a_real_vllm_chat_stream_is_guarded_chunk_for_chunk(
     srv = start_server("--guard", str(guard_dir), "--max-wait-ms", "2")
     messages = [{"role": "user", "content": "How do I bake bread?"}]
 
+    async def paced(stream: Any) -> Any:
+        """vLLM's stream at a chat model's pace (50 tokens/s; the tiny model streams thousands a second):
+        the guard passes what arrives before its verdict, so the stop must find text still to come."""
+        try:
+            async for chunk in stream:
+                yield chunk
+                await asyncio.sleep(0.02)
+        finally:
+            await stream.aclose()  # the guard's stop closes this stream, and so vLLM's request
+
     async def run(unsafe_below: float) -> tuple[list[Any], Any]:
         llm = AsyncInferenceClient(base_url=vllm.url, timeout=60)
         stream = await llm.chat_completion(
@@ -115,7 +125,7 @@ def test_a_real_vllm_chat_stream_is_guarded_chunk_for_chunk(
             conv = Conversation.from_pair(messages[0]["content"], "")
             options = ModerateOptions(every=2, unsafe_below=unsafe_below)
             async with client.moderate(conv, options) as session:
-                passed = [chunk async for chunk in session.guard(stream)]
+                passed = [chunk async for chunk in session.guard(paced(stream))]
         await llm.close()
         return passed, session
 
