@@ -1,6 +1,7 @@
 """Soak: three scorer replicas, sixteen trainers' worth of ScoreStream traffic and live-moderation sessions,
 with a replica SIGKILLed and restarted every `STAR_SOAK_KILL_EVERY_S` seconds, for `STAR_SOAK_S` seconds
-(short by default so that CI runs it; `STAR_SOAK_S=600` for the recorded run).
+(10 by default so that CI runs it: three kills and restarts, a third of the soak apart; `STAR_SOAK_S=600`
+for the recorded run).
 
 At the end: every call answered (0 lost), no error of any kind (0 INTERNAL), every score equal to the
 reference, and the memory (RSS) of the replica that was never killed and of the clients' process within
@@ -25,7 +26,7 @@ from star_client import AsyncScorerClient, ClientConfig
 from star_contract.types import Conversation, CutSpec, ModerateOptions, ScoreRequest, Segment, StarScores
 from star_testing.scorer_process import ScorerProcess, free_port
 
-SOAK_S = float(os.environ.get("STAR_SOAK_S", "20"))
+SOAK_S = float(os.environ.get("STAR_SOAK_S", "10"))
 KILL_EVERY_S = float(os.environ.get("STAR_SOAK_KILL_EVERY_S", str(min(20.0, SOAK_S / 3))))
 TRAINERS = 16
 SESSIONS = 2

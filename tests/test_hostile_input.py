@@ -139,7 +139,7 @@ def test_the_log_is_one_json_object_per_line(server: Any) -> None:
 
 @pytest.mark.slow
 def test_soak_mixed_traffic_with_hostile_requests(start_server: Any) -> None:
-    """STAR_SOAK_S seconds (default 20, as the fleet soak's, to keep CI short; a long run:
+    """STAR_SOAK_S seconds (default 10, as the fleet soak's, to keep CI short; a long run:
     STAR_SOAK_S=600) of ordinary Score and Judge traffic from four threads with a huge or malformed
     request every few calls; then the reference request scores exactly as at the start, RSS is within
     1.5x of its level after warm-up, and SIGTERM ends the process within its grace period."""
@@ -148,7 +148,7 @@ def test_soak_mixed_traffic_with_hostile_requests(start_server: Any) -> None:
 
     import psutil
 
-    soak_s = float(os.environ.get("STAR_SOAK_S", "20"))
+    soak_s = float(os.environ.get("STAR_SOAK_S", "10"))
     srv = start_server("--grace-s", "10")
     proc = psutil.Process(srv.proc.pid)
     huge = pb.ScoreRequest(conversation=conversation(("lorem ipsum dolor sit amet " * 7500)[:200_000]))
