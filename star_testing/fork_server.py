@@ -10,10 +10,11 @@ the interpreter exits the normal way (threads joined, atexit run, exit code or s
 
 What a forked child does not get, and when a fresh interpreter is used instead:
 - third-party modules were imported under the fork server's environment. A launch whose environment
-  differs in anything but `STAR_*`, `PYTEST_*` or `GRPC_*` variables (grpc is not preloaded) gets a fresh
-  interpreter, as do interpreter options and commands that are not `python -m` or a
-  script. OpenMP read its `OMP_*` settings when torch loaded: `serve`'s own `OMP_WAIT_POLICY` default
-  does not reach a forked scorer, which runs one thread in the tests anyway;
+  differs in anything but `STAR_*`, `PYTEST_*` or `GRPC_*` variables (grpc is not preloaded), or in a
+  PYTHONPATH with a folder that holds a module named as a preloaded one, gets a fresh interpreter (any
+  other PYTHONPATH the child puts on sys.path itself), as do interpreter options and commands that are
+  not `python -m` or a script. OpenMP read its `OMP_*` settings when torch loaded: `serve`'s own
+  `OMP_WAIT_POLICY` default does not reach a forked scorer, which runs one thread in the tests anyway;
 - tests about start-up itself (what is imported, how long it takes) start their processes directly.
 
 On only when `STAR_FORK_SERVER=1` (tests/conftest.py sets it; `STAR_FORK_SERVER=0 pytest` runs every
@@ -149,6 +150,8 @@ class ForkServer:
         ours = {**self.env, **preload}
         differ = {k for k in {*env, *ours} if env.get(k) != ours.get(k)}
         differ -= {k for k in preload if k not in env}  # a fresh process sets these as it imports
+        if "PYTHONPATH" not in self.env and not _shadows(env.get("PYTHONPATH", ""), self.preload):
+            differ.discard("PYTHONPATH")  # the child puts it on sys.path as a fresh interpreter would
         return {k for k in differ if not k.startswith(FREE_TO_DIFFER)}
 
     def spawn(
@@ -177,6 +180,16 @@ class ForkServer:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             self._proc.wait(10)
+
+
+def _shadows(pythonpath: str, preload: Sequence[str]) -> bool:
+    """Whether a folder on `pythonpath` holds a module of the same top-level name as a preloaded one
+    (a fresh interpreter would import that one instead)."""
+    tops = {name.split(".")[0] for name in preload}
+    for entry in filter(None, pythonpath.split(os.pathsep)):
+        if any((Path(entry) / t).is_dir() or (Path(entry) / f"{t}.py").is_file() for t in tops):
+            return True
+    return False
 
 
 class Launcher:

@@ -10,6 +10,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from star_testing import fork_server
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,7 +24,7 @@ class HttpProcess:
     log_path: Path
     health: str = "/health"
     env: dict[str, str] | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: fork_server.Process | None = None
 
     @property
     def url(self) -> str:
@@ -35,9 +37,8 @@ class HttpProcess:
     def launch(self) -> HttpProcess:
         """Start the process and return at once (see `wait`)."""
         env = {**os.environ, "OMP_NUM_THREADS": "1", **(self.env or {})}
-        self.proc = subprocess.Popen(
-            self.cmd, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        )
+        with self.log_path.open("ab") as log:  # forked from the tests' fork server where it is on
+            self.proc = fork_server.popen(self.cmd, env=env, cwd=ROOT, stdout=log, stderr=log)
         return self
 
     def wait(self, timeout: float = 60.0) -> HttpProcess:

@@ -27,7 +27,7 @@ if mode == "report":
     import numpy
     print(json.dumps({
         "argv": sys.argv, "cwd": os.getcwd(), "env": os.environ.get("STAR_PROBE"),
-        "loaded_before_us": LOADED_AT_START, "pid": os.getpid(), "path0": sys.path[0],
+        "loaded_before_us": LOADED_AT_START, "pid": os.getpid(), "path0": sys.path[0], "path1": sys.path[1],
         "name": __name__, "draw": float(numpy.random.random()),
     }))
 elif mode == "exit":
@@ -85,6 +85,20 @@ def test_an_environment_the_preloaded_modules_could_read_gets_a_fresh_interprete
 ) -> None:
     fresh = report(script, tmp_path, OMP_NUM_THREADS="7", STAR_PROBE="p")
     assert fresh["loaded_before_us"] == [] and fresh["env"] == "p"
+
+
+def test_pythonpath_goes_on_sys_path_and_one_shadowing_a_preloaded_module_starts_fresh(
+    script: Path, tmp_path: Path
+) -> None:
+    ours = tmp_path / "ours"
+    (ours / "star_probe_pkg").mkdir(parents=True)
+    forked = report(script, tmp_path, PYTHONPATH="ours")
+    assert forked["loaded_before_us"] == ["torch"] and forked["path1"] == str(ours)  # made absolute
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()  # a numpy of its own, which the preloaded one would hide
+    (shadow / "numpy.py").write_text("class random:\n    random = staticmethod(lambda: 42.0)\n")
+    fresh = report(script, tmp_path, PYTHONPATH=str(shadow))
+    assert fresh["loaded_before_us"] == [] and fresh["draw"] == 42.0
 
 
 def test_exit_codes_stderr_and_uncaught_exceptions_are_those_of_a_fresh_process(
