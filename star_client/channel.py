@@ -21,6 +21,10 @@ STREAM_METHOD = "/star.v1.ScorerService/ScoreStream"
 CLOSE_GRACE_S = 2.0
 """How long `Replica.close` waits for the server to end the stream before cancelling it."""
 FIRST_RECONNECT_S = 0.05
+PROBE_CONNECT_S = 0.2
+"""How long the first request to a replica that was down waits for its channel to connect: a replica
+back from a restart is used at once, not failed by a call that raced the reconnection and sent away for
+another backoff period (a replica still down costs that request this long, once per backoff period)."""
 _MAX_DOUBLINGS = 30
 """Past this many doublings the cap always wins; bounding the exponent keeps the float finite."""
 
@@ -128,6 +132,12 @@ class Replica:
                 self._retire(st)
                 st = None
             if st is None:
+                if self.failures:  # a probe of a replica that was down: let its channel connect first
+                    try:
+                        await asyncio.wait_for(self.channel.channel_ready(), PROBE_CONNECT_S)
+                    except TimeoutError as exc:
+                        self.mark_down()
+                        raise ConnectionLost(f"{self.address}: not connected") from exc
                 st = self._stream = self._open()
             st.pending[request_id] = Pending(future)
             try:

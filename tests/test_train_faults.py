@@ -257,13 +257,18 @@ def test_one_of_three_replicas_killed_then_back(
     paused = time.perf_counter()  # the trainer's step times are perf_counter too (CLOCK_MONOTONIC)
     trainer.pause()
     back = scorers(port=a.port).start()  # a's address again, a fresh process
+    # Stay paused until the client's down period for a's address has run out (at most the reconnect
+    # backoff's cap): the first request after SIGCONT then probes `back`, and the probe waits for the
+    # channel to connect (star_client.channel.PROBE_CONNECT_S) instead of failing on a call that raced
+    # the reconnection, which sent `back` away for another second: longer than the steps left.
+    cap = ClientConfig().reconnect_backoff_max_s
+    wait_until(lambda: time.perf_counter() - paused > 1.5 * cap, "the reconnect backoff's cap")
     resumed = time.perf_counter()
     trainer.resume()
     trainer.finish()
     assert_same_weights(trainer.weights(), reference)
     # No step waited on the dead replica longer than the client's reconnect backoff allows: its
     # requests went to b and c at once. (Steps the test itself paused are left out.)
-    cap = ClientConfig().reconnect_backoff_max_s
     rows = [r for r in trainer.rows() if r["t_end"] < paused or r["t_start"] > resumed]
     assert len(rows) >= STEPS - 2
     assert max(r["scorer_wait_s"] for r in rows) < cap, [r["scorer_wait_s"] for r in rows]
