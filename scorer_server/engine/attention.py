@@ -144,22 +144,24 @@ def _attend(
         kt, vf = k.float().transpose(-1, -2), v.float()
         for lo in range(0, q.shape[2], QUERY_BLOCK):
             hi = min(q.shape[2], lo + QUERY_BLOCK)
-            scores = _cap(torch.matmul(q[:, :, lo:hi].float(), kt) * scale, softcap) + mask[..., lo:hi, :]
+            # in place on the block's one [B, H, block, K] buffer: the same operations, in the same
+            # order, as the out-of-place formula, without a new buffer per step
+            scores = torch.matmul(q[:, :, lo:hi].float(), kt).mul_(scale)
+            _cap_(scores, softcap).add_(mask[..., lo:hi, :])
             top = scores.amax(-1, keepdim=True)
             top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-            p = torch.exp(scores - top)
+            p = scores.sub_(top).exp_()
             total = p.sum(-1, keepdim=True)
-            out[:, :, lo:hi] = (torch.matmul(p, vf) / total.clamp_min(torch.finfo(torch.float32).tiny)).to(
-                q.dtype
-            )
+            out[:, :, lo:hi] = torch.matmul(p, vf).div_(total.clamp_min(torch.finfo(torch.float32).tiny))
             lse[:, :, lo:hi] = (top + torch.log(total)).squeeze(-1)
     return out, torch.where(seen, lse.float(), float("-inf"))
 
 
-def _cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    """Gemma 2's attention logit soft-capping, as its own attention applies it."""
+def _cap_(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma 2's attention logit soft-capping (tanh(s / cap) x cap, as its own attention applies it),
+    in place."""
     if softcap:
-        return torch.tanh(scores / softcap) * softcap
+        scores.div_(softcap).tanh_().mul_(softcap)
     return scores
 
 
