@@ -39,6 +39,8 @@ STEPS = EXAMPLES // BATCH
 WAIT_S = 120.0
 """Upper bound on every wait in this module (the runs take seconds)."""
 pytestmark = pytest.mark.slow
+STARTED: list[Trainer] = []
+"""Every trainer started by the current test (`_no_trainer_left` kills what is still running)."""
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,17 @@ def scorers(tmp_path: Path, scorer_args: list[str]) -> Iterator[Callable[..., Sc
         p.stop(10)
 
 
+@pytest.fixture(autouse=True)
+def _no_trainer_left() -> Iterator[None]:
+    """A test that fails while its trainer is paused (SIGSTOP) would leave it stopped for good."""
+    yield
+    while STARTED:
+        proc = STARTED.pop().proc
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL ends a stopped process too
+            proc.wait(30)
+
+
 class Trainer:
     """A `star-train` process (dss, full finetuning, one micro-batch of scores prefetched)."""
 
@@ -91,6 +104,7 @@ class Trainer:
         self.log = out.with_suffix(".log")
         with self.log.open("wb") as log:
             self.proc = fork_server.popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+        STARTED.append(self)
 
     def steps(self) -> int:
         path = self.out / "metrics.jsonl"
